@@ -1,0 +1,91 @@
+"""The ``dangerclip`` command.
+
+Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and ``run(args) -> int``.
+Only the chosen subcommand's module is imported, so ``dangerclip serve`` never loads torch or training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    module: str
+    extra: str
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "score": Command("dangerclip.score_cli", "", "score image files with an ONNX model; JSON lines out"),
+    "models": Command("dangerclip.factory", "train", "list the model configs"),
+    "create": Command("dangerclip.checkpoint", "train", "build a checkpoint (zero-shot or untrained head)"),
+    "export": Command("dangerclip.export", "train", "export a checkpoint to ONNX (fp32/fp16/int8)"),
+    "serve": Command("service.worker", "serve", "run a Kafka scoring worker"),
+    "demo": Command("service.demo", "serve", "stream the sample images through an embedded broker"),
+    "schema": Command("service.messages", "serve", "write the JSON Schemas of the Kafka messages"),
+    "synth": Command("training.synth", "train", "generate the synthetic weapon/distractor dataset"),
+    "pretrain": Command("training.pretrain", "train", "contrastive pre-training of a tiny CLIP"),
+    "train": Command("training.train", "train", "train a DangerCLIP head on frozen CLIP"),
+    "eval": Command("training.evaluate", "train", "evaluate a checkpoint on a manifest"),
+    "demo-model": Command("training.demo_model", "train", "build the offline demo model"),
+    "pseudomask": Command("pseudomask.job", "pseudomask", "GroundingDINO + SAM pseudo-masks for a dataset"),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = ["usage: dangerclip [-v] COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {cmd.help}" for name, cmd in COMMANDS.items()]
+    lines += ["", "'dangerclip COMMAND --help' describes a command."]
+    return "\n".join(lines)
+
+
+def setup_logging(verbose: int = 0, json_logs: bool = False) -> None:
+    """Configure the root logger once, for a process's entry point."""
+    level = logging.DEBUG if verbose > 0 else logging.INFO
+    if json_logs:
+        fmt = '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = 0
+    while args and args[0] in ("-v", "--verbose"):
+        verbose += 1
+        args.pop(0)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name in ("-V", "--version"):
+        from dangerclip import __version__
+
+        print(__version__)
+        return 0
+    cmd = COMMANDS.get(name)
+    if cmd is None:
+        print(f"dangerclip: unknown command {name!r}; expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    try:
+        module = importlib.import_module(cmd.module)
+    except ModuleNotFoundError as e:
+        hint = f" (pip install 'dangerclip[{cmd.extra}]')" if cmd.extra else ""
+        print(f"dangerclip {name}: cannot import {e.name!r}{hint}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=f"dangerclip {name}", description=cmd.help)
+    module.add_arguments(parser)
+    ns = parser.parse_args(rest)
+    setup_logging(verbose, json_logs=bool(getattr(ns, "json_logs", False)))
+    return int(module.run(ns) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
