@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# System tools some tests need (promtool, helm, ...), when this machine lacks them.
+[ -x scripts/setup-system.sh ] && scripts/setup-system.sh
 exec .venv/bin/python -m pytest "$@"
