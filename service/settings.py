@@ -1,0 +1,287 @@
+"""Worker settings: one ``Settings`` object per process, read from the environment once in the entry point.
+
+Every field can be set with an environment variable named ``DANGERCLIP_<FIELD NAME IN CAPITALS>``
+(``DANGERCLIP_BOOTSTRAP_SERVERS``, ``DANGERCLIP_MAX_BATCH_SIZE``, ...) or from a ``.env`` file. Lists accept a
+JSON array or a comma-separated string; ``thresholds`` accepts a JSON object or ``cat=0.7,other=0.4``.
+Nothing else in ``service/`` reads the environment: the entry point builds this object and passes it down.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "DANGERCLIP_"
+
+
+def _split_list(v: Any) -> Any:
+    """``'a, b'`` or ``'["a","b"]'`` → ``['a', 'b']``; lists pass through."""
+    if isinstance(v, str):
+        s = v.strip()
+        if s.startswith("["):
+            return json.loads(s)
+        return [p.strip() for p in s.split(",") if p.strip()]
+    return v
+
+
+class Settings(BaseSettings):
+    """Everything a scoring worker needs to know. Environment variables: ``DANGERCLIP_<FIELD>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        use_attribute_docstrings=True,
+        protected_namespaces=(),
+    )
+
+    # ---------------------------------------------------------------- Kafka: where
+    bootstrap_servers: str = "localhost:9092"
+    """Comma-separated ``host:port`` list of Kafka brokers to bootstrap from."""
+
+    input_topic: str = "dangerclip.images"
+    """Topic the worker consumes images from (raw bytes or JSON envelopes, chosen per record by header)."""
+
+    output_topic: str = "dangerclip.scores"
+    """Topic results are written to: same key as the input, one result per scored input record."""
+
+    dead_letter_topic: str = "dangerclip.dead-letter"
+    """Topic for input records that cannot be scored: original bytes and headers, plus a reason code."""
+
+    group_id: str = "dangerclip-workers"
+    """Consumer group id. Every worker with the same id shares the input topic's partitions."""
+
+    client_id: str = "dangerclip-worker"
+    """Kafka client id prefix (the host name and process id are appended), shown in broker logs and quotas."""
+
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a group with no committed offset starts reading a partition."""
+
+    # ---------------------------------------------------------------- batching
+    max_batch_size: int = Field(16, ge=1, le=4096)
+    """Largest micro-batch sent to the model. A batch is closed when it is this full or when
+    ``max_batch_wait_ms`` has passed since its first record."""
+
+    max_batch_wait_ms: int = Field(50, ge=0, le=60_000)
+    """Longest time (ms) a partly filled batch waits for more records before it is scored."""
+
+    decode_workers: int = Field(2, ge=1, le=64)
+    """Threads that decode and preprocess images while the model scores the previous batch."""
+
+    # ---------------------------------------------------------------- model
+    model_path: Path | None = None
+    """Path of the exported DangerCLIP ``.onnx`` file (the model card inside it says everything else)."""
+
+    providers: str = "auto"
+    """onnxruntime execution providers: ``auto`` (TensorRT → CUDA → CPU), ``cpu``, ``cuda``, ``tensorrt``,
+    or a comma-separated list of onnxruntime provider names."""
+
+    intra_op_threads: int | None = Field(None, ge=1)
+    """onnxruntime intra-op threads; unset lets onnxruntime use every core it sees."""
+
+    thresholds: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    """Per-category threshold overrides on top of the model card's, e.g. ``weapon=0.7,knife=0.6`` or
+    ``{"weapon": 0.7}``. Categories not named keep the card's threshold."""
+
+    danger_map: Literal["none", "summary", "grid"] = "grid"
+    """How much of the patch-level danger map a result carries: ``none``; ``summary`` (per category peak,
+    peak position, area above 0.5); ``grid`` (the summary plus the whole ``[k, h, w]`` map quantised to
+    uint8, base64)."""
+
+    # ---------------------------------------------------------------- input limits
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    """Largest accepted input: record value, decoded ``image_b64`` payload and fetched ``uri`` body (bytes).
+    Larger records go to the dead-letter topic as ``too_large``."""
+
+    max_pixels: int = Field(40_000_000, ge=1)
+    """Largest accepted image width × height, checked from the header before decoding (decompression
+    bombs go to the dead-letter topic as ``too_many_pixels``)."""
+
+    # ---------------------------------------------------------------- image by reference
+    uri_fetch_enabled: bool = False
+    """Allow JSON envelopes to reference an image by ``uri`` instead of carrying it. Off by default."""
+
+    uri_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Host names (exact, or ``*.example.com`` for sub-domains) that ``uri`` may point to. Only ``http`` and
+    ``https`` are ever fetched; an empty list allows nothing."""
+
+    uri_max_bytes: int = Field(10 * 1024 * 1024, ge=1)
+    """Largest body fetched for a ``uri`` (bytes); the download stops there (``too_large``)."""
+
+    uri_timeout_s: float = Field(5.0, gt=0, le=120)
+    """Connect + read timeout for a ``uri`` fetch, in seconds."""
+
+    # ---------------------------------------------------------------- Kafka: behaviour
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    """Consumer group session timeout (ms): how soon a dead worker's partitions move to the others."""
+
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    """Consumer heartbeat interval (ms); keep it below a third of ``session_timeout_ms``."""
+
+    max_poll_interval_ms: int = Field(300_000, ge=1000)
+    """Longest time (ms) between polls before the group considers the worker stuck; must exceed the time
+    to score one batch on the slowest hardware."""
+
+    enable_idempotence: bool = True
+    """Idempotent producer (no duplicates from producer retries). Keep on for real Kafka; brokers that do
+    not implement ``InitProducerId`` need it off."""
+
+    compression_type: Literal["gzip", "snappy", "lz4", "zstd"] | None = None
+    """Compression of produced results and dead letters (``None`` = uncompressed)."""
+
+    produce_timeout_s: float = Field(30.0, gt=0)
+    """How long a batch's flush of results may take before the batch is retried (offsets not committed)."""
+
+    retry_backoff_ms: int = Field(500, ge=1)
+    """First back-off (ms) after a broker error; it doubles on each consecutive failure."""
+
+    retry_backoff_max_ms: int = Field(30_000, ge=1)
+    """Longest back-off (ms) between retries while the broker is unreachable."""
+
+    shutdown_timeout_s: float = Field(30.0, gt=0)
+    """On SIGTERM/SIGINT, how long to keep trying to flush and commit the batch in flight before exiting."""
+
+    consumer_options: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments passed verbatim to ``kafka.KafkaConsumer`` (JSON object)."""
+
+    producer_options: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments passed verbatim to ``kafka.KafkaProducer`` (JSON object)."""
+
+    # ---------------------------------------------------------------- Kafka: security (passed through)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """Protocol used to talk to brokers."""
+
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"] | None = None
+    """SASL mechanism, for ``SASL_PLAINTEXT`` / ``SASL_SSL``."""
+
+    sasl_plain_username: str | None = None
+    """SASL user name (PLAIN and SCRAM)."""
+
+    sasl_plain_password: SecretStr | None = None
+    """SASL password (PLAIN and SCRAM). Never logged."""
+
+    sasl_kerberos_service_name: str = "kafka"
+    """Kerberos service name, for GSSAPI."""
+
+    ssl_cafile: Path | None = None
+    """CA bundle (PEM) to verify the brokers' certificates."""
+
+    ssl_certfile: Path | None = None
+    """Client certificate (PEM), for mutual TLS."""
+
+    ssl_keyfile: Path | None = None
+    """Client private key (PEM), for mutual TLS."""
+
+    ssl_password: SecretStr | None = None
+    """Password of the client private key, if it is encrypted. Never logged."""
+
+    ssl_check_hostname: bool = True
+    """Check that the broker certificate matches its host name."""
+
+    # ---------------------------------------------------------------- HTTP: metrics and health
+    metrics_enabled: bool = True
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` over HTTP."""
+
+    metrics_host: str = "127.0.0.1"
+    """Address the HTTP server binds. Set ``0.0.0.0`` in a container so Prometheus and probes can reach it."""
+
+    metrics_port: int = Field(9108, ge=0, le=65535)
+    """Port of the HTTP server (0 picks a free port and logs it)."""
+
+    # ---------------------------------------------------------------- logging
+    log_json: bool = False
+    """Log one JSON object per line (for log shippers) instead of plain text."""
+
+    # ---------------------------------------------------------------- validation
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _parse_thresholds(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            s = v.strip()
+            if not s:
+                return {}
+            if s.startswith("{"):
+                return json.loads(s)
+            out: dict[str, float] = {}
+            for part in s.split(","):
+                if not part.strip():
+                    continue
+                name, sep, value = part.partition("=")
+                if not sep:
+                    raise ValueError(f"threshold {part!r} is not of the form category=value")
+                out[name.strip()] = float(value)
+            return out
+        return v
+
+    @field_validator("thresholds")
+    @classmethod
+    def _check_thresholds(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: t for k, t in v.items() if not 0.0 <= t <= 1.0}
+        if bad:
+            raise ValueError(f"thresholds must lie in [0, 1], got {bad}")
+        return v
+
+    @field_validator("uri_allowed_hosts", mode="before")
+    @classmethod
+    def _parse_hosts(cls, v: Any) -> Any:
+        v = _split_list(v)
+        return [str(h).strip().lower() for h in v] if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms}) must be at most a third of "
+                f"session_timeout_ms ({self.session_timeout_ms})"
+            )
+        if self.retry_backoff_max_ms < self.retry_backoff_ms:
+            raise ValueError("retry_backoff_max_ms must be >= retry_backoff_ms")
+        if len({self.input_topic, self.output_topic, self.dead_letter_topic}) != 3:
+            raise ValueError("input_topic, output_topic and dead_letter_topic must be three different topics")
+        return self
+
+    # ---------------------------------------------------------------- derived
+    @property
+    def bootstrap_list(self) -> list[str]:
+        """``bootstrap_servers`` as a list."""
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+    @property
+    def provider_list(self) -> str | list[str]:
+        """``providers`` as ``DangerScorer`` takes it."""
+        parts = [p.strip() for p in self.providers.split(",") if p.strip()]
+        return parts[0] if len(parts) == 1 else parts
+
+    def kafka_security(self) -> dict[str, Any]:
+        """The security keyword arguments shared by kafka-python's consumer, producer and admin client."""
+        out: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.sasl_mechanism:
+            out["sasl_mechanism"] = self.sasl_mechanism
+        if self.sasl_plain_username is not None:
+            out["sasl_plain_username"] = self.sasl_plain_username
+        if self.sasl_plain_password is not None:
+            out["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
+        if self.sasl_mechanism == "GSSAPI":
+            out["sasl_kerberos_service_name"] = self.sasl_kerberos_service_name
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            out["ssl_check_hostname"] = self.ssl_check_hostname
+            for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+                value = getattr(self, name)
+                if value is not None:
+                    out[name] = str(value)
+            if self.ssl_password is not None:
+                out["ssl_password"] = self.ssl_password.get_secret_value()
+        return out
+
+    def env_help(self) -> list[tuple[str, str]]:
+        """``(ENV_VAR, description)`` for every field, for ``--help`` and documentation."""
+        return [
+            (ENV_PREFIX + name.upper(), (f.description or "").split("\n")[0])
+            for name, f in type(self).model_fields.items()
+        ]
