@@ -1,0 +1,271 @@
+"""The frozen CLIP: building it, loading its weights, and reading dense patch tokens from it.
+
+Dense tokens follow MaskCLIP: in the last vision block the patch tokens skip the query–key attention and take
+only its value path (``ln_1`` → value projection → ``out_proj``), then the block's residual and MLP, then
+``ln_post`` and ``proj``. That puts every patch in CLIP's joint image–text space, where a text embedding can be
+matched against it. The class token takes the ordinary path, so the global embedding is exactly
+``encode_image``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class BackboneError(RuntimeError):
+    """The CLIP weights asked for cannot be had, or are not what they should be."""
+
+
+def state_dict_sha256(module: nn.Module) -> str:
+    """A hash of a module's weights: names, dtypes, shapes and bytes, in name order.
+
+    Independent of device and of how the weights were stored, so a checkpoint can recognise its backbone.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def build_clip(clip_cfg: Mapping[str, Any], pretrained: str | None = None) -> nn.Module:
+    """Build an open_clip ``CLIP`` from a DangerCLIP config's ``clip`` section.
+
+    Args:
+        clip_cfg: either ``{"open_clip": NAME}`` for an architecture open_clip knows, or open_clip's own
+            ``embed_dim`` / ``vision_cfg`` / ``text_cfg`` for a custom one.
+        pretrained: ``None`` or ``""`` for random weights; an open_clip pretrained tag (``openai``); or a
+            local weights file (open_clip checkpoint, torch state dict or safetensors).
+
+    Raises:
+        BackboneError: the file is missing or does not hold this architecture's weights, or the tag cannot
+            be fetched.
+    """
+    import open_clip
+
+    local = _as_local_file(pretrained)
+    if "open_clip" in clip_cfg:
+        name = str(clip_cfg["open_clip"])
+        if name not in open_clip.list_models():
+            raise BackboneError(f"open_clip has no architecture {name!r}")
+        if pretrained and local is None:
+            tags = [t for n, t in open_clip.list_pretrained() if n == name]
+            if pretrained not in tags:
+                raise BackboneError(
+                    f"{pretrained!r} is neither a file nor an open_clip pretrained tag for {name}; "
+                    f"tags: {tags}"
+                )
+            try:
+                clip = open_clip.create_model(name, pretrained=pretrained)
+            except Exception as e:  # noqa: BLE001 - hub errors come in many types; all mean "not here"
+                raise BackboneError(
+                    f"could not fetch open_clip weights {name}/{pretrained} ({type(e).__name__}: {e}). "
+                    "Without network, download them elsewhere and pass the local file path instead."
+                ) from e
+        else:
+            clip = open_clip.create_model(name, pretrained=None)
+    else:
+        from open_clip.model import CLIP
+
+        clip = CLIP(
+            embed_dim=int(clip_cfg["embed_dim"]),
+            vision_cfg=dict(clip_cfg["vision_cfg"]),
+            text_cfg=dict(clip_cfg["text_cfg"]),
+        )
+    if local is not None:
+        load_clip_weights(clip, local)
+    return clip
+
+
+def _as_local_file(pretrained: str | None) -> Path | None:
+    if not pretrained:
+        return None
+    p = Path(pretrained).expanduser()
+    looks_like_path = p.suffix in (".pt", ".pth", ".bin", ".safetensors") or "/" in pretrained
+    if p.is_file():
+        return p
+    if looks_like_path:
+        raise BackboneError(f"CLIP weights file not found: {p}")
+    return None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a safetensors file or a torch checkpoint (``state_dict`` nesting and ``module.`` stripped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd: Any = load_file(str(path))
+    else:
+        try:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises several types for non-checkpoints
+            raise BackboneError(f"{path} is not a readable torch checkpoint: {e}") from e
+        if isinstance(sd, Mapping) and "state_dict" in sd:
+            sd = sd["state_dict"]
+    if not isinstance(sd, Mapping):
+        raise BackboneError(f"{path} does not hold a state dict")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def load_clip_weights(clip: nn.Module, path: str | Path, *, visual_only: bool = False) -> None:
+    """Load a CLIP state dict into ``clip``; the file must match the architecture exactly.
+
+    Args:
+        visual_only: the file holds only the vision tower (``visual.*``), as DangerCLIP checkpoints do.
+    """
+    sd = read_state_dict(path)
+    target = clip.visual if visual_only else clip
+    if visual_only:
+        sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+    expected = target.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong = sorted(k for k in set(sd) & set(expected) if tuple(sd[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        raise BackboneError(
+            f"{path} does not hold the weights of this CLIP architecture: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}), "
+            f"{len(wrong)} with other shapes (e.g. {wrong[:3]})"
+        )
+    target.load_state_dict({k: v.to(expected[k].dtype) for k, v in sd.items()})
+
+
+class DenseCLIP(nn.Module):
+    """A frozen open_clip CLIP that returns the global embedding and dense patch tokens.
+
+    It stays in eval mode and its weights never take gradients, whatever the enclosing module does.
+
+    Args:
+        clip: an open_clip ``CLIP`` with a ViT vision tower (class-token pooling, no attentional pooler).
+        name: architecture name (for the model card).
+        pretrained: where the weights came from (tag or path, ``""`` for random).
+    """
+
+    def __init__(self, clip: nn.Module, name: str, pretrained: str = "") -> None:
+        super().__init__()
+        visual = getattr(clip, "visual", None)
+        if visual is None or not hasattr(visual, "transformer") or not hasattr(visual, "conv1"):
+            raise BackboneError("DenseCLIP needs an open_clip CLIP with a ViT vision tower")
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+            raise BackboneError("DenseCLIP supports class-token pooling only (no attentional pooler)")
+        if getattr(visual, "final_ln_after_pool", False):
+            raise BackboneError("DenseCLIP does not support final_ln_after_pool vision towers")
+        last = visual.transformer.resblocks[-1]
+        if not isinstance(last.attn, nn.MultiheadAttention):
+            raise BackboneError("DenseCLIP supports open_clip's default residual attention blocks only")
+        self.clip = clip
+        self.name = name
+        self.pretrained = pretrained or ""
+        self.text_loaded = True
+        for p in self.clip.parameters():
+            p.requires_grad_(False)
+        self.clip.eval()
+        self._sha256: str | None = None
+
+    def train(self, mode: bool = True) -> DenseCLIP:
+        # Frozen: BatchNorm-free, dropout-free behaviour regardless of the parent's mode.
+        super().train(False)
+        return self
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.clip.visual.proj.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        s = self.clip.visual.image_size
+        return int(s[0] if isinstance(s, (tuple, list)) else s)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        g = self.clip.visual.grid_size
+        return int(g[0]), int(g[1])
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the vision tower's weights (what the head depends on); cached."""
+        if self._sha256 is None:
+            self._sha256 = state_dict_sha256(self.clip.visual)
+        return self._sha256
+
+    @torch.no_grad()
+    def encode_dense(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global embedding and dense patch tokens.
+
+        Args:
+            images: ``[B, 3, S, S]`` preprocessed images.
+
+        Returns:
+            ``g [B, D]``, the L2-normalised global embedding (``encode_image`` normalised), and
+            ``patches [B, N, D]``, joint-space patch tokens (not normalised), ``N = h * w`` row-major.
+        """
+        v = self.clip.visual
+        x = v._embeds(images)  # [B, 1+N, W] after ln_pre
+        blocks = v.transformer.resblocks
+        for blk in blocks[:-1]:
+            x = blk(x)
+        last = blocks[-1]
+        y = last.ln_1(x)
+        w_q, w_k, w_v = last.attn.in_proj_weight.chunk(3, dim=0)
+        b_q, b_k, b_v = last.attn.in_proj_bias.chunk(3, dim=0)
+        # Class token: the block's ordinary attention, with the class token as the only query.
+        cls = x[:, :1]
+        attn = self._attend(y[:, :1], y, last.attn.num_heads, (w_q, w_k, w_v), (b_q, b_k, b_v))
+        cls = cls + last.ls_1(last.attn.out_proj(attn))
+        cls = cls + last.ls_2(last.mlp(last.ln_2(cls)))
+        # Patch tokens: value path only (MaskCLIP), then the same residual and MLP.
+        pv = last.attn.out_proj(F.linear(y[:, 1:], w_v, b_v))
+        pt = x[:, 1:] + last.ls_1(pv)
+        pt = pt + last.ls_2(last.mlp(last.ln_2(pt)))
+        g = v.ln_post(cls[:, 0]) @ v.proj
+        patches = v.ln_post(pt) @ v.proj
+        return F.normalize(g, dim=-1), patches
+
+    @staticmethod
+    def _attend(
+        q_x: torch.Tensor,
+        kv_x: torch.Tensor,
+        heads: int,
+        w: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        b: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        bsz, lq, width = q_x.shape
+        hd = width // heads
+        q = F.linear(q_x, w[0], b[0]).view(bsz, lq, heads, hd).transpose(1, 2)
+        k = F.linear(kv_x, w[1], b[1]).view(bsz, -1, heads, hd).transpose(1, 2)
+        val = F.linear(kv_x, w[2], b[2]).view(bsz, -1, heads, hd).transpose(1, 2)
+        a = torch.softmax((q @ k.transpose(-1, -2)) * hd**-0.5, dim=-1)
+        return (a @ val).transpose(1, 2).reshape(bsz, lq, width)
+
+    @torch.no_grad()
+    def encode_text(self, prompts: Sequence[str], templates: Sequence[str] = ("{}",)) -> torch.Tensor:
+        """L2-normalised text embeddings ``[k, D]``, one per prompt, averaged over the templates."""
+        if not self.text_loaded:
+            raise BackboneError("this backbone's text tower was not loaded (checkpoint holds the vision tower only)")
+        import open_clip
+
+        ctx = int(getattr(self.clip, "context_length", 77))
+        tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=ctx)
+        out = []
+        for p in prompts:
+            tokens = tokenizer([t.format(p) for t in templates])
+            e = F.normalize(self.clip.encode_text(tokens.to(self._device())), dim=-1).mean(0)
+            out.append(F.normalize(e, dim=-1))
+        return torch.stack(out)
+
+    def _device(self) -> torch.device:
+        return next(self.clip.parameters()).device

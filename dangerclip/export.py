@@ -1,0 +1,259 @@
+"""ONNX export: one graph from preprocessed images to scores and danger maps, checked against torch.
+
+The graph's input is ``images [B, 3, S, S]`` (dynamic batch); its outputs ``scores [B, k]`` and
+``maps [B, k, h, w]``. The model card goes into the ONNX metadata, so ``DangerScorer`` needs only the file.
+The exporter runs the written graph in onnxruntime and refuses to leave a file whose scores differ from
+torch's by more than ``tol`` (1e-4 for fp32). fp16 and INT8 variants report their deviation from fp32 on the
+calibration images they are given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dangerclip.card import CARD_KEY
+from dangerclip.model import DangerCLIP
+from dangerclip.scorer import INPUT_NAME, OUTPUT_NAMES
+
+log = logging.getLogger(__name__)
+
+FP32_TOLERANCE = 1e-4
+
+
+class ExportError(RuntimeError):
+    """The exported graph does not reproduce the torch model."""
+
+
+class _Graph(nn.Module):
+    def __init__(self, model: DangerCLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images)
+        return out.scores, out.maps
+
+
+def _write_metadata(path: Path, model: DangerCLIP, extra: dict[str, str] | None = None) -> None:
+    import onnx
+
+    m = onnx.load(str(path))
+    props = {
+        CARD_KEY: model.card.to_json(),
+        "dangerclip.version": model.card.version,
+        "dangerclip.categories": json.dumps(model.card.prompts),
+        **(extra or {}),
+    }
+    del m.metadata_props[:]
+    for k, v in props.items():
+        m.metadata_props.add(key=k, value=v)
+    m.producer_name = "dangerclip"
+    m.doc_string = f"DangerCLIP {model.card.name} {model.card.version} ({model.card.mode})"
+    onnx.save(m, str(path))
+
+
+def _ort_scores(path: Path, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    s, m = sess.run(list(OUTPUT_NAMES), {INPUT_NAME: batch.astype(np.float32)})
+    return s, m
+
+
+def check_images(model: DangerCLIP, n: int = 4, seed: int = 0) -> np.ndarray:
+    """Synthetic check inputs: smooth random images through the real preprocessing, ``[n, 3, S, S]``."""
+    from PIL import Image
+
+    from dangerclip.preprocess import preprocess_batch
+
+    rng = np.random.default_rng(seed)
+    imgs = []
+    for _ in range(n):
+        small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+        imgs.append(Image.fromarray(small).resize((300, 260), Image.Resampling.BICUBIC))
+    return preprocess_batch(imgs, model.card.preprocess)
+
+
+def export_onnx(
+    model: DangerCLIP,
+    path: str | Path,
+    *,
+    check: bool = True,
+    check_batch: np.ndarray | None = None,
+    tol: float = FP32_TOLERANCE,
+    opset: int = 17,
+) -> Path:
+    """Export ``model`` to an fp32 ONNX file and verify it against torch.
+
+    Args:
+        model: the DangerCLIP model (any mode).
+        path: output ``.onnx`` path; written only if the check passes.
+        check: compare onnxruntime with torch on ``check_batch`` (default: synthetic images).
+        check_batch: ``[B, 3, S, S]`` preprocessed images for the check.
+        tol: largest accepted ``max |Δscore|``.
+
+    Raises:
+        ExportError: the graph's scores differ from torch's by more than ``tol``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.onnx")
+    model = model.eval()
+    s = model.card.preprocess.image_size
+    dummy = torch.zeros(2, 3, s, s)
+    # open_clip's fused attention fast path does not trace; our backbone code avoids it, but be safe.
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                _Graph(model),
+                (dummy,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_axes={INPUT_NAME: {0: "batch"}, "scores": {0: "batch"}, "maps": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    try:
+        _write_metadata(tmp, model, {"dangerclip.precision": "fp32"})
+        if check:
+            batch = check_images(model) if check_batch is None else check_batch
+            dev = max_score_deviation(model, tmp, batch)
+            log.info("export check: max |Δscore| = %.2e, max |Δmap| = %.2e", dev["score"], dev["map"])
+            if dev["score"] > tol:
+                raise ExportError(
+                    f"ONNX scores differ from torch by {dev['score']:.3g} > {tol:g}; not writing {path}"
+                )
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def max_score_deviation(model: DangerCLIP, onnx_path: str | Path, batch: np.ndarray) -> dict[str, float]:
+    """``max |Δ|`` of scores and maps between torch and an ONNX file on ``batch``."""
+    with torch.no_grad():
+        ref = model(torch.from_numpy(batch))
+    s, m = _ort_scores(Path(onnx_path), batch)
+    return {
+        "score": float(np.abs(s - ref.scores.numpy()).max()),
+        "map": float(np.abs(m - ref.maps.numpy()).max()),
+    }
+
+
+def onnx_deviation(ref_path: str | Path, other_path: str | Path, batch: np.ndarray) -> dict[str, float]:
+    """``max |Δ|`` and mean ``|Δ|`` of scores and maps between two ONNX files on ``batch``."""
+    s0, m0 = _ort_scores(Path(ref_path), batch)
+    s1, m1 = _ort_scores(Path(other_path), batch)
+    return {
+        "score_max": float(np.abs(s1 - s0).max()),
+        "score_mean": float(np.abs(s1 - s0).mean()),
+        "map_max": float(np.abs(m1 - m0).max()),
+    }
+
+
+def export_fp16(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray) -> dict[str, float]:
+    """An fp16 copy of an fp32 export (inputs and outputs stay fp32); returns its deviation on ``calib``."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    m = onnx.load(str(fp32_path))
+    m16 = convert_float_to_float16(m, keep_io_types=True)
+    _set_precision(m16, "fp16")
+    onnx.save(m16, str(out_path))
+    return onnx_deviation(fp32_path, out_path, calib)
+
+
+def export_int8(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray) -> dict[str, float]:
+    """A dynamically quantised INT8 copy (weights int8, activations quantised at run time).
+
+    Dynamic quantisation needs no calibration statistics; ``calib`` measures the deviation it causes.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    import onnx
+
+    m = onnx.load(str(out_path))
+    _set_precision(m, "int8")
+    onnx.save(m, str(out_path))
+    return onnx_deviation(fp32_path, out_path, calib)
+
+
+def _set_precision(m: object, precision: str) -> None:
+    props = m.metadata_props  # type: ignore[attr-defined]
+    for p in props:
+        if p.key == "dangerclip.precision":
+            p.value = precision
+            return
+    props.add(key="dangerclip.precision", value=precision)
+
+
+def load_calibration(paths: list[str], model: DangerCLIP) -> np.ndarray:
+    from dangerclip.preprocess import load_image, preprocess_batch
+
+    files: list[Path] = []
+    for p in paths:
+        pp = Path(p)
+        files += sorted(q for q in pp.iterdir() if q.is_file()) if pp.is_dir() else [pp]
+    imgs = []
+    for f in files:
+        try:
+            imgs.append(load_image(f))
+        except (OSError, ValueError) as e:
+            log.warning("skipping calibration file %s: %s", f, e)
+    if not imgs:
+        raise ValueError(f"no readable calibration images in {paths}")
+    return preprocess_batch(imgs, model.card.preprocess)
+
+
+# `dangerclip export`
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", nargs="?", help="DangerCLIP checkpoint (.safetensors)")
+    parser.add_argument("--config", default=None, help="export a fresh model of this config instead of a checkpoint")
+    parser.add_argument("--mode", default="trained", choices=["trained", "zeroshot"], help="with --config")
+    parser.add_argument("--pretrained", default=None, help="CLIP weights (tag or file), if not in the checkpoint")
+    parser.add_argument("--out", required=True, help="output .onnx path")
+    parser.add_argument("--fp16", action="store_true", help="also write <out>.fp16.onnx")
+    parser.add_argument("--int8", action="store_true", help="also write <out>.int8.onnx")
+    parser.add_argument("--calibration", nargs="*", default=[], help="images or folders to measure deviation on")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dangerclip.checkpoint import load_checkpoint
+    from dangerclip.factory import create_model
+
+    if bool(args.checkpoint) == bool(args.config):
+        raise SystemExit("dangerclip export: give a checkpoint or --config, not both")
+    if args.checkpoint:
+        model = load_checkpoint(args.checkpoint, pretrained=args.pretrained)
+    else:
+        model = create_model(args.config, args.pretrained, mode=args.mode,
+                             version="0.0.0-zeroshot" if args.mode == "zeroshot" else "0.0.0-untrained")
+        if args.mode == "trained":
+            model.card.notes = "UNTRAINED head (random weights)"
+    out = Path(args.out)
+    calib = load_calibration(args.calibration, model) if args.calibration else check_images(model, n=8)
+    export_onnx(model, out, check_batch=calib)
+    report: dict[str, object] = {"onnx": str(out), "version": model.card.version,
+                                 "fp32_vs_torch": max_score_deviation(model, out, calib)}
+    stem = out.with_suffix("")
+    if args.fp16:
+        report["fp16"] = {"path": f"{stem}.fp16.onnx", **export_fp16(out, f"{stem}.fp16.onnx", calib)}
+    if args.int8:
+        report["int8"] = {"path": f"{stem}.int8.onnx", **export_int8(out, f"{stem}.int8.onnx", calib)}
+    print(json.dumps(report))
+    return 0

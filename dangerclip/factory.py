@@ -1,0 +1,149 @@
+"""Named model configs and the one factory that builds DangerCLIP models from them.
+
+Configs are JSON files in ``model_configs/``: ``clip`` (an open_clip architecture name, or open_clip's own
+``embed_dim``/``vision_cfg``/``text_cfg``), ``head`` (layers, width, heads) and the usual ``pretrained`` tag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import torch
+
+from dangerclip.backbone import DenseCLIP, build_clip
+from dangerclip.card import BackboneIdentity, ModelCard, PreprocessConfig
+from dangerclip.model import DangerCLIP, DangerHead, HeadConfig, ZeroShotHead
+
+DEFAULT_PROMPTS = ("weapon",)
+DEFAULT_SAFE_PROMPTS = (
+    "an ordinary object",
+    "people",
+    "a landscape",
+    "food",
+    "an animal",
+    "a building",
+    "a phone",
+    "a tool",
+    "a toy",
+    "furniture",
+)
+ZEROSHOT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image containing {}.")
+MODES = ("trained", "zeroshot")
+
+
+@lru_cache(maxsize=None)
+def _configs() -> dict[str, dict[str, Any]]:
+    out = {}
+    for f in resources.files("dangerclip.model_configs").iterdir():
+        if f.name.endswith(".json"):
+            out[f.name[: -len(".json")]] = json.loads(f.read_text())
+    return out
+
+
+def list_models() -> list[str]:
+    """Names accepted by ``create_model``."""
+    return sorted(_configs())
+
+
+def get_config(name: str) -> dict[str, Any]:
+    cfgs = _configs()
+    if name not in cfgs:
+        raise ValueError(f"unknown DangerCLIP config {name!r}; choose one of {list_models()}")
+    return json.loads(json.dumps(cfgs[name]))
+
+
+def create_model(
+    name: str,
+    pretrained: str | None = None,
+    prompts: Sequence[str] | None = None,
+    mode: str = "trained",
+    *,
+    safe_prompts: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
+    version: str = "0.0.0-untrained",
+    seed: int | None = 0,
+    device: str | torch.device = "cpu",
+) -> DangerCLIP:
+    """Build a DangerCLIP model.
+
+    Args:
+        name: a config from ``list_models()`` (``ViT-B-16`` is the paper's, ``tiny`` the test/demo one).
+        pretrained: CLIP weights: ``None`` for random, an open_clip tag (``openai``) or a local file.
+        prompts: one category per prompt (default ``["weapon"]``, as in the paper).
+        mode: ``trained`` (the paper's head, to be trained) or ``zeroshot`` (CLIP similarity against
+            ``safe_prompts``; useful with public CLIP weights and no training).
+        safe_prompts: zero-shot contrast prompts.
+        templates: prompt templates for the text embeddings (default: the bare prompt for ``trained``,
+            as in the paper; a small photo-template ensemble for ``zeroshot``).
+        version: model version for the card.
+        seed: seeds the head's initialisation (and the random backbone when ``pretrained`` is None).
+        device: where to put the model.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
+    cfg = get_config(name)
+    prompts = list(prompts or DEFAULT_PROMPTS)
+    if not prompts or len(set(prompts)) != len(prompts):
+        raise ValueError(f"prompts must be non-empty and distinct, got {prompts}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    clip = build_clip(cfg["clip"], pretrained)
+    backbone = DenseCLIP(clip, cfg["clip"].get("open_clip", name), pretrained or "")
+    backbone.to(device)
+    tmpl = tuple(templates or (ZEROSHOT_TEMPLATES if mode == "zeroshot" else ("{}",)))
+    text = backbone.encode_text(prompts, tmpl)
+    safe = list(safe_prompts or DEFAULT_SAFE_PROMPTS) if mode == "zeroshot" else []
+    head: DangerHead | ZeroShotHead
+    if mode == "zeroshot":
+        scale = float(clip.logit_scale.exp().item())
+        head = ZeroShotHead(text, backbone.encode_text(safe, tmpl), scale)
+    else:
+        head = DangerHead(text, HeadConfig(**cfg["head"]))
+    card = ModelCard(
+        name=name,
+        version=version,
+        mode=mode,
+        prompts=prompts,
+        thresholds={p: 0.5 for p in prompts},
+        preprocess=preprocess_config(clip),
+        backbone=BackboneIdentity(model=backbone.name, pretrained=pretrained or "", sha256=backbone.sha256),
+        grid=backbone.grid,
+        safe_prompts=safe,
+        trained=False,
+    )
+    return DangerCLIP(backbone, head, card, name, tmpl).to(device)
+
+
+def preprocess_config(clip: torch.nn.Module) -> PreprocessConfig:
+    """The preprocessing an open_clip CLIP expects (its ``preprocess_cfg``, OpenAI's statistics by default)."""
+    pc = dict(getattr(clip.visual, "preprocess_cfg", {}) or {})
+    size = pc.get("size", clip.visual.image_size)
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    base = PreprocessConfig()
+    return PreprocessConfig(
+        image_size=int(size),
+        mean=tuple(pc.get("mean", base.mean)),  # type: ignore[arg-type]
+        std=tuple(pc.get("std", base.std)),  # type: ignore[arg-type]
+        interpolation=str(pc.get("interpolation", base.interpolation)),
+        resize_mode=str(pc.get("resize_mode", base.resize_mode)),
+    )
+
+
+# `dangerclip models`
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the configs as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    for n in list_models():
+        c = get_config(n)
+        if args.json:
+            print(json.dumps({"name": n, **c}))
+        else:
+            print(f"{n:<10} {c.get('description', '')}")
+    return 0
