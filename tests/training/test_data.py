@@ -1,0 +1,146 @@
+"""Rows, splits, masks and augmented views; ``make_dataset`` is shared by the other training tests."""
+
+from __future__ import annotations
+
+import colorsys
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from dangerclip.card import PreprocessConfig
+from dangerclip.manifest import ManifestError, ManifestRow
+from dangerclip.preprocess import mask_to_grid, preprocess
+from training import data as D
+
+
+def make_dataset(
+    root: Path, n: int = 24, seed: int = 0, size: tuple[int, int] = (96, 80), splits: bool = True,
+    masks: bool = True,
+) -> Path:
+    """Write ``n`` small images (half with a dark bar "weapon" and its exact mask, half with a red disc)
+    and a JSONL manifest; returns the manifest path."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        w, h = size
+        im = Image.new("RGB", (w, h), tuple(int(c) for c in rng.integers(120, 255, 3)))
+        d = ImageDraw.Draw(im)
+        pos = i % 2 == 0
+        x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
+        box = [x0, y0, x0 + w // 3, y0 + h // 6]
+        rec: dict[str, object] = {"image": f"img_{i:03d}.png", "label": int(pos)}
+        if pos:
+            d.rectangle(box, fill=(15, 15, 15))
+            if masks:
+                m = Image.new("L", (w, h), 0)
+                ImageDraw.Draw(m).rectangle(box, fill=255)
+                m.save(root / f"mask_{i:03d}.png")
+                rec["mask"] = f"mask_{i:03d}.png"
+        else:
+            d.ellipse([x0, y0, x0 + h // 4, y0 + h // 4], fill=(210, 30, 30))
+        im.save(root / rec["image"])  # type: ignore[operator]
+        if splits:
+            rec["split"] = ("train", "train", "train", "train", "val", "test")[(i // 2) % 6]
+        lines.append(json.dumps(rec))
+    path = root / "manifest.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_load_rows_reads_manifest_and_folder(tmp_path: Path) -> None:
+    man = make_dataset(tmp_path / "ds", n=6)
+    rows = D.load_rows(man, ["weapon"])
+    assert [r.labels["weapon"] for r in rows] == [1, 0, 1, 0, 1, 0]
+    assert rows[0].masks["weapon"].endswith("mask_000.png")
+    folder = tmp_path / "folder"
+    for cat in ("weapon", "negative"):
+        (folder / cat).mkdir(parents=True)
+        Image.new("RGB", (20, 20)).save(folder / cat / "a.jpg")
+    frows = D.load_rows(folder, ["weapon"])
+    assert sorted(r.labels["weapon"] for r in frows) == [0, 1]
+
+
+def test_bad_manifest_lists_every_bad_row_with_line_numbers(tmp_path: Path) -> None:
+    man = make_dataset(tmp_path, n=2)
+    (tmp_path / "broken.png").write_bytes(b"not an image at all")
+    lines = man.read_text().splitlines()
+    lines += [
+        json.dumps({"image": "missing.png", "label": 1}),  # line 3: missing file
+        json.dumps({"image": "broken.png", "label": 0}),  # line 4: unreadable image
+        json.dumps({"image": "img_000.png", "label": "tank"}),  # line 5: unknown label
+        "{not json",  # line 6
+    ]
+    man.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ManifestError) as e:
+        D.load_rows(man, ["weapon"])
+    issues = {i.line: i.message for i in e.value.issues}
+    assert sorted(issues) == [3, 4, 5, 6]
+    assert "not found" in issues[3]
+    assert "unreadable image" in issues[4]
+    assert "unknown label" in issues[5]
+    assert "line 3:" in str(e.value)
+    # Only with the explicit flag are they skipped.
+    assert len(D.load_rows(man, ["weapon"], skip_bad=True)) == 2
+
+
+def test_bad_folder_image_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "weapon").mkdir()
+    (tmp_path / "weapon" / "x.jpg").write_bytes(b"garbage")
+    with pytest.raises(ManifestError, match="unreadable image"):
+        D.load_rows(tmp_path, ["weapon"])
+
+
+def test_assign_splits_keeps_given_and_hashes_the_rest() -> None:
+    rows = [ManifestRow(image=f"/x/{i}.png", labels={"w": i % 2}, id=f"{i}") for i in range(400)]
+    rows[0].split = "test"
+    s = D.assign_splits(rows)
+    assert 0 in s["test"]
+    assert sorted(s["train"] + s["val"] + s["test"]) == list(range(400))
+    assert 260 < len(s["train"]) < 380 and len(s["val"]) > 15
+    assert D.assign_splits(rows) == s  # deterministic
+
+
+def test_row_mask_grid_valid_rules(tmp_path: Path) -> None:
+    cfg = PreprocessConfig(image_size=32)
+    mask = np.zeros((40, 40), np.uint8)
+    mask[:20, :20] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    pos = ManifestRow(image="i", labels={"gun": 1, "knife": 0, "bat": 1}, masks={"gun": str(tmp_path / "m.png")})
+    m, valid = D.row_mask_grid(pos, ["gun", "knife", "bat"], (40, 40), (2, 2), cfg)
+    # gun: masked; knife: negative -> exact empty mask; bat: positive without a mask -> not supervised.
+    assert valid.tolist() == [True, True, False]
+    np.testing.assert_allclose(m[0], mask_to_grid(mask, (2, 2), cfg).reshape(-1))
+    assert m[0].tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0], abs=0.05)
+    assert not m[1].any()
+    with pytest.raises(ValueError, match="mask"):
+        D.load_mask(tmp_path / "m.png", (41, 40))
+
+
+def test_render_views_plain_view_is_the_served_input_and_flip_is_exact() -> None:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (50, 70, 3), dtype=np.uint8))
+    cfg = PreprocessConfig(image_size=32)
+    recipe = D.ViewRecipe(flip=True, color_views=2)
+    assert recipe.views() == [(0, False), (1, False), (2, False), (0, True), (1, True), (2, True)]
+    v = D.render_views(img, "a", cfg, recipe)
+    assert v.shape == (6, 3, 32, 32)
+    np.testing.assert_array_equal(v[0], preprocess(img, cfg))
+    np.testing.assert_array_equal(v[3], v[0][:, :, ::-1])
+    np.testing.assert_array_equal(v[4], v[1][:, :, ::-1])
+    assert not np.allclose(v[1], v[0])
+    # Seeded by id: same id -> same views, other id -> other colours.
+    np.testing.assert_array_equal(D.render_views(img, "a", cfg, recipe), v)
+    assert not np.allclose(D.render_views(img, "b", cfg, recipe)[1], v[1])
+
+
+def test_hsv_round_trip_matches_colorsys() -> None:
+    rng = np.random.default_rng(1)
+    rgb = rng.random((20, 3))
+    hsv = D._rgb_to_hsv(rgb)
+    ref = np.array([colorsys.rgb_to_hsv(*c) for c in rgb])
+    np.testing.assert_allclose(hsv, ref, atol=1e-9)
+    np.testing.assert_allclose(D._hsv_to_rgb(hsv), rgb, atol=1e-9)
