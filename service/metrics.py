@@ -74,10 +74,28 @@ MODEL_INFO = "dangerclip_model_info"
 BUILD_INFO = "dangerclip_build_info"
 
 METRIC_NAMES: tuple[str, ...] = (
-    RECORDS_CONSUMED, RESULTS_PRODUCED, DEAD_LETTERS, FLAGGED, RECORDS_ABANDONED, OFFSET_COMMITS,
-    BROKER_ERRORS, REBALANCES, BATCH_SIZE, DECODE_DURATION, INFERENCE_DURATION, PRODUCE_DURATION,
-    COMMIT_DURATION, QUEUE_DURATION, END_TO_END_DURATION, INPUT_SIZE, SCORE, CONSUMER_LAG,
-    ASSIGNED_PARTITIONS, READY, MODEL_INFO, BUILD_INFO,
+    RECORDS_CONSUMED,
+    RESULTS_PRODUCED,
+    DEAD_LETTERS,
+    FLAGGED,
+    RECORDS_ABANDONED,
+    OFFSET_COMMITS,
+    BROKER_ERRORS,
+    REBALANCES,
+    BATCH_SIZE,
+    DECODE_DURATION,
+    INFERENCE_DURATION,
+    PRODUCE_DURATION,
+    COMMIT_DURATION,
+    QUEUE_DURATION,
+    END_TO_END_DURATION,
+    INPUT_SIZE,
+    SCORE,
+    CONSUMER_LAG,
+    ASSIGNED_PARTITIONS,
+    READY,
+    MODEL_INFO,
+    BUILD_INFO,
 )
 """Every metric name, as it appears in ``/metrics`` (histograms add ``_bucket``/``_sum``/``_count``)."""
 
@@ -85,7 +103,21 @@ METRIC_NAMES: tuple[str, ...] = (
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Queue and end-to-end latency include time spent waiting in Kafka, so they reach further.
 END_TO_END_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    1800.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SIZE_BUCKETS = (1e3, 1e4, 1e5, 2.5e5, 5e5, 1e6, 2.5e6, 5e6, 1e7, 2.5e7)
@@ -112,12 +144,16 @@ class Metrics:
             _unsuffixed(RECORDS_CONSUMED, "_total"), "Input records taken from Kafka.", ["topic"], registry=r
         )
         self.results_produced = Counter(
-            _unsuffixed(RESULTS_PRODUCED, "_total"), "Results written to the output topic (after flush).",
-            ["topic"], registry=r,
+            _unsuffixed(RESULTS_PRODUCED, "_total"),
+            "Results written to the output topic (after flush).",
+            ["topic"],
+            registry=r,
         )
         self.dead_letters = Counter(
-            _unsuffixed(DEAD_LETTERS, "_total"), "Records written to the dead-letter topic, by reason code.",
-            ["topic", "reason"], registry=r,
+            _unsuffixed(DEAD_LETTERS, "_total"),
+            "Records written to the dead-letter topic, by reason code.",
+            ["topic", "reason"],
+            registry=r,
         )
         self.flagged = Counter(
             _unsuffixed(FLAGGED, "_total"), "Results flagged, per category.", ["category"], registry=r
@@ -125,19 +161,26 @@ class Metrics:
         self.records_abandoned = Counter(
             _unsuffixed(RECORDS_ABANDONED, "_total"),
             "In-flight records dropped without committing (Kafka redelivers them), by reason.",
-            ["reason"], registry=r,
+            ["reason"],
+            registry=r,
         )
         self.offset_commits = Counter(
-            _unsuffixed(OFFSET_COMMITS, "_total"), "Offset commits, by outcome (ok, failed).", ["outcome"],
+            _unsuffixed(OFFSET_COMMITS, "_total"),
+            "Offset commits, by outcome (ok, failed).",
+            ["outcome"],
             registry=r,
         )
         self.broker_errors = Counter(
-            _unsuffixed(BROKER_ERRORS, "_total"), "Errors talking to the broker, by operation.",
-            ["operation"], registry=r,
+            _unsuffixed(BROKER_ERRORS, "_total"),
+            "Errors talking to the broker, by operation.",
+            ["operation"],
+            registry=r,
         )
         self.rebalances = Counter(
-            _unsuffixed(REBALANCES, "_total"), "Consumer group rebalance callbacks (assigned, revoked).",
-            ["event"], registry=r,
+            _unsuffixed(REBALANCES, "_total"),
+            "Consumer group rebalance callbacks (assigned, revoked).",
+            ["event"],
+            registry=r,
         )
         self.batch_size = Histogram(
             BATCH_SIZE, "Records per scored micro-batch.", buckets=BATCH_BUCKETS, registry=r
@@ -155,31 +198,42 @@ class Metrics:
             COMMIT_DURATION, "Offset commit time per batch.", buckets=LATENCY_BUCKETS, registry=r
         )
         self.queue_duration = Histogram(
-            QUEUE_DURATION, "Time from the record's timestamp to the worker taking it.",
-            buckets=END_TO_END_BUCKETS, registry=r,
+            QUEUE_DURATION,
+            "Time from the record's timestamp to the worker taking it.",
+            buckets=END_TO_END_BUCKETS,
+            registry=r,
         )
         self.end_to_end_duration = Histogram(
-            END_TO_END_DURATION, "Time from the record's timestamp to its result being flushed.",
-            buckets=END_TO_END_BUCKETS, registry=r,
+            END_TO_END_DURATION,
+            "Time from the record's timestamp to its result being flushed.",
+            buckets=END_TO_END_BUCKETS,
+            registry=r,
         )
         self.input_size = Histogram(
             INPUT_SIZE, "Size of input record values.", buckets=SIZE_BUCKETS, registry=r
         )
         self.score = Histogram(
-            SCORE, "Distribution of scores per category (watch it for drift).", ["category"],
-            buckets=SCORE_BUCKETS, registry=r,
+            SCORE,
+            "Distribution of scores per category (watch it for drift).",
+            ["category"],
+            buckets=SCORE_BUCKETS,
+            registry=r,
         )
         self.consumer_lag = Gauge(
-            CONSUMER_LAG, "Records behind the fetch high watermark, per assigned partition.",
-            ["topic", "partition"], registry=r,
+            CONSUMER_LAG,
+            "Records behind the fetch high watermark, per assigned partition.",
+            ["topic", "partition"],
+            registry=r,
         )
         self.assigned_partitions = Gauge(
             ASSIGNED_PARTITIONS, "Input partitions currently assigned to this worker.", registry=r
         )
         self.ready = Gauge(READY, "1 when the model is loaded and the consumer has partitions.", registry=r)
         self.model_info = Gauge(
-            MODEL_INFO, "The served model (always 1).",
-            ["name", "version", "sha256", "provider", "mode", "trained"], registry=r,
+            MODEL_INFO,
+            "The served model (always 1).",
+            ["name", "version", "sha256", "provider", "mode", "trained"],
+            registry=r,
         )
         self.build_info = Gauge(
             BUILD_INFO, "The dangerclip package version (always 1).", ["version"], registry=r
@@ -194,7 +248,11 @@ class Metrics:
         """Publish the model info metric (one series; replaces any earlier one)."""
         self.model_info.clear()
         self.model_info.labels(
-            name=name, version=version, sha256=sha256, provider=provider, mode=mode,
+            name=name,
+            version=version,
+            sha256=sha256,
+            provider=provider,
+            mode=mode,
             trained=str(trained).lower(),
         ).set(1)
 

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     max_batch_wait_ms: int = Field(50, ge=0, le=60_000)
     """Longest time (ms) a partly filled batch waits for more records before it is scored."""
 
+    output_partitioning: Literal["same", "key"] = "same"
+    """Which output partition a result goes to: ``same`` (the input's partition number, modulo the output
+    topic's partition count, so results keep the input's partition order) or ``key`` (Kafka's key hash)."""
+
     decode_workers: int = Field(2, ge=1, le=64)
     """Threads that decode and preprocess images while the model scores the previous batch."""
 
@@ -102,6 +106,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1)
     """Largest accepted image width × height, checked from the header before decoding (decompression
     bombs go to the dead-letter topic as ``too_many_pixels``)."""
+
+    dead_letter_max_value_bytes: int = Field(768 * 1024, ge=0)
+    """Dead letters carry the original value (base64) up to this size; a larger one is replaced by its size
+    and sha256 so the dead letter still fits the broker's message size limit (1 MiB by default)."""
 
     # ---------------------------------------------------------------- image by reference
     uri_fetch_enabled: bool = False
