@@ -71,6 +71,8 @@ def save_checkpoint(
         "dangerclip.config": json.dumps(cfg, sort_keys=True),
         "dangerclip.templates": json.dumps(list(model.templates)),
     }
+    if model.backbone_seed is not None:
+        meta["dangerclip.backbone_seed"] = str(model.backbone_seed)
     if isinstance(model.head, DangerHead):
         meta["dangerclip.head"] = json.dumps(dataclasses.asdict(model.head.cfg))
     path = Path(path)
@@ -124,11 +126,12 @@ def load_checkpoint(path: str | Path, pretrained: str | None = None, device: str
     else:
         source = pretrained if pretrained is not None else card.backbone.pretrained
         if not source:
-            # A random backbone: the factory's default seed rebuilds it; the hash check below decides.
-            torch.manual_seed(0)
+            # A random backbone: its recorded seed rebuilds it; the hash check below decides.
+            torch.manual_seed(int(meta.get("dangerclip.backbone_seed", "0")))
         clip = build_clip(cfg["clip"], source or None)
     backbone = DenseCLIP(clip, card.backbone.model, source)
     backbone.text_loaded = not visual
+    seed = meta.get("dangerclip.backbone_seed")
     if backbone.sha256 != card.backbone.sha256:
         raise BackboneError(
             f"{path} was trained on backbone {card.backbone.model} ({card.backbone.pretrained or 'random'}) "
@@ -142,7 +145,9 @@ def load_checkpoint(path: str | Path, pretrained: str | None = None, device: str
     else:
         head = DangerHead(head_t["text"], HeadConfig(**json.loads(meta["dangerclip.head"])))
     head.load_state_dict(head_t)
-    return DangerCLIP(backbone, head, card, config_name, templates).to(device)
+    model = DangerCLIP(backbone, head, card, config_name, templates).to(device)
+    model.backbone_seed = int(seed) if seed is not None and not visual else None
+    return model
 
 
 # `dangerclip create`

@@ -116,7 +116,9 @@ def create_model(
         safe_prompts=safe,
         trained=False,
     )
-    return DangerCLIP(backbone, head, card, name, tmpl).to(device)
+    model = DangerCLIP(backbone, head, card, name, tmpl).to(device)
+    model.backbone_seed = seed if not pretrained else None
+    return model
 
 
 def preprocess_config(clip: torch.nn.Module) -> PreprocessConfig:

@@ -69,7 +69,7 @@ class HeadBlock(nn.Module):
         """Args: ``x [B, k+N, W]``; ``k`` query tokens first. Returns ``x`` and ``A[:, :k, k:] [B, k, N]``."""
         bsz, n, width = x.shape
         hd = width // self.heads
-        q, key, v = self.qkv(self.ln_1(x)).view(bsz, n, 3, self.heads, hd).permute(2, 0, 3, 1, 4)
+        q, key, v = self.qkv(self.ln_1(x)).view(bsz, n, 3, self.heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
         logits = (q @ key.transpose(-1, -2)) * hd**-0.5  # [B, H, n, n]
         a = self.drop(torch.softmax(logits, dim=-1))
         y = (a @ v).transpose(1, 2).reshape(bsz, n, width)
@@ -179,6 +179,8 @@ class DangerCLIP(nn.Module):
         self.card = card
         self.config_name = config_name
         self.templates = templates
+        self.backbone_seed: int | None = None
+        """Seed that rebuilds a random (unnamed) backbone; None when its weights come from a tag or file."""
 
     @property
     def grid(self) -> tuple[int, int]:

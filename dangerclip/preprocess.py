@@ -19,6 +19,9 @@ from dangerclip.card import PreprocessConfig
 DEFAULT_MAX_PIXELS = 40_000_000
 """Refuse images above this many pixels before decoding them (decompression bombs)."""
 
+IMAGE_SUFFIXES_FOR_SCAN = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+"""File suffixes picked up when a folder is given instead of files."""
+
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "bilinear": Image.Resampling.BILINEAR,
@@ -116,12 +119,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
         a = np.asarray(img, dtype=np.float64)
         hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
         a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(a, "L").convert("RGB")
+        return Image.fromarray(a).convert("RGB")
     if img.mode == "F":
         a = np.asarray(img, dtype=np.float64)
         lo, hi = float(a.min()), float(a.max())
         a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
-        return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
+        return Image.fromarray(a.astype(np.uint8)).convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -203,7 +206,7 @@ def mask_to_grid(mask: np.ndarray, grid: tuple[int, int], cfg: PreprocessConfig)
         m = m.astype(np.float32) / 255.0
     m = np.clip(m.astype(np.float32), 0.0, 1.0)
     # Resize as a float image with a box-like filter, crop, then average over each patch.
-    im = Image.fromarray(m, mode="F")
+    im = Image.fromarray(m.astype(np.float32))
     s = cfg.image_size
     w, h = resized_size(im.width, im.height, s)
     im = im.resize((w, h), Image.Resampling.BILINEAR).crop(crop_box(w, h, s))

@@ -1,0 +1,25 @@
+"""Danger-map overlays as images (numpy and Pillow only)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from dangerclip.card import PreprocessConfig
+from dangerclip.preprocess import resize_and_crop, to_rgb
+
+
+def overlay(image: Image.Image, grid_map: np.ndarray, cfg: PreprocessConfig, alpha: float = 0.55) -> Image.Image:
+    """The model's view of ``image`` (resized and centre-cropped) with a ``[h, w]`` map blended in red.
+
+    The map is upsampled bilinearly to the crop; opacity follows the map's value, so safe patches show the
+    image as it is.
+    """
+    view = resize_and_crop(to_rgb(image), cfg)
+    m = np.clip(np.asarray(grid_map, np.float32), 0.0, 1.0)
+    up = Image.fromarray(m).resize(view.size, Image.Resampling.BILINEAR)
+    a = np.asarray(up, np.float32)[..., None] * alpha
+    base = np.asarray(view, np.float32)
+    red = np.broadcast_to(np.array([255.0, 32.0, 0.0], np.float32), base.shape)
+    out = base * (1 - a) + red * a
+    return Image.fromarray(np.clip(out + 0.5, 0, 255).astype(np.uint8))

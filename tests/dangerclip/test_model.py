@@ -1,0 +1,121 @@
+"""The model: frozen dense CLIP, relational descriptor head, k prompts, zero-shot mode, factory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dangerclip.backbone import BackboneError, build_clip
+from dangerclip.factory import create_model, get_config, list_models
+from dangerclip.losses import danger_loss
+
+
+def test_list_models_and_unknown_name():
+    assert {"tiny", "ViT-B-16"} <= set(list_models())
+    with pytest.raises(ValueError, match="tiny"):
+        create_model("no-such-model")
+
+
+def test_global_token_equals_encode_image(tiny_model):
+    x = torch.randn(3, 3, 224, 224)
+    g, patches = tiny_model.backbone.encode_dense(x)
+    ref = F.normalize(tiny_model.backbone.clip.encode_image(x), dim=-1)
+    assert torch.allclose(g, ref, atol=1e-5)
+    assert patches.shape == (3, 196, tiny_model.backbone.embed_dim)
+
+
+def test_patch_tokens_are_the_value_path_not_open_clip_tokens(tiny_model):
+    # open_clip's output_tokens are un-projected width-d tokens from the ordinary attention; ours are in
+    # the joint space (embed_dim) and come from the last block's value path.
+    x = torch.randn(1, 3, 224, 224)
+    v = tiny_model.backbone.clip.visual
+    _, patches = tiny_model.backbone.encode_dense(x)
+    xx = v._embeds(x)
+    for blk in v.transformer.resblocks[:-1]:
+        xx = blk(xx)
+    last = v.transformer.resblocks[-1]
+    y = last.ln_1(xx)
+    w_v = last.attn.in_proj_weight.chunk(3)[2]
+    b_v = last.attn.in_proj_bias.chunk(3)[2]
+    t = xx[:, 1:] + last.attn.out_proj(F.linear(y[:, 1:], w_v, b_v))
+    t = t + last.mlp(last.ln_2(t))
+    expect = v.ln_post(t) @ v.proj
+    assert torch.allclose(patches, expect, atol=1e-5)
+
+
+def test_backbone_is_frozen_and_stays_in_eval():
+    m = create_model("tiny", seed=1)
+    m.train()
+    assert not m.backbone.training and not m.backbone.clip.training
+    assert all(not p.requires_grad for p in m.backbone.parameters())
+    out = m(torch.randn(2, 3, 224, 224))
+    loss = danger_loss(out.logits, out.map_logits, torch.tensor([[1.0], [0.0]]), torch.rand(2, 1, 196),
+                       torch.ones(2, 1, dtype=torch.bool))["loss"]
+    loss.backward()
+    assert all(p.grad is None for p in m.backbone.parameters())
+    assert all(p.grad is not None for p in m.trainable_parameters())
+
+
+def test_several_prompts_give_a_score_and_map_each():
+    m = create_model("tiny", prompts=["gun", "knife", "explosive"], seed=2)
+    out = m(torch.randn(2, 3, 224, 224))
+    assert out.scores.shape == (2, 3)
+    assert out.maps.shape == (2, 3, 14, 14)
+    assert out.map_logits.shape == (2, 2, 3, 196)  # 2 head layers in the tiny config
+    assert ((out.scores > 0) & (out.scores < 1)).all()
+    assert m.card.prompts == ["gun", "knife", "explosive"]
+    assert m.head.text.shape == (3, 128)
+
+
+def test_text_embeddings_are_buffers_from_the_text_tower(tiny_model):
+    expect = tiny_model.backbone.encode_text(["weapon"])
+    assert torch.allclose(tiny_model.head.text, expect)
+    assert "text" in dict(tiny_model.head.named_buffers())
+
+
+def test_relational_descriptor_matches_zegclip_formula(tiny_model):
+    g = F.normalize(torch.randn(2, 128), dim=-1)
+    t = tiny_model.head.text
+    q = tiny_model.head.q_proj(torch.cat([t[None] * g[:, None], t[None].expand(2, -1, -1)], dim=-1))
+    w = tiny_model.head.q_proj.weight
+    manual = (t[None] * g[:, None]) @ w[:, :128].T + t @ w[:, 128:].T + tiny_model.head.q_proj.bias
+    assert torch.allclose(q, manual, atol=1e-6)
+
+
+def test_zero_shot_scores_are_clip_softmax_against_safe_prompts():
+    m = create_model("tiny", mode="zeroshot", safe_prompts=["a cat", "a tree"], seed=3)
+    x = torch.randn(2, 3, 224, 224)
+    out = m(x)
+    g = F.normalize(m.backbone.clip.encode_image(x), dim=-1)
+    texts = torch.cat([m.head.text, m.head.safe])
+    p = torch.softmax(m.head.logit_scale * g @ texts.T, dim=-1)[:, :1]
+    assert torch.allclose(out.scores, p, atol=1e-5)
+    assert out.maps.shape == (2, 1, 14, 14)
+    assert m.card.mode == "zeroshot" and m.card.safe_prompts == ["a cat", "a tree"]
+
+
+def test_missing_or_wrong_weights_file_is_a_clear_error(tmp_path):
+    cfg = get_config("tiny")["clip"]
+    with pytest.raises(BackboneError, match="not found"):
+        build_clip(cfg, str(tmp_path / "missing.safetensors"))
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.safetensors"
+    save_file({"visual.conv1.weight": torch.zeros(1)}, str(bad))
+    with pytest.raises(BackboneError, match="missing"):
+        build_clip(cfg, str(bad))
+
+
+def test_local_weights_file_loads(tmp_path):
+    m = create_model("tiny", seed=5)
+    path = tmp_path / "clip.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in m.backbone.clip.state_dict().items()}}, path)
+    m2 = create_model("tiny", pretrained=str(path), seed=99)
+    assert m2.backbone.sha256 == m.backbone.sha256
+    assert m2.card.backbone.pretrained == str(path)
+
+
+def test_unknown_pretrained_tag_lists_the_valid_ones():
+    with pytest.raises(BackboneError, match="openai"):
+        build_clip({"open_clip": "ViT-B-16"}, "no-such-tag")
