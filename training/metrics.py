@@ -371,7 +371,8 @@ def choose_map_threshold(
     use &= masks.max(axis=1) > 0
     if not use.any():
         return 0.5
-    cand = np.arange(0.02, 0.99, 0.02) if candidates is None else np.asarray(candidates, np.float64)
+    # Rounded so that a candidate is exactly the decimal it prints as (0.7, not 0.70000000001).
+    cand = np.round(np.arange(1, 50) * 0.02, 2) if candidates is None else np.asarray(candidates, np.float64)
     on = binarize_mask(masks[use])
     m = maps[use]
     best_t, best = 0.5, -1.0
