@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Build the DangerCLIP Grafana dashboard JSON from one readable list of panels.
+
+The dashboard is written twice, byte for byte the same: ``deploy/grafana/dashboards/dangerclip.json``
+(provisioned by the compose stack) and ``helm/dangerclip/files/dashboards/dangerclip.json`` (shipped by the
+chart as a ConfigMap for Grafana's dashboard sidecar). The tests check both are up to date and that every
+metric a query names is one the worker really exports.
+
+    .venv/bin/python deploy/grafana/build_dashboard.py            # rewrite both files
+    .venv/bin/python deploy/grafana/build_dashboard.py --check    # exit 1 when either is stale
+
+Every query is scoped by the ``$job`` and ``$instance`` variables, so one Grafana serves several releases
+(the chart's ServiceMonitor sets ``job`` to the release's full name; compose's Prometheus job is
+``dangerclip``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTPUTS = (
+    ROOT / "deploy" / "grafana" / "dashboards" / "dangerclip.json",
+    ROOT / "helm" / "dangerclip" / "files" / "dashboards" / "dangerclip.json",
+)
+UID = "dangerclip-workers"
+DS = {"type": "prometheus", "uid": "${datasource}"}
+SEL = 'job=~"$job", instance=~"$instance"'
+
+
+def target(expr: str, legend: str = "", ref: str = "A", **extra: Any) -> dict[str, Any]:
+    return {"datasource": DS, "expr": expr, "legendFormat": legend or "__auto", "refId": ref, **extra}
+
+
+def panel(
+    title: str,
+    targets: list[dict[str, Any]],
+    grid: tuple[int, int, int, int],
+    kind: str = "timeseries",
+    unit: str = "short",
+    description: str = "",
+    **options: Any,
+) -> dict[str, Any]:
+    x, y, w, h = grid
+    out: dict[str, Any] = {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "gridPos": {"x": x, "y": y, "w": w, "h": h},
+        "targets": [dict(t, refId=chr(ord("A") + i)) for i, t in enumerate(targets)],
+        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+    }
+    out.update(options)
+    return out
+
+
+def row(title: str, y: int) -> dict[str, Any]:
+    return {"type": "row", "title": title, "collapsed": False, "gridPos": {"x": 0, "y": y, "w": 24, "h": 1},
+            "panels": []}
+
+
+def quantiles(metric: str, legend: str, qs: tuple[float, ...] = (0.5, 0.99)) -> list[dict[str, Any]]:
+    return [
+        target(
+            f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{SEL}}}[$__rate_interval])))",
+            f"{legend} p{int(q * 100)}",
+        )
+        for q in qs
+    ]
+
+
+def panels() -> list[dict[str, Any]]:
+    rate = "[$__rate_interval]"
+    p: list[dict[str, Any]] = [row("Overview", 0)]
+    p += [
+        panel("Workers up", [target(f'sum(up{{{SEL}}})', "up")], (0, 1, 4, 4), "stat",
+              description="Scrape targets answering (Prometheus' own `up`)."),
+        panel("Ready workers", [target(f"sum(dangerclip_ready{{{SEL}}})", "ready")], (4, 1, 4, 4), "stat",
+              description="Model loaded and partitions assigned."),
+        panel("Images in /s", [target(f"sum(rate(dangerclip_records_consumed_total{{{SEL}}}{rate}))", "in")],
+              (8, 1, 4, 4), "stat", "reqps"),
+        panel("Results out /s", [target(f"sum(rate(dangerclip_results_produced_total{{{SEL}}}{rate}))", "out")],
+              (12, 1, 4, 4), "stat", "reqps"),
+        panel("Dead letters", [target(
+            f"sum(rate(dangerclip_dead_letters_total{{{SEL}}}{rate})) / "
+            f"clamp_min(sum(rate(dangerclip_records_consumed_total{{{SEL}}}{rate})), 1e-9)", "dead-letter share")],
+              (16, 1, 4, 4), "stat", "percentunit", "Share of consumed records sent to the dead-letter topic."),
+        panel("Consumer lag", [target(f"sum(dangerclip_consumer_lag_records{{{SEL}}})", "lag")],
+              (20, 1, 4, 4), "stat", "short", "Records behind the high watermark, all partitions."),
+    ]
+    p.append(row("Throughput", 5))
+    p += [
+        panel("Throughput in and out", [
+            target(f"sum(rate(dangerclip_records_consumed_total{{{SEL}}}{rate}))", "consumed"),
+            target(f"sum(rate(dangerclip_results_produced_total{{{SEL}}}{rate}))", "results"),
+            target(f"sum(rate(dangerclip_dead_letters_total{{{SEL}}}{rate}))", "dead letters"),
+        ], (0, 6, 12, 8), unit="reqps", description="Records per second taken from Kafka and written back."),
+        panel("Dead-letter rate by reason", [
+            target(f"sum by (reason) (rate(dangerclip_dead_letters_total{{{SEL}}}{rate}))", "{{reason}}"),
+        ], (12, 6, 12, 8), unit="reqps"),
+        panel("Throughput per worker", [
+            target(f"sum by (instance) (rate(dangerclip_results_produced_total{{{SEL}}}{rate}))", "{{instance}}"),
+        ], (0, 14, 12, 8), unit="reqps"),
+        panel("Flagged per category", [
+            target(f"sum by (category) (rate(dangerclip_flagged_total{{{SEL}}}{rate}))", "{{category}}"),
+        ], (12, 14, 12, 8), unit="reqps", description="Results over the category's threshold, per second."),
+    ]
+    p.append(row("Kafka", 22))
+    p += [
+        panel("Lag per partition", [
+            target(f"max by (topic, partition) (dangerclip_consumer_lag_records{{{SEL}}})",
+                   "{{topic}}/{{partition}}"),
+        ], (0, 23, 12, 8), unit="short",
+              description="Fetch high watermark minus position, as the owning worker sees it."),
+        panel("Partitions per worker", [
+            target(f"sum by (instance) (dangerclip_assigned_partitions{{{SEL}}})", "{{instance}}"),
+        ], (12, 23, 6, 8), unit="short"),
+        panel("Rebalances, commits and broker errors", [
+            target(f"sum by (event) (increase(dangerclip_rebalances_total{{{SEL}}}{rate}))", "rebalance {{event}}"),
+            target(f"sum by (outcome) (rate(dangerclip_offset_commits_total{{{SEL}}}{rate}))", "commit {{outcome}}"),
+            target(f"sum by (operation) (rate(dangerclip_broker_errors_total{{{SEL}}}{rate}))",
+                   "error {{operation}}"),
+            target(f"sum by (reason) (rate(dangerclip_records_abandoned_total{{{SEL}}}{rate}))",
+                   "abandoned {{reason}}"),
+        ], (18, 23, 6, 8), unit="short"),
+    ]
+    p.append(row("Latency and batching", 31))
+    p += [
+        panel("Batch size", [
+            *quantiles("dangerclip_batch_size_records", "batch"),
+            target(f"sum(rate(dangerclip_batch_size_records_sum{{{SEL}}}{rate})) / "
+                   f"sum(rate(dangerclip_batch_size_records_count{{{SEL}}}{rate}))", "mean"),
+        ], (0, 32, 8, 8), unit="short", description="Records per scored micro-batch."),
+        panel("Decode and inference latency", [
+            *quantiles("dangerclip_decode_duration_seconds", "decode (per image)"),
+            *quantiles("dangerclip_inference_duration_seconds", "inference (per batch)"),
+            *quantiles("dangerclip_produce_duration_seconds", "produce+flush (per batch)"),
+        ], (8, 32, 8, 8), unit="s"),
+        panel("End-to-end latency", [
+            *quantiles("dangerclip_end_to_end_duration_seconds", "end to end"),
+            *quantiles("dangerclip_queue_duration_seconds", "queue"),
+        ], (16, 32, 8, 8), unit="s",
+              description="From the record's Kafka timestamp to its result flushed (end to end) or taken "
+                          "by a worker (queue)."),
+    ]
+    p.append(row("Model", 40))
+    p += [
+        panel("Score distribution over time", [
+            target(f'sum by (le) (increase(dangerclip_score_bucket{{{SEL}, category=~"$category"}}{rate}))',
+                   "{{le}}", format="heatmap"),
+        ], (0, 41, 12, 9), "heatmap", "short",
+              "Scores of category $category; a moving distribution is drift (or a changed input mix).",
+              options={"calculate": False, "yAxis": {"unit": "short"}, "color": {"scheme": "Oranges"}}),
+        panel("Mean score per category", [
+            target(f"sum by (category) (rate(dangerclip_score_sum{{{SEL}}}{rate})) / "
+                   f"sum by (category) (rate(dangerclip_score_count{{{SEL}}}{rate}))", "{{category}}"),
+        ], (12, 41, 12, 9), unit="percentunit"),
+        panel("Model version and execution provider per worker", [
+            target(f"max by (instance, name, version, provider, mode, trained, sha256) "
+                   f"(dangerclip_model_info{{{SEL}}})", "", format="table", instant=True),
+            target(f"max by (instance, version) (dangerclip_build_info{{{SEL}}})", "", format="table",
+                   instant=True),
+        ], (0, 50, 24, 7), "table",
+              description="What each worker serves. Two versions side by side mean a rollout is in progress.",
+              transformations=[{"id": "merge", "options": {}},
+                               {"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True,
+                                                                                 "Value #A": True,
+                                                                                 "Value #B": True}}}]),
+    ]
+    return p
+
+
+def variable(name: str, query: str, label: str, multi: bool = True) -> dict[str, Any]:
+    return {
+        "name": name, "label": label, "type": "query", "datasource": DS,
+        "query": {"query": query, "refId": f"{name}-var"}, "definition": query,
+        "refresh": 2, "includeAll": multi, "multi": multi, "allValue": ".*" if multi else None,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]} if multi else {},
+        "sort": 1,
+    }
+
+
+def dashboard() -> dict[str, Any]:
+    return {
+        "uid": UID,
+        "title": "DangerCLIP workers",
+        "description": "Kafka scoring workers: throughput, dead letters, lag, latency, scores, model per pod.",
+        "tags": ["dangerclip", "kafka"],
+        "editable": True,
+        "graphTooltip": 1,
+        "refresh": "30s",
+        "schemaVersion": 39,
+        "time": {"from": "now-1h", "to": "now"},
+        "timezone": "browser",
+        "templating": {"list": [
+            {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
+             "current": {}, "hide": 0},
+            variable("job", "label_values(dangerclip_build_info, job)", "Job"),
+            variable("instance", 'label_values(dangerclip_build_info{job=~"$job"}, instance)', "Worker"),
+            variable("category", 'label_values(dangerclip_score_bucket{job=~"$job"}, category)', "Category",
+                     multi=False),
+        ]},
+        "annotations": {"list": [{
+            "name": "Model changes", "datasource": DS, "enable": True, "iconColor": "orange",
+            "expr": 'changes(max by (version) (dangerclip_model_info{job=~"$job"})[5m:1m]) > 0',
+            "titleFormat": "model {{version}}",
+        }]},
+        "panels": panels(),
+    }
+
+
+def render() -> str:
+    return json.dumps(dashboard(), indent=2, sort_keys=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 when a written file is stale")
+    args = parser.parse_args(argv)
+    text = render()
+    stale = [p for p in OUTPUTS if not p.exists() or p.read_text() != text]
+    if args.check:
+        for p in stale:
+            sys.stderr.write(f"{p} is stale; rerun {Path(__file__).name}\n")
+        return 1 if stale else 0
+    for p in OUTPUTS:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+        sys.stdout.write(f"wrote {p}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
