@@ -82,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         xb = torch.randn(b, 3, s, s)
         xn = xb.numpy()
         with torch.inference_mode():
-            t = timed(lambda: model(xb), 2, 3, a.min_seconds)
+            t = timed(lambda xb=xb: model(xb), 2, 3, a.min_seconds)
         base = b / t
         rows.append({"engine": "torch eager fp32", "batch": b, "images_per_s": base})
         for name, sess in sessions.items():
-            t = timed(lambda sess=sess: sess.run(None, {"images": xn}), 2, 3, a.min_seconds)
+            t = timed(lambda sess=sess, xn=xn: sess.run(None, {"images": xn}), 2, 3, a.min_seconds)
             rows.append({"engine": name, "batch": b, "images_per_s": b / t})
         for r in rows[-3:]:
             r["vs_torch"] = r["images_per_s"] / base
@@ -97,10 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"INT8 deviation from fp32 on 8 images: max |Δscore| {dev8['score_max']:.4f}")
     print(f"{'engine':<20} {'batch':>5} {'images/s':>10} {'vs torch':>9} {'GFLOP/s':>9}")
     for r in rows:
-        print(f"{r['engine']:<20} {r['batch']:>5} {r['images_per_s']:>10.2f} {r['vs_torch']:>8.2f}x {r['gflop_per_s']:>9.1f}")
+        print(
+            f"{r['engine']:<20} {r['batch']:>5} {r['images_per_s']:>10.2f} "
+            f"{r['vs_torch']:>8.2f}x {r['gflop_per_s']:>9.1f}"
+        )
     if a.json:
-        Path(a.json).write_text(json.dumps({"config": a.config, "threads": a.threads, "flops_backbone": flops_backbone,
-                                            "flops_full": flops_full, "int8_deviation": dev8, "rows": rows}, indent=1))
+        Path(a.json).write_text(
+            json.dumps(
+                {
+                    "config": a.config,
+                    "threads": a.threads,
+                    "flops_backbone": flops_backbone,
+                    "flops_full": flops_full,
+                    "int8_deviation": dev8,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

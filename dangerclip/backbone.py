@@ -63,8 +63,7 @@ def build_clip(clip_cfg: Mapping[str, Any], pretrained: str | None = None) -> nn
             tags = [t for n, t in open_clip.list_pretrained() if n == name]
             if pretrained not in tags:
                 raise BackboneError(
-                    f"{pretrained!r} is neither a file nor an open_clip pretrained tag for {name}; "
-                    f"tags: {tags}"
+                    f"{pretrained!r} is neither a file nor an open_clip pretrained tag for {name}; tags: {tags}"
                 )
             try:
                 clip = open_clip.create_model(name, pretrained=pretrained)
@@ -130,7 +129,7 @@ def load_clip_weights(clip: nn.Module, path: str | Path, *, visual_only: bool = 
     sd = read_state_dict(path)
     target = clip.visual if visual_only else clip
     if visual_only:
-        sd = {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
+        sd = {k[len("visual.") :]: v for k, v in sd.items() if k.startswith("visual.")}
     expected = target.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))

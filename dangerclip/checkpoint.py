@@ -118,7 +118,7 @@ def load_checkpoint(path: str | Path, pretrained: str | None = None, device: str
     cfg = json.loads(meta["dangerclip.config"])
     config_name = meta.get("dangerclip.config_name", card.name)
     templates = tuple(json.loads(meta.get("dangerclip.templates", '["{}"]')))
-    visual = {k[len("visual."):]: v for k, v in tensors.items() if k.startswith("visual.")}
+    visual = {k[len("visual.") :]: v for k, v in tensors.items() if k.startswith("visual.")}
     if visual:
         clip = build_clip(cfg["clip"], None)
         clip.visual.load_state_dict(visual)
@@ -138,7 +138,7 @@ def load_checkpoint(path: str | Path, pretrained: str | None = None, device: str
             f"with weights sha256 {card.backbone.sha256[:16]}…, but the backbone loaded from "
             f"{source or 'random init'} has sha256 {backbone.sha256[:16]}…; pass the right weights"
         )
-    head_t = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+    head_t = {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
     head: DangerHead | ZeroShotHead
     if card.mode == "zeroshot":
         head = ZeroShotHead(head_t["text"], head_t["safe"], float(head_t["logit_scale"]))
@@ -169,8 +169,13 @@ def run(args: argparse.Namespace) -> int:
     mode = args.mode
     version = args.version or ("0.0.0-zeroshot" if mode == "zeroshot" else "0.0.0-untrained")
     model = create_model(
-        args.config, args.pretrained, args.prompts, mode, safe_prompts=args.safe_prompts,
-        version=version, seed=args.seed,
+        args.config,
+        args.pretrained,
+        args.prompts,
+        mode,
+        safe_prompts=args.safe_prompts,
+        version=version,
+        seed=args.seed,
     )
     notes = "zero-shot CLIP similarity; no training" if mode == "zeroshot" else "UNTRAINED head (random weights)"
     card = save_checkpoint(model, args.out, notes=notes, include_backbone=args.include_backbone)

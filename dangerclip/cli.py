@@ -32,6 +32,7 @@ COMMANDS: dict[str, Command] = {
     "pretrain": Command("training.pretrain", "train", "contrastive pre-training of a tiny CLIP"),
     "train": Command("training.train", "train", "train a DangerCLIP head on frozen CLIP"),
     "eval": Command("training.evaluate", "train", "evaluate a checkpoint on a manifest"),
+    "baselines": Command("training.baselines", "train", "ResNet-50 / VGG-16 / zero-shot CLIP comparison rows"),
     "demo-model": Command("training.demo_model", "train", "build the offline demo model"),
     "pseudomask": Command("pseudomask.job", "pseudomask", "GroundingDINO + SAM pseudo-masks for a dataset"),
 }

@@ -133,9 +133,7 @@ def export_onnx(
             dev = max_score_deviation(model, tmp, batch)
             log.info("export check: max |Δscore| = %.2e, max |Δmap| = %.2e", dev["score"], dev["map"])
             if dev["score"] > tol:
-                raise ExportError(
-                    f"ONNX scores differ from torch by {dev['score']:.3g} > {tol:g}; not writing {path}"
-                )
+                raise ExportError(f"ONNX scores differ from torch by {dev['score']:.3g} > {tol:g}; not writing {path}")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -184,7 +182,9 @@ def export_int8(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray) 
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(fp32_path), str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    quantize_dynamic(
+        str(fp32_path), str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
+    )
     import onnx
 
     m = onnx.load(str(out_path))
@@ -241,15 +241,22 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         model = load_checkpoint(args.checkpoint, pretrained=args.pretrained)
     else:
-        model = create_model(args.config, args.pretrained, mode=args.mode,
-                             version="0.0.0-zeroshot" if args.mode == "zeroshot" else "0.0.0-untrained")
+        model = create_model(
+            args.config,
+            args.pretrained,
+            mode=args.mode,
+            version="0.0.0-zeroshot" if args.mode == "zeroshot" else "0.0.0-untrained",
+        )
         if args.mode == "trained":
             model.card.notes = "UNTRAINED head (random weights)"
     out = Path(args.out)
     calib = load_calibration(args.calibration, model) if args.calibration else check_images(model, n=8)
     export_onnx(model, out, check_batch=calib)
-    report: dict[str, object] = {"onnx": str(out), "version": model.card.version,
-                                 "fp32_vs_torch": max_score_deviation(model, out, calib)}
+    report: dict[str, object] = {
+        "onnx": str(out),
+        "version": model.card.version,
+        "fp32_vs_torch": max_score_deviation(model, out, calib),
+    }
     stem = out.with_suffix("")
     if args.fp16:
         report["fp16"] = {"path": f"{stem}.fp16.onnx", **export_fp16(out, f"{stem}.fp16.onnx", calib)}

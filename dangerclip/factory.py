@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -36,7 +36,7 @@ ZEROSHOT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image contai
 MODES = ("trained", "zeroshot")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _configs() -> dict[str, dict[str, Any]]:
     out = {}
     for f in resources.files("dangerclip.model_configs").iterdir():

@@ -43,9 +43,7 @@ class ImageError(ValueError):
         self.reason = reason
 
 
-def decode_image(
-    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int | None = None
-) -> Image.Image:
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int | None = None) -> Image.Image:
     """Decode encoded image bytes into an 8-bit RGB image, safely.
 
     The pixel count is checked from the header before any pixel is decoded. EXIF orientation is applied;

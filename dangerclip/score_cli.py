@@ -24,8 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
     parser.add_argument("--heatmaps", default=None, help="write <name>.<category>.png overlays to this folder")
-    parser.add_argument("--threshold", action="append", default=[], metavar="CATEGORY=VALUE",
-                        help="override a category's threshold (repeatable)")
+    parser.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="CATEGORY=VALUE",
+        help="override a category's threshold (repeatable)",
+    )
 
 
 def _expand(paths: list[str]) -> list[Path]:
@@ -75,8 +80,13 @@ def run(args: argparse.Namespace) -> int:
         if not images:
             continue
         for f, img, pred in zip(ok, images, scorer.score_images(images, args.batch_size), strict=True):
-            rec = {"path": str(f), "model_version": scorer.version, "scores": pred.scores,
-                   "flagged": pred.flagged, "map": pred.map_summary()}
+            rec = {
+                "path": str(f),
+                "model_version": scorer.version,
+                "scores": pred.scores,
+                "flagged": pred.flagged,
+                "map": pred.map_summary(),
+            }
             if heat_dir:
                 from dangerclip.heatmap import overlay
 

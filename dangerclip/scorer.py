@@ -52,8 +52,11 @@ class Prediction:
         for i, c in enumerate(self.scores):
             m = self.map[i]
             r, col = np.unravel_index(int(np.argmax(m)), m.shape)
-            out[c] = {"peak": round(float(m[r, col]), 4), "peak_at": [int(r), int(col)],
-                      "area": round(float((m >= 0.5).mean()), 4)}
+            out[c] = {
+                "peak": round(float(m[r, col]), 4),
+                "peak_at": [int(r), int(col)],
+                "area": round(float((m >= 0.5).mean()), 4),
+            }
         return out
 
 
@@ -75,8 +78,12 @@ def choose_providers(requested: str | Sequence[str] | None = "auto") -> list[str
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
-    aliases = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-               "tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider"}
+    aliases = {
+        "cpu": "CPUExecutionProvider",
+        "cuda": "CUDAExecutionProvider",
+        "tensorrt": "TensorrtExecutionProvider",
+        "trt": "TensorrtExecutionProvider",
+    }
     if requested in (None, "auto"):
         wanted: list[str] = list(_PREFERRED)
     elif isinstance(requested, str):
@@ -128,9 +135,7 @@ class DangerScorer:
             if wanted == ["CPUExecutionProvider"]:
                 raise
             log.warning("could not create a session with %s (%s); falling back to CPU", wanted, e)
-            self.session = ort.InferenceSession(
-                self.model_path, sess_options=opts, providers=["CPUExecutionProvider"]
-            )
+            self.session = ort.InferenceSession(self.model_path, sess_options=opts, providers=["CPUExecutionProvider"])
         self.provider = self.session.get_providers()[0]
         meta = self.session.get_modelmeta().custom_metadata_map
         if CARD_KEY not in meta:
@@ -144,7 +149,11 @@ class DangerScorer:
         self.sha256 = file_sha256(self.model_path)
         log.info(
             "loaded %s (version %s, %s, categories %s) on %s",
-            self.model_path, self.card.version, self.card.mode, self.card.prompts, self.provider,
+            self.model_path,
+            self.card.version,
+            self.card.mode,
+            self.card.prompts,
+            self.provider,
         )
 
     @property

@@ -29,8 +29,13 @@ def _train_one_step(model) -> None:
     model.train()
     out = model(torch.randn(2, 3, 224, 224))
     k = out.logits.shape[1]
-    loss = danger_loss(out.logits, out.map_logits, torch.ones(2, k), torch.rand(2, k, out.map_logits.shape[-1]),
-                       torch.ones(2, k, dtype=torch.bool))["loss"]
+    loss = danger_loss(
+        out.logits,
+        out.map_logits,
+        torch.ones(2, k),
+        torch.rand(2, k, out.map_logits.shape[-1]),
+        torch.ones(2, k, dtype=torch.bool),
+    )["loss"]
     loss.backward()
     opt.step()
     model.eval()

@@ -42,7 +42,8 @@ def test_score_prints_a_line_per_file_and_survives_bad_ones(tiny_onnx_path, samp
     n = len(list(sample_images_dir.iterdir()))
     assert len(lines) == n + 1
     errors = [x for x in lines if "error" in x]
-    assert len(errors) == 1 and errors[0]["path"] == str(bad) and errors[0]["reason"] in ("decode_error", "not_an_image")
+    assert len(errors) == 1 and errors[0]["path"] == str(bad)
+    assert errors[0]["reason"] in ("decode_error", "not_an_image")
     ok = [x for x in lines if "error" not in x]
     assert all(0 <= x["scores"]["weapon"] <= 1 and isinstance(x["flagged"]["weapon"], bool) for x in ok)
     assert all(Path(x["heatmaps"]["weapon"]).is_file() for x in ok)
@@ -64,11 +65,16 @@ def test_build_train_save_load_export_score(config, tmp_path, sample_images_dir)
     m.train()
     out = m(torch.randn(2, 3, 224, 224))
     n = out.map_logits.shape[-1]
-    loss = danger_loss(out.logits, out.map_logits, torch.tensor([[1.0], [0.0]]), torch.rand(2, 1, n),
-                       torch.ones(2, 1, dtype=torch.bool))["loss"]
+    loss = danger_loss(
+        out.logits,
+        out.map_logits,
+        torch.tensor([[1.0], [0.0]]),
+        torch.rand(2, 1, n),
+        torch.ones(2, 1, dtype=torch.bool),
+    )["loss"]
     loss.backward()
     opt.step()
-    assert any(not torch.equal(a, b) for a, b in zip(before, m.trainable_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.trainable_parameters(), strict=True))
     ckpt = tmp_path / "m.safetensors"
     save_checkpoint(m.eval(), ckpt, version="test-1", trained=True, include_backbone=(config == "tiny"))
     m2 = load_checkpoint(ckpt)

@@ -50,8 +50,13 @@ def test_backbone_is_frozen_and_stays_in_eval():
     assert not m.backbone.training and not m.backbone.clip.training
     assert all(not p.requires_grad for p in m.backbone.parameters())
     out = m(torch.randn(2, 3, 224, 224))
-    loss = danger_loss(out.logits, out.map_logits, torch.tensor([[1.0], [0.0]]), torch.rand(2, 1, 196),
-                       torch.ones(2, 1, dtype=torch.bool))["loss"]
+    loss = danger_loss(
+        out.logits,
+        out.map_logits,
+        torch.tensor([[1.0], [0.0]]),
+        torch.rand(2, 1, 196),
+        torch.ones(2, 1, dtype=torch.bool),
+    )["loss"]
     loss.backward()
     assert all(p.grad is None for p in m.backbone.parameters())
     assert all(p.grad is not None for p in m.trainable_parameters())
