@@ -20,9 +20,10 @@ def overlay(
     *,
     title: str = "",
     max_side: int = 768,
+    min_side: int = 384,
     alpha: float = 0.45,
 ) -> Image.Image:
-    """Draw masks and boxes on a copy of the image, downscaled so the long side is at most ``max_side``.
+    """Draw masks and boxes on a copy of the image, its long side scaled into ``[min_side, max_side]``.
 
     Args:
         image: the RGB image.
@@ -31,7 +32,9 @@ def overlay(
         detections: the kept boxes per category (pixel coordinates of ``image``).
         title: a line written at the top (image id, label).
     """
-    scale = min(1.0, max_side / max(image.size))
+    long = max(image.size)
+    # Large images shrink to keep the sheets small; tiny ones grow so labels and boxes stay legible.
+    scale = min(1.0, max_side / long) if long >= min_side else min_side / long
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     base = np.asarray(image.convert("RGB").resize(size, Image.Resampling.BILINEAR), np.float32)
     for k, m in enumerate(masks):
