@@ -210,7 +210,7 @@ def dashboard() -> dict[str, Any]:
             "expr": 'changes(max by (version) (dangerclip_model_info{job=~"$job"})[5m:1m]) > 0',
             "titleFormat": "model {{version}}",
         }]},
-        "panels": panels(),
+        "panels": [dict(p, id=i) for i, p in enumerate(panels(), start=1)],
     }
 
 

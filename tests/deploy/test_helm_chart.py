@@ -1,0 +1,453 @@
+"""The Helm chart, with real Helm: lint, schema, render, and what the rendered objects promise."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import (
+    CHART,
+    CI_VALUES,
+    NAMESPACE,
+    REPO,
+    helm,
+    kinds,
+    load_values,
+    merged_values,
+    one,
+    render,
+    rule_exprs,
+    settings_env_names,
+    worker_container,
+    worker_env,
+)
+
+VALUE_FILES = [None, *CI_VALUES]
+IDS = ["default"] + [p.name for p in CI_VALUES]
+
+
+def _ci(name: str) -> dict[str, Any]:
+    return load_values(CHART / "ci" / name) or {}
+
+
+def test_there_are_ci_values_for_every_mode() -> None:
+    names = {p.name for p in CI_VALUES}
+    assert len(names) >= 6, names
+    modes = {(_ci(n).get("autoscaling") or {}).get("mode", "none") for n in names}
+    assert modes == {"none", "hpa", "keda"}
+    sources = {(_ci(n).get("model") or {}).get("source", "baked") for n in names}
+    assert sources == {"baked", "image", "pvc", "initContainer"}
+
+
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=IDS)
+def test_helm_lint_is_clean(values_file: Path | None) -> None:
+    report = helm().lint(str(CHART), load_values(values_file), strict=True, namespace=NAMESPACE)
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+    assert report["total_charts_linted"] == 1
+    assert problems == [], problems
+
+
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=IDS)
+def test_renders_valid_objects(values_file: Path | None) -> None:
+    docs = render(load_values(values_file))
+    assert {"ConfigMap", "Deployment", "Service", "ServiceAccount", "PodDisruptionBudget"} <= set(kinds(docs))
+    for d in docs:
+        assert d["apiVersion"] and d["kind"], d
+        name = d["metadata"]["name"]
+        assert len(name) <= 63 and name == name.lower(), name
+        if d["kind"] != "Pod":  # the helm test pod carries its own component label
+            assert d["metadata"]["labels"]["app.kubernetes.io/instance"] == "dangerclip"
+    # Exactly one workload of each name, and the Service selects only worker pods.
+    svc = one(docs, "Service")
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "worker"
+
+
+# ---------------------------------------------------------------------------- settings
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=IDS)
+def test_env_names_are_the_worker_settings(values_file: Path | None) -> None:
+    values = load_values(values_file) or {}
+    env = worker_env(render(values))
+    extra = {e["name"] for e in (values.get("worker") or {}).get("extraEnv", [])}
+    ours = {name for name in env if name not in extra}
+    unknown = ours - settings_env_names()
+    assert not unknown, f"the chart sets variables the worker does not read: {sorted(unknown)}"
+    assert not any(name.startswith("DANGERCLIP_") for name in extra), "extraEnv is not for settings"
+
+
+def test_chart_covers_every_setting() -> None:
+    """Over the default values and the ci files, the chart sets every variable the settings read."""
+    seen: set[str] = set()
+    for values_file in VALUE_FILES:
+        seen |= set(worker_env(render(load_values(values_file))))
+    missing = settings_env_names() - seen
+    assert not missing, f"settings the chart never sets: {sorted(missing)}"
+
+
+def test_values_config_block_is_the_settings() -> None:
+    """values.yaml's ``config`` and the schema's ``config`` name every user-set setting, nothing else."""
+    from service.settings import Settings
+
+    sys.path.insert(0, str(REPO / "helm" / "tools"))
+    import sync_settings
+
+    user_set = set(Settings.model_fields) - set(sync_settings.CHART_MANAGED)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(values["config"]) == user_set
+    assert set(schema["properties"]["config"]["properties"]) == user_set
+    assert schema["properties"]["config"]["additionalProperties"] is False
+    # Chart-managed settings really are rendered by the templates (from the matching ci file).
+    assert set(sync_settings.CHART_MANAGED) <= {n[len("DANGERCLIP_"):].lower() for n in settings_env_names()}
+
+
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=IDS)
+def test_rendered_env_builds_the_real_settings(values_file: Path | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's own Settings accept what the chart renders, with the values the user asked for."""
+    from service.settings import Settings
+
+    values = load_values(values_file)
+    env = worker_env(render(values))
+    config = merged_values(values)["config"]
+    for name in list(__import__("os").environ):
+        if name.startswith("DANGERCLIP_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value if isinstance(value, str) else "from-a-secret")
+    settings = Settings(_env_file=None)
+    for key, want in config.items():
+        if want is None or want == "" or want == {} or want == []:
+            continue
+        got = getattr(settings, key)
+        if isinstance(got, Path):
+            got = str(got)
+        if isinstance(want, float) and not isinstance(got, bool):
+            assert math.isclose(float(got), want), key
+        else:
+            assert got == want, f"{key}: rendered {env.get('DANGERCLIP_' + key.upper())!r} -> {got!r}, want {want!r}"
+    assert str(settings.model_path) == env["DANGERCLIP_MODEL_PATH"]
+    assert settings.metrics_host == "0.0.0.0" and settings.metrics_enabled is True
+
+
+# ---------------------------------------------------------------------------- pod spec
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=IDS)
+def test_secure_pod_and_container_security_contexts(values_file: Path | None) -> None:
+    docs = render(load_values(values_file))
+    pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] in ("Deployment", "Job")]
+    pods += [d["spec"] for d in docs if d["kind"] == "Pod"]
+    assert pods
+    for pod in pods:
+        assert pod["automountServiceAccountToken"] is False
+        psc = pod["securityContext"]
+        assert psc["runAsNonRoot"] is True and psc["runAsUser"] != 0
+        assert psc["seccompProfile"]["type"] == "RuntimeDefault"
+        for c in pod["containers"] + pod.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["readOnlyRootFilesystem"] is True, c["name"]
+            assert sc["allowPrivilegeEscalation"] is False, c["name"]
+            assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+            assert sc.get("privileged", False) is False
+            assert sc["runAsNonRoot"] is True
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            if c["name"] != "check":
+                assert "/tmp" in mounts, f"{c['name']} has a read-only root and no writable /tmp"
+
+
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=IDS)
+def test_probes_hit_healthz_and_readyz_on_the_metrics_port(values_file: Path | None) -> None:
+    docs = render(load_values(values_file))
+    c = worker_container(docs)
+    env = worker_env(docs)
+    (port,) = c["ports"]
+    assert port["name"] == "metrics" and str(port["containerPort"]) == env["DANGERCLIP_METRICS_PORT"]
+    assert env["DANGERCLIP_METRICS_HOST"] == "0.0.0.0"
+    assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    svc = one(docs, "Service")
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert str(svc["spec"]["ports"][0]["port"]) == env["DANGERCLIP_METRICS_PORT"]
+
+
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=IDS)
+def test_termination_grace_covers_the_worst_batch_and_the_drain(values_file: Path | None) -> None:
+    values = load_values(values_file)
+    docs = render(values)
+    merged = merged_values(values)
+    grace = one(docs, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    drain = merged["worker"]["worstBatchSeconds"] + merged["config"]["shutdown_timeout_s"]
+    assert grace > drain
+    # The group must not evict a worker in the middle of its slowest batch either.
+    assert merged["config"]["max_poll_interval_ms"] / 1000 > merged["worker"]["worstBatchSeconds"]
+
+
+def test_too_short_grace_period_or_poll_interval_fails_the_install() -> None:
+    h = helm()
+    with pytest.raises(h.HelmRenderError, match="terminationGracePeriodSeconds"):
+        render({"terminationGracePeriodSeconds": 20, "worker": {"worstBatchSeconds": 10}})
+    with pytest.raises(h.HelmRenderError, match="max_poll_interval_ms"):
+        render({"config": {"max_poll_interval_ms": 5000}, "worker": {"worstBatchSeconds": 10}})
+
+
+def test_settings_change_rolls_the_workers() -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        return one(render(values), "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+
+    assert checksum({}) != checksum({"config": {"max_batch_size": 32}})
+    assert checksum({}) == checksum({"podLabels": {"team": "trust-and-safety"}})
+
+
+# ---------------------------------------------------------------------------- scaling
+def test_fixed_replicas_never_exceed_partitions() -> None:
+    h = helm()
+    deploy = one(render({"replicaCount": 12, "kafka": {"partitions": 12}}), "Deployment")
+    assert deploy["spec"]["replicas"] == 12
+    with pytest.raises(h.HelmRenderError, match="exceeds kafka.partitions"):
+        render({"replicaCount": 13, "kafka": {"partitions": 12}})
+
+
+def test_hpa_mode_caps_max_replicas_at_partitions() -> None:
+    docs = render(_ci("hpa-monitoring-values.yaml"))
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["maxReplicas"] == 6  # maxReplicas 10, 6 partitions
+    assert hpa["spec"]["minReplicas"] == 2
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
+                                             "name": one(docs, "Deployment")["metadata"]["name"]}
+    assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
+    assert "replicas" not in one(docs, "Deployment")["spec"], "the HPA owns the replica count"
+    assert "ScaledObject" not in kinds(docs)
+
+
+def test_keda_mode_scales_on_group_lag_capped_at_partitions() -> None:
+    values = _ci("keda-sasl-values.yaml")
+    docs = render(values)
+    so = one(docs, "ScaledObject")
+    assert so["apiVersion"] == "keda.sh/v1alpha1"
+    spec = so["spec"]
+    assert spec["maxReplicaCount"] == 24  # maxReplicas 100, 24 partitions
+    assert spec["minReplicaCount"] == 2 and spec["idleReplicaCount"] == 0
+    assert spec["scaleTargetRef"]["name"] == one(docs, "Deployment")["metadata"]["name"]
+    (trigger,) = spec["triggers"]
+    meta = trigger["metadata"]
+    config = values["config"]
+    assert trigger["type"] == "kafka"
+    assert meta["bootstrapServers"] == config["bootstrap_servers"]
+    assert meta["consumerGroup"] == merged_values(values)["config"]["group_id"]
+    assert meta["topic"] == merged_values(values)["config"]["input_topic"]
+    assert meta["lagThreshold"] == "500" and meta["allowIdleConsumers"] == "false"
+    assert meta["sasl"] == "scram_sha512" and meta["tls"] == "enable"
+    auth = one(docs, "TriggerAuthentication")
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    params = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    assert params == {
+        "username": ("dangerclip-kafka-user", "username"), "password": ("dangerclip-kafka-user", "password"),
+        "ca": ("dangerclip-kafka-tls", "ca.crt"), "cert": ("dangerclip-kafka-tls", "tls.crt"),
+        "key": ("dangerclip-kafka-tls", "tls.key"), "keyPassword": ("dangerclip-kafka-tls", "key-password"),
+    }
+    assert "replicas" not in one(docs, "Deployment")["spec"]
+    assert "HorizontalPodAutoscaler" not in kinds(docs), "KEDA makes its own HPA"
+
+
+def test_autoscaling_min_above_partitions_fails() -> None:
+    with pytest.raises(helm().HelmRenderError, match="minReplicas"):
+        render({"autoscaling": {"mode": "keda", "minReplicas": 5}, "kafka": {"partitions": 4}})
+
+
+def test_pdb_takes_workers_one_at_a_time() -> None:
+    pdb = one(render(), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+    assert one(render(_ci("hpa-monitoring-values.yaml")), "PodDisruptionBudget")["spec"] == {
+        "minAvailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": pdb["spec"]["selector"]}
+
+
+# ---------------------------------------------------------------------------- model, GPU, secrets
+def test_model_sources() -> None:
+    baked = render()
+    assert worker_env(baked)["DANGERCLIP_MODEL_PATH"] == "/models/model.onnx"
+    assert "/models" not in {m["mountPath"] for m in worker_container(baked)["volumeMounts"]}
+
+    pvc = render(_ci("gpu-pvc-values.yaml"))
+    (mount,) = [m for m in worker_container(pvc)["volumeMounts"] if m["name"] == "model"]
+    assert mount == {"name": "model", "mountPath": "/models", "readOnly": True, "subPath": "vit-b-16/v3"}
+    vols = {v["name"]: v for v in one(pvc, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert vols["model"]["persistentVolumeClaim"] == {"claimName": "dangerclip-models", "readOnly": True}
+
+    image = render(_ci("model-image-values.yaml"))
+    vols = {v["name"]: v for v in one(image, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert vols["model"]["image"]["reference"] == "registry.example.com/models/dangerclip-vit-b-16:v3"
+    assert one(image, "Deployment")["metadata"]["name"] == "moderation-workers"
+
+    init = render(_ci("model-init-values.yaml"))
+    pod = one(init, "Deployment")["spec"]["template"]["spec"]
+    (ic,) = pod["initContainers"]
+    env = {e["name"]: e.get("value") for e in ic["env"]}
+    assert env["MODEL_DIR"] == "/models" and env["MODEL_FILE"] == "model.onnx"
+    assert {"name": "model", "mountPath": "/models"} in ic["volumeMounts"]
+    assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}["model"]
+    assert ic["image"] == "amazon/aws-cli:2.22.0"
+
+
+def test_model_source_needs_its_reference() -> None:
+    h = helm()
+    for values, msg in [({"model": {"source": "pvc"}}, "claimName"),
+                        ({"model": {"source": "image"}}, "reference"),
+                        ({"model": {"source": "initContainer"}}, "command")]:
+        with pytest.raises(h.HelmRenderError, match=msg):
+            render(values)
+
+
+def test_gpu_workers() -> None:
+    docs = render(_ci("gpu-pvc-values.yaml"))
+    c = worker_container(docs)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert c["image"] == "ghcr.io/dangerclip/dangerclip-serve-gpu:0.1.0"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert c["resources"]["limits"]["memory"] == "8Gi"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert worker_env(docs)["DANGERCLIP_PROVIDERS"] == "cuda"
+    spread = pod["topologySpreadConstraints"][0]
+    assert spread["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+    cpu = render()
+    assert "nvidia.com/gpu" not in worker_container(cpu)["resources"].get("limits", {})
+    assert worker_container(cpu)["image"] == "ghcr.io/dangerclip/dangerclip-serve:0.1.0"
+
+
+def test_sasl_and_tls_come_from_secrets() -> None:
+    docs = render(_ci("keda-sasl-values.yaml"))
+    env = worker_env(docs)
+    assert env["DANGERCLIP_SASL_PLAIN_USERNAME"] == {"secretKeyRef": {"name": "dangerclip-kafka-user",
+                                                                      "key": "username"}}
+    assert env["DANGERCLIP_SASL_PLAIN_PASSWORD"] == {"secretKeyRef": {"name": "dangerclip-kafka-user",
+                                                                      "key": "password"}}
+    assert env["DANGERCLIP_SSL_PASSWORD"] == {"secretKeyRef": {"name": "dangerclip-kafka-tls",
+                                                               "key": "key-password"}}
+    tls_mount = [m for m in worker_container(docs)["volumeMounts"] if m["name"] == "kafka-tls"][0]
+    for var, key in [("DANGERCLIP_SSL_CAFILE", "ca.crt"), ("DANGERCLIP_SSL_CERTFILE", "tls.crt"),
+                     ("DANGERCLIP_SSL_KEYFILE", "tls.key")]:
+        assert env[var] == f"{tls_mount['mountPath']}/{key}"
+    assert tls_mount["readOnly"] is True
+    # No secret value ever lands in the ConfigMap.
+    cm = one(docs, "ConfigMap")["data"]
+    assert not {"DANGERCLIP_SASL_PLAIN_PASSWORD", "DANGERCLIP_SSL_PASSWORD"} & set(cm)
+    with pytest.raises(helm().HelmRenderError, match="existingSecret"):
+        render({"config": {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN"}})
+
+
+# ---------------------------------------------------------------------------- schema
+@pytest.mark.parametrize("bad, where", [
+    ({"autoscaling": {"mode": "vpa"}}, "/autoscaling/mode"),
+    ({"config": {"max_batch_size": 0}}, "/config/max_batch_size"),
+    ({"config": {"max_batchsize": 8}}, "max_batchsize"),
+    ({"config": {"danger_map": "full"}}, "/config/danger_map"),
+    ({"config": {"security_protocol": "TLS"}}, "/config/security_protocol"),
+    ({"config": {"thresholds": {"weapon": "high"}}}, "/config/thresholds"),
+    ({"model": {"source": "s3"}}, "/model/source"),
+    ({"kafka": {"partitions": 0}}, "/kafka/partitions"),
+    ({"replicaCount": "two"}, "/replicaCount"),
+    ({"gpu": {"enabled": "yes"}}, "/gpu/enabled"),
+    ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
+    ({"pseudomask": {"shards": 0}}, "/pseudomask/shards"),
+    ({"unknownTopLevel": 1}, "unknownTopLevel"),
+])
+def test_schema_rejects_wrong_values_at_install_time(bad: dict[str, Any], where: str) -> None:
+    h = helm()
+    with h.Chart.load(str(CHART)) as chart, pytest.raises(h.HelmValuesError) as err:
+        chart.validate_schema(bad)
+    assert where in str(err.value)
+
+
+# ---------------------------------------------------------------------------- monitoring objects
+def test_servicemonitor_sets_the_job_the_alerts_select() -> None:
+    docs = render(_ci("hpa-monitoring-values.yaml"))
+    sm = one(docs, "ServiceMonitor")
+    (ep,) = sm["spec"]["endpoints"]
+    assert ep["port"] == "metrics" and ep["path"] == "/metrics"
+    job = [r for r in ep["relabelings"] if r.get("targetLabel") == "job"][0]["replacement"]
+    assert job == one(docs, "Deployment")["metadata"]["name"]
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    for expr in rule_exprs(one(docs, "PrometheusRule")["spec"])[:6]:
+        assert f'job="{job}"' in expr
+
+
+def test_prometheusrule_passes_promtool(promtool: str, tmp_path: Path) -> None:
+    for values in [{"metrics": {"prometheusRule": {"enabled": True}}}, _ci("hpa-monitoring-values.yaml")]:
+        spec = one(render(values), "PrometheusRule")["spec"]
+        f = tmp_path / "rules.yaml"
+        f.write_text(yaml.safe_dump(spec))
+        out = subprocess.run([promtool, "check", "rules", str(f)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stdout + out.stderr
+    rules = [r["alert"] for r in spec["groups"][0]["rules"]]
+    assert rules[-1] == "DangerCLIPManyFlagged"  # additionalRules appended
+    assert "> 0.02" in rule_exprs(spec)[1] and "> 0.25" in rule_exprs(spec)[4]
+
+
+def test_grafana_dashboard_configmap_is_the_dashboard() -> None:
+    cm = one(render(_ci("hpa-monitoring-values.yaml")), "ConfigMap", "-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"]["grafana_folder"] == "DangerCLIP"
+    shipped = json.loads(cm["data"]["dangerclip.json"])
+    assert shipped == json.loads((REPO / "deploy/grafana/dashboards/dangerclip.json").read_text())
+
+
+def test_network_policy() -> None:
+    docs = render(_ci("networkpolicy-uri-values.yaml"))
+    np_ = one(docs, "NetworkPolicy")["spec"]
+    assert np_["policyTypes"] == ["Ingress", "Egress"]
+    (ingress,) = np_["ingress"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert ingress["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] == "monitoring"
+    egress_ports = [{p["port"] for p in rule["ports"]} for rule in np_["egress"]]
+    assert {53} in egress_ports and {9092, 9093, 9094} in egress_ports and {80, 443} in egress_ports
+    no_uri = one(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")["spec"]
+    assert {80, 443} not in [{p["port"] for p in rule["ports"]} for rule in no_uri["egress"]]
+    assert "NetworkPolicy" not in kinds(render())
+
+
+# ---------------------------------------------------------------------------- pseudo-mask job
+def test_pseudomask_indexed_job_shards_the_manifest() -> None:
+    docs = render(_ci("pseudomask-values.yaml"))
+    job = one(docs, "Job", "-pseudomask")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == 16 and spec["parallelism"] == 4
+    assert spec["backoffLimitPerIndex"] == 2 and spec["activeDeadlineSeconds"] == 86400
+    pod = spec["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (c,) = pod["containers"]
+    assert c["image"] == "ghcr.io/dangerclip/dangerclip-train:0.1.0"
+    args = c["args"]
+    assert args[0] == "pseudomask"
+    assert args[args.index("--shard") + 1] == "$(SHARD_INDEX)/16"
+    (shard_env,) = [e for e in c["env"] if e["name"] == "SHARD_INDEX"]
+    assert shard_env["valueFrom"]["fieldRef"]["fieldPath"] == \
+        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["weights"]["readOnly"] is True and mounts["data"]["mountPath"] == "/data"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    # The Job's pods are not worker pods: the Service and PDB never select them.
+    assert spec["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "pseudomask"
+    assert "Job" not in kinds(render())
+    with pytest.raises(helm().HelmRenderError, match="claimName"):
+        render({"pseudomask": {"enabled": True}})
+
+
+# ---------------------------------------------------------------------------- generated files
+@pytest.mark.parametrize("tool", ["helm/tools/sync_settings.py", "helm/tools/render_alerts.py",
+                                  "deploy/grafana/build_dashboard.py"])
+def test_generated_files_are_up_to_date(tool: str) -> None:
+    out = subprocess.run([sys.executable, str(REPO / tool), "--check"], capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
