@@ -1,0 +1,316 @@
+"""The paper's baselines, for the comparison table: ResNet-50 and VGG-16 fine-tuned end to end with a
+sigmoid head, and the zero-shot CLIP score.
+
+The CNNs are torchvision models: ImageNet weights come from a local file (``--resnet-weights``,
+``--vgg-weights``: a torchvision state dict, ``.pth``/``.pt``/``.safetensors``); without one they start
+from random initialisation (and the table says so). They see the same pixels as DangerCLIP (the one
+preprocessing path, with ImageNet statistics) and the same augmentation (flip and Detectron2-style colour
+jitter, drawn per step), and are trained as the paper trained them: 20 epochs, learning rate 0.005 (SGD
+with momentum 0.9, cosine decay). The zero-shot row is ``create_model(..., mode="zeroshot")`` on the same
+feature cache as training. Thresholds are chosen on val, metrics reported on test, for every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dangerclip.card import PreprocessConfig
+from dangerclip.manifest import ManifestRow
+from dangerclip.preprocess import load_image, normalize, resize_and_crop
+from training import evaluate as E
+from training.data import ViewRecipe, assign_splits, color_jitter, load_rows
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+ARCHS = ("resnet50", "vgg16")
+
+
+@dataclass
+class CNNConfig:
+    """A fine-tuning run of a torchvision CNN.
+
+    Attributes:
+        arch: ``resnet50`` or ``vgg16``.
+        weights: local torchvision state-dict file ("" = random init).
+        categories: model categories (one sigmoid output each).
+        epochs: passes over the training split (paper: 20).
+        lr: SGD learning rate (paper: 0.005).
+        batch_size: images per step.
+        image_size: input side (224 as in the paper; smaller for quick runs).
+        max_steps: stop after this many steps (0 = ``epochs`` worth).
+        flip: random horizontal flip.
+        color: random colour jitter (Detectron2's ColorAugSSD), probability ½ per image.
+        seed: initialisation, order and augmentation seed.
+        device: ``auto``, ``cpu``, ``cuda``.
+    """
+
+    arch: str = "resnet50"
+    weights: str = ""
+    categories: list[str] = field(default_factory=lambda: ["weapon"])
+    epochs: int = 20
+    lr: float = 0.005
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 32
+    image_size: int = 224
+    max_steps: int = 0
+    flip: bool = True
+    color: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+
+def build_cnn(arch: str, num_outputs: int, weights: str = "") -> nn.Module:
+    """A torchvision ResNet-50 or VGG-16 whose last layer gives ``num_outputs`` logits.
+
+    Args:
+        arch: ``resnet50`` or ``vgg16``.
+        num_outputs: categories.
+        weights: a local state dict of the torchvision model (its 1000-class layer is replaced); "" for
+            random initialisation.
+
+    Raises:
+        ValueError: unknown arch, or weights that do not fit the architecture.
+    """
+    import torchvision
+
+    if arch not in ARCHS:
+        raise ValueError(f"unknown baseline {arch!r}; choose one of {ARCHS}")
+    model = getattr(torchvision.models, arch)(weights=None)
+    if weights:
+        sd = _read_state_dict(weights)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{weights} is not a torchvision {arch} state dict: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}")
+        log.info("%s: loaded weights from %s", arch, weights)
+    else:
+        log.warning("%s: no weights file given; random initialisation (not the paper's ImageNet start)", arch)
+    if arch == "resnet50":
+        model.fc = nn.Linear(model.fc.in_features, num_outputs)
+    else:
+        last = model.classifier[6]
+        model.classifier[6] = nn.Linear(last.in_features, num_outputs)
+    return model
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"weights file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(p))
+    sd = torch.load(p, map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd:
+        sd = sd["state_dict"]
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _load_crops(rows: Sequence[ManifestRow], cfg: PreprocessConfig) -> np.ndarray:
+    """``[n, S, S, 3]`` uint8: each image resized and cropped once (augmentation then works on these)."""
+    return np.stack([np.asarray(resize_and_crop(load_image(r.image), cfg), np.uint8) for r in rows])
+
+
+def _labels(rows: Sequence[ManifestRow], cats: Sequence[str]) -> np.ndarray:
+    return np.array([[r.labels.get(c, 0) for c in cats] for r in rows], np.float32)
+
+
+def _predict_cnn(model: nn.Module, crops: np.ndarray, pcfg: PreprocessConfig, device: torch.device,
+                 batch: int = 32) -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for s in range(0, len(crops), batch):
+            x = torch.from_numpy(np.stack([normalize(c, pcfg) for c in crops[s : s + batch]])).to(device)
+            out.append(torch.sigmoid(model(x).float()).cpu().numpy())
+    return np.concatenate(out)
+
+
+def train_cnn(cfg: CNNConfig, splits: dict[str, list[ManifestRow]]) -> tuple[nn.Module, dict[str, Any]]:
+    """Fine-tune a CNN end to end; thresholds on val, metrics on test.
+
+    Args:
+        cfg: the run.
+        splits: ``{"train": rows, "val": rows, "test": rows}``.
+
+    Returns:
+        ``(model, {"row", "metrics", "thresholds", "steps", "seconds"})``.
+    """
+    t0 = time.monotonic()
+    torch.manual_seed(cfg.seed)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    pcfg = PreprocessConfig(image_size=cfg.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    cats = cfg.categories
+    crops = {s: _load_crops(r, pcfg) for s, r in splits.items() if r}
+    y_train = _labels(splits["train"], cats)
+    model = build_cnn(cfg.arch, len(cats), cfg.weights).to(device)
+    n = len(splits["train"])
+    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    recipe = ViewRecipe()
+    rng = np.random.default_rng(cfg.seed)
+    loss_fn = nn.BCEWithLogitsLoss()
+    model.train()
+    step = 0
+    losses = []
+    while step < total:
+        perm = rng.permutation(n)
+        for s in range(0, n, cfg.batch_size):
+            if step >= total:
+                break
+            idx = perm[s : s + cfg.batch_size]
+            xs = []
+            for i in idx:
+                c = crops["train"][i]
+                if cfg.color and rng.random() < 0.5:
+                    c = color_jitter(c, rng, recipe)
+                x = normalize(c, pcfg)
+                if cfg.flip and rng.random() < 0.5:
+                    x = np.ascontiguousarray(x[:, :, ::-1])
+                xs.append(x)
+            xb = torch.from_numpy(np.stack(xs)).to(device)
+            yb = torch.from_numpy(y_train[idx]).to(device)
+            loss = loss_fn(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+            step += 1
+            if step % 20 == 0:
+                log.info("%s step %d/%d loss %.4f", cfg.arch, step, total, float(np.mean(losses[-20:])))
+    val_key = "val" if splits.get("val") else "train"
+    test_key = "test" if splits.get("test") else val_key
+    preds = {}
+    for key in {val_key, test_key}:
+        sc = _predict_cnn(model, crops[key], pcfg, device)
+        p = len(cats)
+        preds[key] = E.Predictions(sc, np.zeros((len(sc), p, 1)), _labels(splits[key], cats).astype(np.int64),
+                                   np.zeros((len(sc), p, 1)), np.zeros((len(sc), p), bool),
+                                   [r.image for r in splits[key]])
+    th, _ = E.choose_thresholds(preds[val_key], cats)
+    rep = E.evaluate(preds[test_key], cats, th)
+    name = f"{'ResNet-50' if cfg.arch == 'resnet50' else 'VGG-16'} ({'pretrained' if cfg.weights else 'random init'})"
+    return model, {"row": E.summary_row(name, rep), "metrics": rep, "thresholds": th, "steps": step,
+                   "seconds": time.monotonic() - t0, "first_loss": losses[0] if losses else None,
+                   "last_loss": float(np.mean(losses[-10:])) if losses else None, "config": asdict(cfg)}
+
+
+def zeroshot(splits: dict[str, list[ManifestRow]], categories: Sequence[str], clip_model: str = "tiny",
+             pretrained: str = "", cache_dir: str | Path = "runs/cache", seed: int = 0) -> dict[str, Any]:
+    """The zero-shot CLIP score (``mode="zeroshot"``) on the same data: threshold on val, metrics on test.
+
+    Features come from the feature cache (the same as training's when the backbone is the same).
+    """
+    from dangerclip.factory import create_model
+    from training.cache import build_or_load
+    from training.data import PLAIN
+
+    t0 = time.monotonic()
+    model = create_model(clip_model, pretrained or None, prompts=list(categories), mode="zeroshot", seed=seed).eval()
+    preds = {}
+    for key in ("val", "test"):
+        if splits.get(key):
+            cache = build_or_load(model.backbone, splits[key], categories, model.card.preprocess, model.grid,
+                                  PLAIN, cache_dir, key)
+            preds[key] = E.predict_features(model, cache)
+    val_key = "val" if "val" in preds else "test"
+    th, mth = E.choose_thresholds(preds[val_key], categories)
+    rep = E.evaluate(preds.get("test", preds[val_key]), categories, th, mth)
+    name = f"zero-shot CLIP {clip_model} ({pretrained or 'random init'})"
+    return {"row": E.summary_row(name, rep), "metrics": rep, "thresholds": th, "map_thresholds": mth,
+            "seconds": time.monotonic() - t0}
+
+
+def run_rows(run_dir: str | Path) -> dict[str, Any]:
+    """The comparison-table row of a finished ``dangerclip train`` run (its ``eval.json``, test split)."""
+    d = Path(run_dir)
+    ev = json.loads((d / "eval.json").read_text())
+    cfg = json.loads((d / "config.json").read_text())
+    split = "test" if "test" in ev["metrics"] else "val"
+    rep = ev["metrics"][split]
+    nan = float("nan")
+    rep = json.loads(json.dumps(rep), parse_constant=float)
+    for r in rep["per_category"].values():
+        for k, v in list(r.items()):
+            r[k] = nan if v is None else v
+    rep["macro"] = {k: nan if v is None else v for k, v in rep["macro"].items()}
+    name = f"DangerCLIP {cfg.get('model', '')}" + ("" if cfg.get("dense", True) else " w/o dense")
+    return E.summary_row(name, rep)
+
+
+# --- `dangerclip baselines` ----------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", help="manifest or folder (same splits as training: split field or id hash)")
+    parser.add_argument("--categories", nargs="+", default=["weapon"])
+    parser.add_argument("--out", default="runs/baselines", help="folder for baselines.json and baselines.md")
+    parser.add_argument("--models", nargs="+", default=["resnet50", "vgg16", "zeroshot"],
+                        choices=("resnet50", "vgg16", "zeroshot"))
+    parser.add_argument("--resnet-weights", default="", help="local torchvision ResNet-50 state dict")
+    parser.add_argument("--vgg-weights", default="", help="local torchvision VGG-16 state dict")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--lr", type=float, default=0.005)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--max-steps", type=int, default=0, help="cap on CNN steps (0: --epochs worth)")
+    parser.add_argument("--clip-model", default="tiny", help="DangerCLIP config of the zero-shot row")
+    parser.add_argument("--pretrained", default="", help="CLIP weights of the zero-shot row")
+    parser.add_argument("--cache-dir", default="", help="feature cache (default <out>/cache)")
+    parser.add_argument("--with-run", action="append", default=[],
+                        help="a finished `dangerclip train` folder whose test row joins the table (repeatable)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--skip-bad", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    cats = list(args.categories)
+    rows = load_rows(args.data, cats, skip_bad=args.skip_bad)
+    idx = assign_splits(rows)
+    splits = {s: [rows[i] for i in idx[s]] for s in ("train", "val", "test")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    for name in args.models:
+        if name == "zeroshot":
+            results[name] = zeroshot(splits, cats, args.clip_model, args.pretrained,
+                                     args.cache_dir or out / "cache", args.seed)
+        else:
+            cfg = CNNConfig(arch=name, weights=args.resnet_weights if name == "resnet50" else args.vgg_weights,
+                            categories=cats, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                            image_size=args.image_size, max_steps=args.max_steps, seed=args.seed,
+                            device=args.device)
+            _, results[name] = train_cnn(cfg, splits)
+        log.info("%s: %s", name, results[name]["row"])
+    table_rows = [run_rows(d) for d in args.with_run] + [r["row"] for r in results.values()]
+    from training.report import comparison_table
+
+    md = "\n".join(["# Baselines", "", f"data: `{args.data}` (test split; thresholds chosen on val)", "",
+                    comparison_table(table_rows), ""])
+    (out / "baselines.md").write_text(md)
+    (out / "baselines.json").write_text(json.dumps(E._jsonable(
+        {"rows": table_rows, "results": {k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}}),
+        indent=1))
+    print(md)
+    return 0
