@@ -1,0 +1,142 @@
+"""Contrastive pre-training of the tiny CLIP: pieces agree with open_clip, the loss falls, weights load back."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training import pretrain as pt
+from training.synth import DISTRACTOR_KINDS, WEAPON_KINDS, SynthConfig, generate
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(tmp_path_factory.mktemp("pre") / "set", SynthConfig(n=48, seed=21))
+
+
+@pytest.fixture(scope="module")
+def clip() -> torch.nn.Module:
+    return pt.build_clip("tiny", seed=0).eval()
+
+
+def test_short_context_text_encoding_equals_open_clip(small_set: Path, clip: torch.nn.Module) -> None:
+    data = pt.load_caption_data(small_set, limit=8)
+    assert data.tokens.shape[1] < 77
+    full = F.pad(data.tokens, (0, 77 - data.tokens.shape[1]))
+    with torch.no_grad():
+        ours = pt.encode_text(clip, data.tokens)
+        theirs = clip.encode_text(full)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_tokens_match_encode_image(clip: torch.nn.Module) -> None:
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        g, patches = pt.dense_tokens(clip, x)
+        ref = clip.encode_image(x)
+    assert patches.shape == (2, 196, 128)
+    torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_tokens_match_the_backbone_reader(clip: torch.nn.Module) -> None:
+    # What pre-training shapes must be exactly what the DangerCLIP head reads.
+    backbone = pytest.importorskip("dangerclip.backbone")
+    dense = backbone.DenseCLIP(pt.build_clip("tiny", seed=0), "tiny")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        g, patches = pt.dense_tokens(clip, x)
+    g2, p2 = dense.encode_dense(x)
+    torch.testing.assert_close(F.normalize(g, dim=-1), g2, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(patches, p2, rtol=1e-4, atol=1e-5)
+
+
+def test_token_masking_keeps_the_class_token_and_count(clip: torch.nn.Module) -> None:
+    x = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        g, patches = pt.dense_tokens(clip, x, keep=49, generator=torch.Generator().manual_seed(0))
+    assert g.shape == (3, 128) and patches.shape == (3, 49, 128)
+
+
+def test_hard_negative_swaps_exactly_one_noun_across_vocabularies() -> None:
+    objects = [
+        {"kind": "pistol", "colour": "red", "visible": 10},
+        {"kind": "circle", "colour": "blue", "visible": 5},
+    ]
+    rng = random.Random(0)
+    for _ in range(20):
+        cap = pt.hard_negative_caption(objects, "striped", rng)
+        words = cap.split()
+        assert cap != "a red pistol and a blue circle on a striped background"
+        assert words[2] in WEAPON_KINDS or words[2] in DISTRACTOR_KINDS
+        swapped = (words[2] != "pistol") + (words[6] != "circle")
+        assert swapped == 1
+        if words[2] != "pistol":
+            assert words[2] in DISTRACTOR_KINDS
+        else:
+            assert words[6] in WEAPON_KINDS
+
+
+def test_contrastive_loss_is_low_for_matched_pairs() -> None:
+    e = F.normalize(torch.randn(8, 16), dim=-1)
+    matched = pt.contrastive_loss(e, e, None, torch.tensor(50.0))
+    shuffled = pt.contrastive_loss(e, e.roll(1, 0), None, torch.tensor(50.0))
+    assert matched < 0.05 < shuffled
+
+
+def test_pretrain_reduces_the_loss_and_saves_loadable_weights(small_set: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    data = pt.load_caption_data(small_set, limit=16)
+    model = pt.build_clip("tiny", seed=1)
+    before = pt.contrastive_eval(model, data, batch_size=16)["loss"]
+    cfg = pt.PretrainConfig(steps=12, batch_size=16, lr=2e-3, warmup=2, mask_ratio=0.75, log_every=0)
+    res = pt.pretrain(model, data, cfg)
+    after = pt.contrastive_eval(model, data, batch_size=16)["loss"]
+    assert res.steps == 12 and len(res.losses) == 12
+    assert after < before - 0.3, (before, after)
+    assert np.mean(res.losses[-3:]) < np.mean(res.losses[:3])
+
+    path = pt.save_clip(model, tmp_path / "clip.safetensors")
+    back = pt.load_clip(path)
+    for (k, a), (_, b) in zip(
+        sorted(model.state_dict().items()), sorted(back.state_dict().items()), strict=True
+    ):
+        assert torch.equal(a, b), k
+
+
+def test_saved_weights_load_in_the_factory(small_set: Path, tmp_path: Path) -> None:
+    factory = pytest.importorskip("dangerclip.factory")
+    model = pt.build_clip("tiny", seed=5)
+    path = pt.save_clip(model, tmp_path / "clip.safetensors")
+    dc = factory.create_model("tiny", pretrained=str(path), prompts=["weapon"])
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ref = F.normalize(model.encode_image(x), dim=-1)
+    g, _ = dc.backbone.encode_dense(x)
+    torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_probe_finds_planted_signal() -> None:
+    # Patch features with one informative direction: the probe must find it; pure noise stays near 0.5.
+    rng = np.random.default_rng(0)
+    cover = (rng.random((40, 196)) < 0.1).astype(np.float32)
+    noise = rng.normal(size=(40, 196, 16)).astype(np.float32)
+    signal = noise.copy()
+    signal[..., 3] += 2.0 * cover
+    assert pt.linear_probe(signal, cover)["auroc"] > 0.85
+    assert abs(pt.linear_probe(noise, cover)["auroc"] - 0.5) < 0.08
+
+
+def test_cli_runs_and_reports(small_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dangerclip.cli import main
+
+    out = tmp_path / "c.safetensors"
+    rc = main(
+        ["pretrain", str(small_set), "-o", str(out), "--steps", "2", "--batch-size", "8", "--limit", "16"]
+    )
+    assert rc == 0 and out.is_file()
+    assert '"steps": 2' in capsys.readouterr().out

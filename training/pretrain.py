@@ -1,0 +1,676 @@
+"""Contrastive image–caption pre-training of a tiny CLIP on synthetic captions (``dangerclip pretrain``).
+
+Why this exists: the offline demo runs on the ``tiny`` CLIP (2-layer ViT, width 128), for which no public
+weights exist. A head on a *randomly initialised* frozen backbone cannot learn much, because random patch
+tokens carry almost no object information (a linear probe separates weapon patches with AUROC ≈ 0.57).
+Real CLIP gets its features from contrastive image–text training, so the demo backbone does the same,
+briefly, on the synthetic set's captions ("a red pistol and a blue circle on a striped background"), and is
+then frozen for head training exactly as the paper freezes ViT-B/16.
+
+What is trained and how:
+
+* the whole CLIP (both towers), symmetric InfoNCE on the global embeddings (open_clip's ``ClipLoss``);
+* *hard-negative captions* (as in NegCLIP): each image also meets its own caption with one object's noun
+  swapped between the weapon and distractor vocabularies ("a red *bottle* and a blue circle ..."). Colours
+  and backgrounds alone then no longer identify the caption, so the towers must learn the shapes;
+* a *dense-pooled* contrastive term: the mean of the MaskCLIP dense patch tokens (the tokens the DangerCLIP
+  head reads, see ``dangerclip.backbone.DenseCLIP.encode_dense``) is contrasted with the caption too, so the
+  dense path is trained towards the joint space rather than being a by-product of the class token.
+
+No masks and no image labels are used: the only supervision is the caption text, as for CLIP. Pre-training
+images must come from a set disjoint from the head's evaluation split (``demo_model`` uses another seed).
+
+The result is a state dict of an open_clip ``CLIP`` with the ``tiny`` config, saved as safetensors, which
+``dangerclip.factory.create_model("tiny", pretrained=PATH)`` loads. ``linear_probe`` measures what it learnt:
+a logistic regression on frozen patch tokens, weapon vs other patches, AUROC on held-out images.
+
+This is a demonstration backbone for synthetic data, not a claim about real images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from training.synth import DISTRACTOR_KINDS, WEAPON_KINDS, caption_for
+
+log = logging.getLogger(__name__)
+
+TINY_CLIP_CFG: dict[str, Any] = {
+    "embed_dim": 128,
+    "vision_cfg": {
+        "image_size": 224,
+        "patch_size": 16,
+        "width": 128,
+        "layers": 2,
+        "head_width": 32,
+        "mlp_ratio": 4.0,
+    },
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2},
+}
+"""The ``tiny`` config's ``clip`` section; used only when ``dangerclip.factory`` is not importable."""
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def tiny_clip_config(name: str = "tiny") -> dict[str, Any]:
+    """open_clip's ``embed_dim``/``vision_cfg``/``text_cfg`` for a DangerCLIP config name."""
+    try:
+        from dangerclip.factory import get_config
+    except ImportError:  # the factory is optional for pre-training; the config is fixed and small
+        if name != "tiny":
+            raise
+        return json.loads(json.dumps(TINY_CLIP_CFG))
+    clip_cfg = get_config(name)["clip"]
+    if "open_clip" in clip_cfg:
+        raise ValueError(
+            f"config {name!r} names a public open_clip architecture; pre-train custom configs only"
+        )
+    return clip_cfg
+
+
+def build_clip(name: str = "tiny", seed: int = 0) -> nn.Module:
+    """A randomly initialised open_clip ``CLIP`` of a DangerCLIP config (``tiny`` by default)."""
+    from open_clip.model import CLIP
+
+    cfg = tiny_clip_config(name)
+    torch.manual_seed(seed)
+    return CLIP(
+        embed_dim=int(cfg["embed_dim"]), vision_cfg=dict(cfg["vision_cfg"]), text_cfg=dict(cfg["text_cfg"])
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class CaptionData:
+    """Images and tokenised captions held in memory.
+
+    Attributes:
+        images: ``[N, S, S, 3]`` uint8.
+        tokens: ``[N, L]`` int64 caption tokens.
+        hard_tokens: ``[N, L]`` int64 hard-negative caption tokens (one noun swapped).
+        captions: the caption strings.
+    """
+
+    images: torch.Tensor
+    tokens: torch.Tensor
+    hard_tokens: torch.Tensor
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def hard_negative_caption(objects: Sequence[Mapping[str, Any]], background: str, rng: random.Random) -> str:
+    """The caption with one object's noun swapped across the weapon / distractor vocabularies."""
+    visible = [o for o in objects if int(o.get("visible", 1)) > 0]
+    if not visible:
+        return caption_for([], background)
+    j = rng.randrange(len(visible))
+    pairs = []
+    for i, o in enumerate(visible):
+        kind = str(o["kind"])
+        if i == j:
+            pool = DISTRACTOR_KINDS if kind in WEAPON_KINDS else tuple(WEAPON_KINDS)
+            kind = pool[rng.randrange(len(pool))]
+        pairs.append((str(o["colour"]), kind))
+    return caption_for(pairs, background)
+
+
+def _read_rows(manifest: Path, splits: Sequence[str] | None) -> list[dict[str, Any]]:
+    rows = []
+    with open(manifest, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if "caption" not in row:
+                raise ValueError(f"{manifest}:{n}: no 'caption'; pre-training needs a synthetic manifest")
+            if splits is None or row.get("split", "train") in splits:
+                rows.append(row)
+    return rows
+
+
+def load_caption_data(
+    manifest: str | Path,
+    *,
+    image_size: int = 224,
+    splits: Sequence[str] | None = None,
+    context_length: int = 77,
+    seed: int = 0,
+    limit: int | None = None,
+) -> CaptionData:
+    """Read a synthetic manifest's images and captions into memory.
+
+    Args:
+        manifest: ``manifest.jsonl`` written by ``training.synth``.
+        image_size: images are resized (bicubic) to this square size if they differ.
+        splits: keep only these splits (default: all rows).
+        context_length: tokenizer context.
+        seed: for the choice of hard-negative captions.
+        limit: keep at most this many rows.
+    """
+    from open_clip.tokenizer import SimpleTokenizer
+
+    manifest = Path(manifest)
+    rows = _read_rows(manifest, splits)[:limit]
+    if not rows:
+        raise ValueError(f"{manifest}: no rows to pre-train on (splits={splits})")
+    rng = random.Random(seed)
+    imgs = np.empty((len(rows), image_size, image_size, 3), np.uint8)
+    caps, hards = [], []
+    for i, row in enumerate(rows):
+        with Image.open(manifest.parent / row["image"]) as im:
+            im = im.convert("RGB")
+            if im.size != (image_size, image_size):
+                im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
+            imgs[i] = np.asarray(im)
+        caps.append(str(row["caption"]))
+        hards.append(hard_negative_caption(row.get("objects", []), str(row.get("background", "plain")), rng))
+    tok = SimpleTokenizer(context_length=context_length)
+    tokens, hard_tokens = tok(caps), tok(hards)
+    # Cut the common padding (see ``encode_text``); a caption longer than the context is a hard error.
+    eot = tok.eot_token_id
+    if not bool((tokens == eot).any(1).all() and (hard_tokens == eot).any(1).all()):
+        raise ValueError(f"a caption does not fit the text context of {context_length} tokens")
+    n = int(max((tokens != 0).sum(1).max(), (hard_tokens != 0).sum(1).max()))
+    return CaptionData(
+        torch.from_numpy(imgs), tokens[:, :n].contiguous(), hard_tokens[:, :n].contiguous(), caps
+    )
+
+
+def normalise(images_u8: torch.Tensor) -> torch.Tensor:
+    """``[B, S, S, 3]`` uint8 → ``[B, 3, S, S]`` float32 with CLIP's mean/std (as ``dangerclip.preprocess``)."""
+    x = images_u8.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model pieces
+
+
+def dense_tokens(
+    clip: nn.Module, images: torch.Tensor, keep: int | None = None, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-token embedding and MaskCLIP dense patch tokens, with gradients.
+
+    The same computation as ``dangerclip.backbone.DenseCLIP.encode_dense`` (which runs without gradients),
+    so what is trained here is exactly what the head will read.
+
+    Args:
+        images: ``[B, 3, S, S]`` normalised images.
+        keep: if set, only this many randomly chosen patch tokens per image enter the transformer (FLIP's
+            token masking: the same 224 px / 16 px geometry at a fraction of the cost).
+        generator: random source for the kept tokens.
+
+    Returns:
+        ``g [B, D]`` (``encode_image``, not normalised) and ``patches [B, N', D]`` (``N' = keep`` or ``N``).
+    """
+    v = clip.visual
+    x = v._embeds(images)  # [B, 1+N, W]
+    if keep is not None and keep < x.shape[1] - 1:
+        b, n1, w = x.shape
+        idx = torch.rand(b, n1 - 1, generator=generator).argsort(1)[:, :keep] + 1
+        x = torch.cat([x[:, :1], x.gather(1, idx.unsqueeze(-1).expand(b, keep, w))], 1)
+    blocks = v.transformer.resblocks
+    for blk in blocks[:-1]:
+        x = blk(x)
+    last = blocks[-1]
+    y = last.ln_1(x)
+    w_v = last.attn.in_proj_weight.chunk(3, dim=0)[2]
+    b_v = last.attn.in_proj_bias.chunk(3, dim=0)[2]
+    cls = x[:, :1] + last.ls_1(last.attn(y[:, :1], y, y, need_weights=False)[0])
+    cls = cls + last.ls_2(last.mlp(last.ln_2(cls)))
+    pt = x[:, 1:] + last.ls_1(last.attn.out_proj(F.linear(y[:, 1:], w_v, b_v)))
+    pt = pt + last.ls_2(last.mlp(last.ln_2(pt)))
+    return v.ln_post(cls[:, 0]) @ v.proj, v.ln_post(pt) @ v.proj
+
+
+def encode_text(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``clip.encode_text`` for tokens cut to a shorter context (not normalised).
+
+    Under the causal mask, the end-of-text position sees only the tokens before it, so cutting the padding
+    changes nothing but the cost (captions are about 30 tokens of the 77).
+
+    Args:
+        tokens: ``[B, L]`` with ``L <= context_length``; every row must hold its end-of-text token.
+    """
+    n = tokens.shape[1]
+    x = clip.token_embedding(tokens) + clip.positional_embedding[:n]
+    x = clip.transformer(x, attn_mask=clip.attn_mask[:n, :n])
+    x = clip.ln_final(x)
+    x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
+    return x @ clip.text_projection
+
+
+def contrastive_loss(
+    img: torch.Tensor, txt: torch.Tensor, hard: torch.Tensor | None, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Symmetric InfoNCE; image→text also ranks each image's hard-negative caption (and everyone else's).
+
+    Args:
+        img: ``[B, D]`` normalised image embeddings.
+        txt: ``[B, D]`` normalised caption embeddings.
+        hard: ``[B, D]`` normalised hard-negative caption embeddings, or None.
+        logit_scale: scalar (already exponentiated).
+    """
+    target = torch.arange(img.shape[0], device=img.device)
+    texts = txt if hard is None else torch.cat([txt, hard])
+    logits_i = logit_scale * img @ texts.t()  # [B, B or 2B]
+    logits_t = logit_scale * txt @ img.t()  # [B, B]
+    return 0.5 * (F.cross_entropy(logits_i, target) + F.cross_entropy(logits_t, target))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class PretrainConfig:
+    """Options of a pre-training run.
+
+    Attributes:
+        steps: optimiser steps.
+        batch_size: images per step.
+        lr: peak AdamW learning rate (linear warm-up, cosine decay to 10 %).
+        warmup: warm-up steps.
+        weight_decay: AdamW weight decay (not on gains, biases, embeddings, logit scale).
+        hard_negatives: add one hard-negative caption per image.
+        dense_weight: weight of the dense-pooled contrastive term (0 disables it).
+        flip: random horizontal flips (captions do not mention left/right).
+        mask_ratio: share of patch tokens dropped per image in training (FLIP, Li et al. 2023); evaluation and
+            the saved model use all tokens.
+        seed: seeds initialisation, batching and flips.
+        time_limit_s: stop early after this much wall time (the run still saves).
+        log_every: log the loss every this many steps.
+    """
+
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 40
+    weight_decay: float = 0.1
+    hard_negatives: bool = True
+    dense_weight: float = 0.5
+    flip: bool = True
+    mask_ratio: float = 0.5
+    seed: int = 0
+    time_limit_s: float = 0.0
+    log_every: int = 25
+
+
+@dataclass
+class PretrainResult:
+    """What a run did: per-step losses and timings."""
+
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+    def summary(self, window: int = 20) -> dict[str, Any]:
+        w = max(1, min(window, len(self.losses) // 2 or 1))
+        return {
+            "steps": self.steps,
+            "seconds": round(self.seconds, 1),
+            "stopped_early": self.stopped_early,
+            "loss_first": float(np.mean(self.losses[:w])) if self.losses else None,
+            "loss_last": float(np.mean(self.losses[-w:])) if self.losses else None,
+        }
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        # As open_clip's trainer: no decay on gains, biases, embeddings and the temperature.
+        if p.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("class_embedding"):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def pretrain(clip: nn.Module, data: CaptionData, cfg: PretrainConfig) -> PretrainResult:
+    """Train ``clip`` in place on image–caption pairs.
+
+    Args:
+        clip: an open_clip ``CLIP`` (its image size must match the data).
+        data: images and tokens from ``load_caption_data``.
+        cfg: options.
+
+    Returns:
+        Per-step losses (the total of the global and dense terms).
+    """
+    g = torch.Generator().manual_seed(cfg.seed)
+    n = len(data)
+    bs = min(cfg.batch_size, n)
+    opt = torch.optim.AdamW(_param_groups(clip, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+    n_patches = int(clip.visual.grid_size[0] * clip.visual.grid_size[1])
+    keep = max(1, round(n_patches * (1 - cfg.mask_ratio))) if cfg.mask_ratio > 0 else None
+    clip.train()
+    res = PretrainResult()
+    t0 = time.perf_counter()
+    perm = torch.randperm(n, generator=g)
+    pos = 0
+    for step in range(cfg.steps):
+        if pos + bs > n:
+            perm, pos = torch.randperm(n, generator=g), 0
+        idx = perm[pos : pos + bs]
+        pos += bs
+        x = normalise(data.images[idx])
+        if cfg.flip:
+            flip = torch.rand(bs, generator=g) < 0.5
+            x[flip] = x[flip].flip(-1)
+        for grp in opt.param_groups:
+            grp["lr"] = lr_at(step)
+        gvec, patches = dense_tokens(clip, x, keep=keep, generator=g)
+        tok = data.tokens[idx]
+        if cfg.hard_negatives:
+            t_all = F.normalize(encode_text(clip, torch.cat([tok, data.hard_tokens[idx]])), dim=-1)
+            txt, hard = t_all[:bs], t_all[bs:]
+        else:
+            txt, hard = F.normalize(encode_text(clip, tok), dim=-1), None
+        scale = clip.logit_scale.exp().clamp(max=100.0)
+        loss = contrastive_loss(F.normalize(gvec, dim=-1), txt, hard, scale)
+        if cfg.dense_weight > 0:
+            pooled = F.normalize(patches.mean(1), dim=-1)
+            loss = loss + cfg.dense_weight * contrastive_loss(pooled, txt, hard, scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            # As CLIP: the temperature may not exceed 100.
+            clip.logit_scale.clamp_(0, math.log(100))
+        res.losses.append(float(loss.item()))
+        res.steps = step + 1
+        if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps - 1):
+            log.info(
+                "pretrain step %d/%d loss %.4f lr %.2e scale %.1f (%.1f s)",
+                step + 1,
+                cfg.steps,
+                res.losses[-1],
+                lr_at(step),
+                float(scale.detach()),
+                time.perf_counter() - t0,
+            )
+        if cfg.time_limit_s and time.perf_counter() - t0 > cfg.time_limit_s:
+            log.warning("pretrain: time limit %.0f s reached after %d steps", cfg.time_limit_s, step + 1)
+            res.stopped_early = True
+            break
+    clip.eval()
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+@torch.no_grad()
+def contrastive_eval(clip: nn.Module, data: CaptionData, batch_size: int = 64) -> dict[str, float]:
+    """Held-out retrieval: image→caption top-1 accuracy within batches, and the hard-negative accuracy.
+
+    Returns:
+        ``{"retrieval_top1", "hard_negative_acc", "loss"}``; hard-negative accuracy is the share of images
+        closer to their own caption than to its noun-swapped version (0.5 is chance).
+    """
+    clip.eval()
+    top1, hard_ok, losses, n = 0, 0, [], 0
+    for s in range(0, len(data), batch_size):
+        sl = slice(s, s + batch_size)
+        img = F.normalize(clip.encode_image(normalise(data.images[sl])), dim=-1)
+        txt = F.normalize(encode_text(clip, data.tokens[sl]), dim=-1)
+        hard = F.normalize(encode_text(clip, data.hard_tokens[sl]), dim=-1)
+        sim = img @ txt.t()
+        top1 += int((sim.argmax(1) == torch.arange(len(img))).sum())
+        hard_ok += int(((img * txt).sum(1) > (img * hard).sum(1)).sum())
+        losses.append(float(contrastive_loss(img, txt, hard, clip.logit_scale.exp())) * len(img))
+        n += len(img)
+    return {"retrieval_top1": top1 / n, "hard_negative_acc": hard_ok / n, "loss": sum(losses) / n}
+
+
+def save_clip(clip: nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
+    """Save the full CLIP state dict as safetensors (``create_model(name, pretrained=path)`` loads it)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous().cpu() for k, v in clip.state_dict().items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(sd, str(tmp), metadata=dict(metadata or {}))
+    tmp.replace(path)
+    return path
+
+
+def load_clip(path: str | Path, name: str = "tiny") -> nn.Module:
+    """A CLIP of config ``name`` with the weights of ``path`` (strict: every key and shape must match)."""
+    from safetensors.torch import load_file
+
+    clip = build_clip(name)
+    sd = load_file(str(path))
+    clip.load_state_dict(sd, strict=True)
+    return clip.eval()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Linear probe on patch tokens
+
+
+@torch.no_grad()
+def patch_features(
+    clip: nn.Module,
+    manifest: str | Path,
+    *,
+    category: str = "weapon",
+    limit: int = 200,
+    splits: Sequence[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Dense patch tokens and patch labels for the rows of a synthetic manifest.
+
+    Returns:
+        ``feats [M, N, D]`` float32, ``cover [M, N]`` the fraction of each patch covered by the category's
+        exact mask, and ``image_label [M]``.
+    """
+    manifest = Path(manifest)
+    rows = _read_rows(manifest, splits)[:limit]
+    size = int(
+        clip.visual.image_size[0]
+        if isinstance(clip.visual.image_size, (tuple, list))
+        else clip.visual.image_size
+    )
+    gh, gw = clip.visual.grid_size
+    feats, covers, labels = [], [], []
+    clip.eval()
+    for s in range(0, len(rows), 64):
+        chunk = rows[s : s + 64]
+        imgs = np.stack(
+            [
+                np.asarray(Image.open(manifest.parent / r["image"]).convert("RGB").resize((size, size)))
+                for r in chunk
+            ]
+        )
+        _, p = dense_tokens(clip, normalise(torch.from_numpy(imgs)))
+        feats.append(p.numpy().astype(np.float32))
+        for r in chunk:
+            m = np.asarray(
+                Image.open(manifest.parent / r["mask"][category]).convert("L").resize((size, size)),
+                np.float32,
+            )
+            m = (m > 127).astype(np.float32)
+            covers.append(m.reshape(gh, size // gh, gw, size // gw).mean(axis=(1, 3)).reshape(-1))
+            labels.append(int(r["labels"][category]))
+    return np.concatenate(feats), np.stack(covers), np.asarray(labels)
+
+
+def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    try:
+        from training.metrics import roc_auc
+    except ImportError:  # the metrics module is a sibling's; the probe must not depend on its arrival
+        order = np.argsort(scores, kind="mergesort")
+        ranks = np.empty(len(scores))
+        ranks[order] = np.arange(1, len(scores) + 1)
+        pos = labels == 1
+        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc(scores, labels))
+
+
+def linear_probe(
+    feats: np.ndarray,
+    cover: np.ndarray,
+    *,
+    on: float = 0.5,
+    train_fraction: float = 0.5,
+    seed: int = 0,
+    steps: int = 300,
+) -> dict[str, float]:
+    """Logistic regression on frozen patch tokens: weapon patches vs all other patches.
+
+    Patches covered at least ``on`` are positive, uncovered patches negative, partly covered ones are left
+    out. The probe trains on the first ``train_fraction`` of the images and is scored on the rest, so the
+    AUROC measures features, not memorised images.
+
+    Args:
+        feats: ``[M, N, D]`` patch tokens.
+        cover: ``[M, N]`` mask coverage per patch.
+
+    Returns:
+        ``{"auroc", "n_train_patches", "n_test_patches", "positive_rate"}``.
+    """
+    m = feats.shape[0]
+    cut = max(1, int(m * train_fraction))
+
+    def xy(sl: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        f, c = feats[sl].reshape(-1, feats.shape[-1]), cover[sl].reshape(-1)
+        keep = (c >= on) | (c == 0)
+        return torch.from_numpy(f[keep]).float(), torch.from_numpy((c[keep] >= on).astype(np.float32))
+
+    xtr, ytr = xy(slice(0, cut))
+    xte, yte = xy(slice(cut, m))
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
+    torch.manual_seed(seed)
+    lin = nn.Linear(xtr.shape[1], 1)
+    pos_w = (1 - ytr.mean()) / ytr.mean().clamp(min=1e-6)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(lin(xtr).squeeze(1), ytr, pos_weight=pos_w)
+        loss = loss + 1e-3 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        s = lin(xte).squeeze(1).numpy()
+    return {
+        "auroc": _auroc(s, yte.numpy().astype(int)),
+        "n_train_patches": int(len(ytr)),
+        "n_test_patches": int(len(yte)),
+        "positive_rate": float(yte.mean()),
+    }
+
+
+def probe(
+    clip: nn.Module, manifest: str | Path, *, limit: int = 200, category: str = "weapon"
+) -> dict[str, float]:
+    """``linear_probe`` on ``limit`` held-out (``val``/``test``) images of a synthetic manifest."""
+    feats, cover, _ = patch_features(clip, manifest, category=category, limit=limit, splits=("val", "test"))
+    return linear_probe(feats, cover)
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = PretrainConfig()
+    parser.add_argument("manifest", help="synthetic manifest.jsonl (from 'dangerclip synth') with captions")
+    parser.add_argument("-o", "--out", required=True, help="output CLIP weights (.safetensors)")
+    parser.add_argument(
+        "--config", default="tiny", help="DangerCLIP model config to pre-train (default tiny)"
+    )
+    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--warmup", type=int, default=d.warmup)
+    parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    parser.add_argument("--dense-weight", type=float, default=d.dense_weight, help="dense-pooled term weight")
+    parser.add_argument(
+        "--mask-ratio", type=float, default=d.mask_ratio, help="FLIP token masking in training"
+    )
+    parser.add_argument(
+        "--no-hard-negatives", action="store_true", help="plain CLIP loss, no swapped captions"
+    )
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--limit", type=int, default=None, help="use at most this many training images")
+    parser.add_argument(
+        "--time-limit", type=float, default=0.0, help="stop after this many seconds (0: none)"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    parser.add_argument("--probe", default=None, help="manifest whose val/test images the linear probe uses")
+    parser.add_argument("--probe-images", type=int, default=200)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = PretrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup=args.warmup,
+        weight_decay=args.weight_decay,
+        hard_negatives=not args.no_hard_negatives,
+        dense_weight=args.dense_weight,
+        mask_ratio=args.mask_ratio,
+        seed=args.seed,
+        time_limit_s=args.time_limit,
+    )
+    clip = build_clip(args.config, seed=args.seed)
+    size = int(tiny_clip_config(args.config)["vision_cfg"]["image_size"])
+    data = load_caption_data(
+        args.manifest, image_size=size, splits=("train",), seed=args.seed, limit=args.limit
+    )
+    report: dict[str, Any] = {"config": asdict(cfg), "images": len(data)}
+    if args.probe:
+        report["probe_before"] = probe(clip, args.probe, limit=args.probe_images)
+    res = pretrain(clip, data, cfg)
+    report["train"] = res.summary()
+    held = load_caption_data(
+        args.manifest, image_size=size, splits=("val", "test"), seed=args.seed + 1, limit=512
+    )
+    report["heldout"] = contrastive_eval(clip, held)
+    if args.probe:
+        report["probe_after"] = probe(clip, args.probe, limit=args.probe_images)
+    save_clip(clip, args.out, metadata={"dangerclip.pretrain": json.dumps(report)})
+    print(json.dumps(report, indent=2))
+    return 0
