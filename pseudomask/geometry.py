@@ -137,9 +137,7 @@ def union_masks(masks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def masks_to_grid(
-    masks: Sequence[np.ndarray], grid: tuple[int, int], cfg: PreprocessConfig
-) -> np.ndarray:
+def masks_to_grid(masks: Sequence[np.ndarray], grid: tuple[int, int], cfg: PreprocessConfig) -> np.ndarray:
     """Per-category full-resolution masks → ``[k, h, w]`` float32 fraction covered per patch.
 
     Uses ``dangerclip.preprocess.mask_to_grid``, so patch ``(i, j)`` covers exactly the pixels the
@@ -189,4 +187,4 @@ def build_caption(captions: dict[str, list[str]]) -> tuple[str, list[tuple[str, 
             cats.append(cat)
             phrases.append(p)
     caption = " . ".join(phrases) + " ."
-    return caption, list(zip(cats, token_spans(caption, phrases)))
+    return caption, list(zip(cats, token_spans(caption, phrases), strict=True))

@@ -249,9 +249,7 @@ def _file_identity(path: str | None) -> str:
     return f"{Path(path).name}:{st.st_size}"
 
 
-def params_fingerprint(
-    cfg: JobConfig, categories: Sequence[str], pre: PreprocessConfig, grid: tuple[int, int]
-) -> str:
+def params_fingerprint(cfg: JobConfig, categories: Sequence[str], pre: PreprocessConfig, grid: tuple[int, int]) -> str:
     """Hash of everything that changes an image's outputs; finished work only counts when it matches."""
     d = {
         "categories": list(categories),
@@ -374,8 +372,9 @@ class PseudoMaskJob:
                 with torch.inference_mode():
                     self._process_batch(batch, qa_every)
                 bar.update(len(batch))
-                bar.set_postfix(boxes=self.summary.with_boxes, no_box=self.summary.no_box,
-                                failed=self.summary.failed, refresh=False)
+                bar.set_postfix(
+                    boxes=self.summary.with_boxes, no_box=self.summary.no_box, failed=self.summary.failed, refresh=False
+                )
         except KeyboardInterrupt:
             # Every finished image is already on disk and in the results log; only the batch in flight is lost.
             log.warning("interrupted; finished images are saved, re-run to continue")
@@ -491,7 +490,7 @@ class PseudoMaskJob:
                     for c in self.categories
                 ]
             )
-        suspects = [self._suspects(it, r) for it, r in zip(batch, raw)]
+        suspects = [self._suspects(it, r) for it, r in zip(batch, raw, strict=True)]
 
         # SAM's image encoder only runs for images with at least one box: empty images cost nothing more.
         need = [i for i, k in enumerate(kept) if any(len(d) for d in k)]
@@ -505,7 +504,7 @@ class PseudoMaskJob:
             batch = [b for i, b in enumerate(batch) if i not in need]
             need, emb = [], []
         embed_ms = (time.perf_counter() - t1) * 1000 / max(1, len(need))
-        emb_of = dict(zip(need, emb))
+        emb_of = dict(zip(need, emb, strict=True))
 
         for i, it in enumerate(batch):
             assert it.image is not None
@@ -522,11 +521,19 @@ class PseudoMaskJob:
                 segment_ms = 0.0
             emb_of.pop(i, None)
             t3 = time.perf_counter()
-            self._write_outputs(it, dets, masks, suspects[i], qa_every, timings={
-                "decode": round(it.decode_ms, 2),
-                "detect": round(detect_ms, 2),
-                "segment": round(segment_ms, 2),
-            }, t_write=t3)
+            self._write_outputs(
+                it,
+                dets,
+                masks,
+                suspects[i],
+                qa_every,
+                timings={
+                    "decode": round(it.decode_ms, 2),
+                    "detect": round(detect_ms, 2),
+                    "segment": round(segment_ms, 2),
+                },
+                t_write=t3,
+            )
             it.image = None  # drop pixels as soon as the image is done
 
     def _suspects(self, it: _Item, raw: dict[str, Detections]) -> list[dict[str, Any]]:
@@ -556,7 +563,7 @@ class PseudoMaskJob:
         assert it.image is not None
         w, h = it.image.size
         per_cat: dict[str, Any] = {}
-        for c, d, m in zip(self.categories, dets, masks):
+        for c, d, m in zip(self.categories, dets, masks, strict=True):
             mp = self.out.mask_path(it.sha, c)
             atomic_save_png(mp, Image.fromarray(m.astype(np.uint8) * 255, mode="L"))
             area = int(m.sum())
@@ -596,8 +603,9 @@ class PseudoMaskJob:
         if suspects:
             rec["suspect"] = suspects
             self.summary.suspects += 1
-            log.warning("possible label noise: %s labelled negative for %s", it.row.id,
-                        [s["category"] for s in suspects])
+            log.warning(
+                "possible label noise: %s labelled negative for %s", it.row.id, [s["category"] for s in suspects]
+            )
         if qa:
             rec["qa"] = qa
         self.out.append_result(rec)
@@ -638,8 +646,13 @@ class PseudoMaskJob:
             out_rows.append(ManifestRow(image=r.image, labels=dict(r.labels), masks=masks, split=r.split, id=r.id))
         target = path or self.out.manifest_path
         write_manifest(out_rows, target)
-        log.info("training manifest %s: %d rows (%d with masks), %d failed images left out", target,
-                 len(out_rows), sum(1 for r in out_rows if r.masks), dropped)
+        log.info(
+            "training manifest %s: %d rows (%d with masks), %d failed images left out",
+            target,
+            len(out_rows),
+            sum(1 for r in out_rows if r.masks),
+            dropped,
+        )
         return len(out_rows)
 
 
@@ -688,16 +701,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("input", help="manifest (.jsonl/.csv) or image folder <root>/<category|negative>/")
     a("--out", required=True, help="output folder; re-running into it resumes")
     a("--prompts", nargs="+", help="categories (default: the model card's, else 'weapon')")
-    a("--caption", action="append", type=_caption_arg, default=[], metavar="CAT=PHRASE[;PHRASE]",
-      help="what the detector looks for per category (default: the category name); repeatable")
+    a(
+        "--caption",
+        action="append",
+        type=_caption_arg,
+        default=[],
+        metavar="CAT=PHRASE[;PHRASE]",
+        help="what the detector looks for per category (default: the category name); repeatable",
+    )
     a("--model", help="DangerCLIP .onnx / .safetensors / card .json: prompts, preprocessing and patch grid")
     a("--box-threshold", type=float, default=d.box_threshold)
     a("--text-threshold", type=float, default=d.text_threshold)
     a("--nms-iou", type=float, default=d.nms_iou)
     a("--max-boxes", type=int, default=d.max_boxes, help="per category and image")
     a("--include-negatives", action="store_true", help="also run negatives to find label noise")
-    a("--noise-threshold", type=float, default=d.noise_threshold,
-      help="box score on a negative that marks it as suspect")
+    a(
+        "--noise-threshold",
+        type=float,
+        default=d.noise_threshold,
+        help="box score on a negative that marks it as suspect",
+    )
     a("--segmenter", choices=["sam", "box"], default=d.segmenter)
     a("--sam-model", default=d.sam_model, help="vit_h, vit_l, vit_b or tiny")
     a("--sam-checkpoint", help="local SAM .pth")
@@ -716,8 +739,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-pixels", type=int, default=d.max_pixels)
     a("--limit", type=int, help="process at most this many images")
     a("--no-progress", action="store_true")
-    a("--collect", action="store_true",
-      help="load no model: write OUT/manifest.jsonl for the whole input from every shard's results")
+    a(
+        "--collect",
+        action="store_true",
+        help="load no model: write OUT/manifest.jsonl for the whole input from every shard's results",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> JobConfig:

@@ -86,9 +86,7 @@ def sam_builders() -> dict[str, Callable[..., torch.nn.Module]]:
     """SAM configs by name: segment-anything's ``vit_h``, ``vit_l``, ``vit_b`` and our ``tiny``."""
     from segment_anything import sam_model_registry
 
-    reg: dict[str, Callable[..., torch.nn.Module]] = {
-        k: v for k, v in sam_model_registry.items() if k != "default"
-    }
+    reg: dict[str, Callable[..., torch.nn.Module]] = {k: v for k, v in sam_model_registry.items() if k != "default"}
     reg["tiny"] = _build_sam_tiny
     return reg
 
@@ -283,9 +281,7 @@ def resolve_text_encoder(folder: str | Path | None, *, use_hub: bool = True) -> 
             raise WeightsError(f"BERT tokenizer folder {d} has no vocab.txt (bert-base-uncased's is needed)")
         config = d / "config.json"
         has_weights = any((d / n).is_file() for n in ("model.safetensors", "pytorch_model.bin"))
-        return TextEncoderFiles(
-            vocab, config if config.is_file() else None, d if has_weights else None, f"folder {d}"
-        )
+        return TextEncoderFiles(vocab, config if config.is_file() else None, d if has_weights else None, f"folder {d}")
     if use_hub:
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -391,6 +387,8 @@ def build_grounding_dino(
     if not random_weights:
         path = Path(str(checkpoint))
         state = _load_dino_state(path)
+        # Not strict: official checkpoints differ from the module in a few buffers (position_ids); the
+        # coverage check below refuses a checkpoint that leaves real weights unset instead.
         result = model.load_state_dict(state, strict=False)
         own = model.state_dict()
         missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
@@ -458,7 +456,7 @@ class GroundingDinoDetector:
                 t = tok.char_to_token(ch)
                 if t is not None and t < n:
                     self.token_mask[ci, t] = True
-        missing = [c for c, row in zip(self.categories, self.token_mask) if not row.any()]
+        missing = [c for c, row in zip(self.categories, self.token_mask, strict=True) if not row.any()]
         if missing:
             raise ValueError(f"categories {missing} have no tokens in the caption {self.caption!r} (too long?)")
         self.tokenizer = model.tokenizer

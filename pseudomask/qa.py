@@ -43,9 +43,9 @@ def overlay(
         base[mm] = base[mm] * (1 - alpha) + c * alpha
     out = Image.fromarray(base.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(out)
-    for k, (cat, det) in enumerate(zip(categories, detections)):
+    for k, (cat, det) in enumerate(zip(categories, detections, strict=True)):
         c = COLOURS[k % len(COLOURS)]
-        for box, score, phrase in zip(det.boxes, det.scores, det.phrases or [""] * len(det)):
+        for box, score, phrase in zip(det.boxes, det.scores, det.phrases or [""] * len(det), strict=True):
             x0, y0, x1, y1 = (float(v) * scale for v in box)
             draw.rectangle([x0, y0, x1, y1], outline=c, width=2)
             draw.text((x0 + 2, y0 + 1), f"{phrase or cat} {float(score):.2f}", fill=c)

@@ -31,7 +31,7 @@ class BoxSegmenter:
     ) -> list[np.ndarray]:
         h, w = embedding
         out = [np.zeros((h, w), bool) for _ in range(n_groups)]
-        for (x0, y0, x1, y1), g in zip(np.asarray(boxes, np.float32).reshape(-1, 4), groups):
+        for (x0, y0, x1, y1), g in zip(np.asarray(boxes, np.float32).reshape(-1, 4), groups, strict=True):
             # Pixel (x, y) is inside when its centre is: the rule SAM's box prompts and masks follow.
             c0, c1 = int(np.ceil(x0 - 0.5)), int(np.ceil(x1 - 0.5))
             r0, r1 = int(np.ceil(y0 - 0.5)), int(np.ceil(y1 - 0.5))

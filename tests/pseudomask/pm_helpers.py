@@ -40,8 +40,6 @@ def make_dataset(root: Path, n_pos: int = 4, n_neg: int = 1, corrupt: bool = Tru
     return m
 
 
-
-
 class StubDetector:
     """Returns fixed candidate boxes for every image; counts its calls."""
 

@@ -17,8 +17,20 @@ pytestmark = pytest.mark.slow
 
 
 def tiny_args(bert_dir: Path) -> list[str]:
-    return ["--random-weights", "--sam-model", "tiny", "--dino-config", "tiny", "--bert-dir", str(bert_dir),
-            "--dino-size", "128", "--threads", "1", "--no-progress"]
+    return [
+        "--random-weights",
+        "--sam-model",
+        "tiny",
+        "--dino-config",
+        "tiny",
+        "--bert-dir",
+        str(bert_dir),
+        "--dino-size",
+        "128",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
 
 
 def lines(p: Path) -> list[dict]:
@@ -31,8 +43,18 @@ def last_json(out: str) -> dict:
 
 def test_job_writes_every_output_resumes_and_records_bad_images(tmp_path, dataset, bert_dir, capsys):
     out = tmp_path / "out"
-    argv = ["pseudomask", str(dataset), "--out", str(out), "--include-negatives", "--qa-samples", "2",
-            "--batch-size", "2", *tiny_args(bert_dir)]
+    argv = [
+        "pseudomask",
+        str(dataset),
+        "--out",
+        str(out),
+        "--include-negatives",
+        "--qa-samples",
+        "2",
+        "--batch-size",
+        "2",
+        *tiny_args(bert_dir),
+    ]
     assert main(argv) == 0
     s = last_json(capsys.readouterr().out)
     assert (s["rows"], s["processed"], s["failed"], s["skipped_done"]) == (6, 5, 1, 0)
@@ -47,7 +69,9 @@ def test_job_writes_every_output_resumes_and_records_bad_images(tmp_path, datase
         info = r["prompts"]["weapon"]
         png = np.asarray(Image.open(out / info["mask"]))
         assert png.shape == (h, w) and set(np.unique(png)) <= {0, 255}
-        assert info["area"] == int((png > 0).sum()) and len(info["boxes"]) == len(info["scores"]) == len(info["phrases"])
+        assert info["area"] == int((png > 0).sum()) and len(info["boxes"]) == len(info["scores"]) == len(
+            info["phrases"]
+        )
         assert r["status"] == ("ok" if info["boxes"] else "no_box")
         grid = np.load(out / r["grid"])
         assert grid.shape == (1, 14, 14) and grid.dtype == np.float32 and 0 <= grid.min() <= grid.max() <= 1

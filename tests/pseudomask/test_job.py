@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from pm_helpers import StubDetector, make_dataset, make_image
 
 from dangerclip.card import BackboneIdentity, ModelCard, PreprocessConfig
 from dangerclip.manifest import read_manifest
 from dangerclip.preprocess import mask_to_grid
 from pseudomask.job import JobConfig, PseudoMaskJob, load_card, parse_shard, shard_of
 from pseudomask.segmenters import BoxSegmenter
-
-from pm_helpers import StubDetector, make_dataset, make_image
 
 
 def results(out: Path) -> list[dict]:
@@ -70,7 +69,9 @@ def test_sam_decodes_the_detected_box_on_one_embedding(tmp_path, monkeypatch):
     seg = SamSegmenter(build_sam("tiny", None, random_weights=True), box_chunk=2)
     seen, encoder_calls = [], []
     orig_predict, orig_encoder = seg.predictor.predict_torch, seg.model.image_encoder.forward
-    monkeypatch.setattr(seg.predictor, "predict_torch", lambda *a, **k: seen.append(k["boxes"].clone()) or orig_predict(*a, **k))
+    monkeypatch.setattr(
+        seg.predictor, "predict_torch", lambda *a, **k: seen.append(k["boxes"].clone()) or orig_predict(*a, **k)
+    )
     monkeypatch.setattr(seg.model.image_encoder, "forward", lambda x: encoder_calls.append(1) or orig_encoder(x))
     boxes = [[10, 20, 110, 120], [150, 30, 290, 190], [5, 5, 40, 40]]
     det = StubDetector({"weapon": (boxes, [0.9, 0.8, 0.7])})
@@ -154,7 +155,9 @@ def test_interrupt_then_resume_then_nothing_to_do(tmp_path):
     s3 = PseudoMaskJob(cfg, det3, BoxSegmenter()).run()
     assert (s3.skipped_done, s3.processed, det3.calls) == (4, 0, 0)
     assert len({r["sha256"] for r in results(out)}) == 4
-    assert sum(1 for line in (out / "results.jsonl").read_text().splitlines() if line.startswith('{"sha256": "abc"')) == 1
+    assert (
+        sum(1 for line in (out / "results.jsonl").read_text().splitlines() if line.startswith('{"sha256": "abc"')) == 1
+    )
     # Changed settings make finished work stale: it is done again.
     cfg2 = JobConfig(input=str(m), out=str(out), box_threshold=0.5, progress=False)
     det4 = StubDetector(boxes)
@@ -169,7 +172,9 @@ def test_bad_images_are_recorded_and_the_rest_finish(tmp_path):
         f.write(json.dumps({"image": "img/missing.png", "label": 1}) + "\n")
     # A missing file fails the strict manifest read; the job reports it rather than starting.
     with pytest.raises(ValueError, match="not found"):
-        PseudoMaskJob(JobConfig(input=str(m), out=str(tmp_path / "o"), progress=False), StubDetector({}), BoxSegmenter()).run()
+        PseudoMaskJob(
+            JobConfig(input=str(m), out=str(tmp_path / "o"), progress=False), StubDetector({}), BoxSegmenter()
+        ).run()
     lines = m.read_text().splitlines()[:-1]
     m.write_text("\n".join(lines) + "\n")
     cfg = JobConfig(input=str(m), out=str(tmp_path / "o"), max_pixels=100_000, progress=False)
@@ -234,8 +239,11 @@ def test_model_card_sets_prompts_preprocessing_and_grid(tmp_path):
     m = tmp_path / "d" / "m.jsonl"
     m.write_text(json.dumps({"image": "x.png", "label": "knife"}) + "\n")
     det = StubDetector({"knife": ([[0, 0, 16, 16]], [0.9]), "gun": ([[96, 96, 112, 112]], [0.9])})
-    job = PseudoMaskJob(JobConfig(input=str(m), out=str(tmp_path / "o"), model=str(tmp_path / "m.onnx"),
-                                  progress=False), det, BoxSegmenter())
+    job = PseudoMaskJob(
+        JobConfig(input=str(m), out=str(tmp_path / "o"), model=str(tmp_path / "m.onnx"), progress=False),
+        det,
+        BoxSegmenter(),
+    )
     assert job.categories == ["knife", "gun"]
     job.run()
     (rec,) = results(tmp_path / "o")

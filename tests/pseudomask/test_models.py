@@ -49,7 +49,7 @@ def test_sam_checkpoints_load_and_mismatches_are_named(tmp_path):
     a = build_sam("tiny", None, random_weights=True)
     torch.save(a.state_dict(), tmp_path / "sam_tiny.pth")
     b = build_sam("tiny", tmp_path / "sam_tiny.pth")
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
     bad = {k: v for k, v in a.state_dict().items() if not k.startswith("mask_decoder")}
     torch.save(bad, tmp_path / "sam_bad.pth")
@@ -69,7 +69,7 @@ def test_grounding_dino_checkpoint_round_trip_and_errors(tmp_path, bert_dir, tin
     state = {f"module.{k}": v for k, v in tiny_dino.state_dict().items()}
     torch.save({"model": state}, tmp_path / "gd.pth")
     loaded = build_grounding_dino("tiny", tmp_path / "gd.pth", text_encoder=te)
-    for (k, va), vb in zip(tiny_dino.state_dict().items(), loaded.state_dict().values()):
+    for (k, va), vb in zip(tiny_dino.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
     half = dict(list(tiny_dino.state_dict().items())[::2])
     torch.save({"model": half}, tmp_path / "gd_half.pth")
@@ -86,7 +86,7 @@ def test_detector_on_a_batch_of_different_sizes(tiny_dino):
     with torch.inference_mode():
         out = det.detect(imgs)
     assert len(out) == 2
-    for img, res in zip(imgs, out):
+    for img, res in zip(imgs, out, strict=True):
         assert set(res) == {"weapon", "fire"}
         n = sum(len(d) for d in res.values())
         assert n == tiny_dino.num_queries  # threshold 0: every query lands in exactly one category
@@ -101,7 +101,19 @@ def test_cli_names_the_missing_weight_file(tmp_path, capsys):
     rc = main(["pseudomask", str(tmp_path / "d"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "--dino-checkpoint" in capsys.readouterr().err
     (tmp_path / "gd.pth").write_bytes(b"x")
-    rc = main(["pseudomask", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--dino-checkpoint",
-               str(tmp_path / "gd.pth"), "--sam-model", "vit_b", "--sam-checkpoint", str(tmp_path / "sam_vit_b.pth")])
+    rc = main(
+        [
+            "pseudomask",
+            str(tmp_path / "d"),
+            "--out",
+            str(tmp_path / "o"),
+            "--dino-checkpoint",
+            str(tmp_path / "gd.pth"),
+            "--sam-model",
+            "vit_b",
+            "--sam-checkpoint",
+            str(tmp_path / "sam_vit_b.pth"),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "SAM vit_b checkpoint not found" in err and "sam_vit_b.pth" in err
