@@ -137,6 +137,8 @@ def promql_metric_names(expr: str) -> set[str]:
     s = re.sub(r"\{[^}]*\}", " ", s)
     s = re.sub(r"\[[^\]]*\]", " ", s)
     s = _GROUPING.sub(" ", s)
+    s = re.sub(r"\boffset\s+-?\w+", " ", s)  # offset 5m
+    s = re.sub(r"@\s*(?:[\d.]+|start\(\)|end\(\))", " ", s)  # @ modifiers
     s = _NUMBER.sub(" ", s)
     names = set()
     for tok in _IDENT.finditer(s):
