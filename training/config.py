@@ -170,8 +170,10 @@ class TrainConfig:
 
             d = yaml.safe_load(text) or {}
         elif suffix == ".toml":
-            import tomllib
-
+            try:
+                import tomllib
+            except ImportError as e:  # Python 3.10
+                raise ValueError(f"{p}: TOML configs need Python 3.11+; use JSON or YAML") from e
             d = tomllib.loads(text)
         else:
             raise ValueError(f"{p}: config must be .json, .yaml or .toml")

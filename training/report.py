@@ -58,11 +58,13 @@ def plot_loss_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Pat
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     tr = [h for h in history if h.get("split") == "train"]
     va = [h for h in history if h.get("split") == "val"]
-    for key in ("loss", "bce", "focal", "dice"):
-        if tr:
-            axes[0].plot([h["step"] for h in tr], [h[key] for h in tr], label=f"train {key}")
-        if va:
-            axes[0].plot([h["step"] for h in va], [h[key] for h in va], "--o", ms=3, label=f"val {key}")
+    for colour, key in zip(("C0", "C1", "C2", "C3"), ("loss", "bce", "focal", "dice"), strict=True):
+        # The no-dense ablation logs zero dense terms: nothing to draw on a log scale.
+        if tr and any(h[key] > 0 for h in tr):
+            axes[0].plot([h["step"] for h in tr], [h[key] for h in tr], color=colour, label=f"train {key}")
+        if va and any(h[key] > 0 for h in va):
+            axes[0].plot([h["step"] for h in va], [h[key] for h in va], "--o", color=colour, ms=3,
+                         label=f"val {key}")
     axes[0].set(xlabel="step", ylabel="loss", title="Losses", yscale="log")
     axes[0].grid(alpha=0.3)
     axes[0].legend(fontsize=7)
@@ -152,7 +154,8 @@ def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def metrics_tables(rep: dict[str, Any]) -> str:
     """Per-category classification and localisation tables of one ``evaluate`` result."""
-    lines = ["| category | n | pos | threshold | precision | recall | F1 | AP | ROC-AUC | confusion [[tn, fp], [fn, tp]] |",
+    lines = ["| category | n | pos | threshold | precision | recall | F1 | AP | ROC-AUC "
+             "| confusion [[tn, fp], [fn, tp]] |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for c, r in rep["per_category"].items():
         lines.append(f"| {c} | {r['n']} | {r['positives']} | {_f(r['threshold'])} | {_f(r['precision'])} | "

@@ -18,10 +18,11 @@ from training import data as D
 
 def make_dataset(
     root: Path, n: int = 24, seed: int = 0, size: tuple[int, int] = (96, 80), splits: bool = True,
-    masks: bool = True,
+    masks: bool = True, two_categories: bool = False,
 ) -> Path:
     """Write ``n`` small images (half with a dark bar "weapon" and its exact mask, half with a red disc)
-    and a JSONL manifest; returns the manifest path."""
+    and a JSONL manifest; returns the manifest path. ``two_categories`` labels ``weapon`` and ``disc``
+    (discs have no mask)."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -33,13 +34,15 @@ def make_dataset(
         x0, y0 = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
         box = [x0, y0, x0 + w // 3, y0 + h // 6]
         rec: dict[str, object] = {"image": f"img_{i:03d}.png", "label": int(pos)}
+        if two_categories:
+            rec = {"image": rec["image"], "labels": {"weapon": int(pos), "disc": int(not pos)}}
         if pos:
             d.rectangle(box, fill=(15, 15, 15))
             if masks:
                 m = Image.new("L", (w, h), 0)
                 ImageDraw.Draw(m).rectangle(box, fill=255)
                 m.save(root / f"mask_{i:03d}.png")
-                rec["mask"] = f"mask_{i:03d}.png"
+                rec["mask"] = {"weapon": f"mask_{i:03d}.png"} if two_categories else f"mask_{i:03d}.png"
         else:
             d.ellipse([x0, y0, x0 + h // 4, y0 + h // 4], fill=(210, 30, 30))
         im.save(root / rec["image"])  # type: ignore[operator]

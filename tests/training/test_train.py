@@ -110,3 +110,31 @@ def test_cli_run_writes_checkpoint_onnx_and_report(dataset: Path, tmp_path: Path
     model = load_checkpoint(run / "model.safetensors")
     assert model.card.thresholds == card["thresholds"]
     assert len(list((run / "checkpoints").glob("step_*.pt"))) == 2
+
+
+def test_two_categories_end_to_end(tiny_model, tmp_path: Path) -> None:
+    from dangerclip.factory import create_model
+
+    man = make_dataset(tmp_path / "ds", n=24, two_categories=True)
+    model = create_model("tiny", prompts=["weapon", "disc"], seed=0)
+    res = train(_cfg(man, tmp_path / "run", tmp_path / "cache", categories=["weapon", "disc"], iterations=4,
+                     report=True), model=model)
+    test = res.metrics["test"]
+    assert set(test["per_category"]) == {"weapon", "disc"} and "any" in test
+    # Discs have no masks: no localisation images for them, but the weapon's are measured.
+    assert test["per_category"]["disc"]["localisation"]["n"] == 0
+    assert test["per_category"]["weapon"]["localisation"]["n"] > 0
+    assert set(res.thresholds) == {"weapon", "disc"}
+    assert "| disc |" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_tensorboard_is_optional(tiny_model, dataset: Path, tmp_path: Path) -> None:
+    import importlib.util
+
+    cfg = _cfg(dataset, tmp_path / "run", tmp_path / "cache", iterations=2, tensorboard=True)
+    if importlib.util.find_spec("tensorboard") is None:
+        with pytest.raises(RuntimeError, match="pip install tensorboard"):
+            train(cfg, model=copy.deepcopy(tiny_model))
+    else:
+        train(cfg, model=copy.deepcopy(tiny_model))
+        assert list((tmp_path / "run" / "tensorboard").glob("events.*"))
