@@ -211,51 +211,29 @@ PLAIN = ViewRecipe(flip=False, color_views=0)
 
 
 def color_jitter(rgb: np.ndarray, rng: np.random.Generator, recipe: ViewRecipe) -> np.ndarray:
-    """Detectron2-style photometric distortion of a uint8 ``[H, W, 3]`` image (geometry unchanged)."""
+    """Detectron2-style photometric distortion of a uint8 ``[H, W, 3]`` image (geometry unchanged).
+
+    Saturation and hue are changed in Pillow's 8-bit HSV (hue steps of 360/256 degrees): plenty for an
+    augmentation, and some twenty times faster than float HSV in numpy.
+    """
     x = rgb.astype(np.float32)
     if rng.random() < 0.5:
-        x = x + rng.uniform(-recipe.brightness, recipe.brightness)
+        x = x + np.float32(rng.uniform(-recipe.brightness, recipe.brightness))
     if rng.random() < 0.5:
-        x = (x - x.mean()) * rng.uniform(1 - recipe.contrast, 1 + recipe.contrast) + x.mean()
-    x = np.clip(x, 0, 255)
+        mean = x.mean()
+        x = (x - mean) * np.float32(rng.uniform(1 - recipe.contrast, 1 + recipe.contrast)) + mean
+    out = np.clip(x + 0.5, 0, 255).astype(np.uint8)
     do_sat, do_hue = rng.random() < 0.5, rng.random() < 0.5
     sat = rng.uniform(1 - recipe.saturation, 1 + recipe.saturation)
     hue = rng.uniform(-recipe.hue, recipe.hue) / 360.0
     if do_sat or do_hue:
-        hsv = _rgb_to_hsv(x / 255.0)
+        hsv = np.asarray(Image.fromarray(out, "RGB").convert("HSV")).copy()
         if do_sat:
-            hsv[..., 1] = np.clip(hsv[..., 1] * sat, 0, 1)
+            hsv[..., 1] = np.clip(hsv[..., 1].astype(np.float32) * sat + 0.5, 0, 255).astype(np.uint8)
         if do_hue:
-            hsv[..., 0] = (hsv[..., 0] + hue) % 1.0
-        x = _hsv_to_rgb(hsv) * 255.0
-    return np.clip(x + 0.5, 0, 255).astype(np.uint8)
-
-
-def _rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    mx, mn = rgb.max(-1), rgb.min(-1)
-    d = mx - mn
-    h = np.zeros_like(mx)
-    nz = d > 1e-12
-    rc = np.where(nz, (mx - r) / np.where(nz, d, 1), 0)
-    gc = np.where(nz, (mx - g) / np.where(nz, d, 1), 0)
-    bc = np.where(nz, (mx - b) / np.where(nz, d, 1), 0)
-    h = np.where(r == mx, bc - gc, np.where(g == mx, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = np.where(nz, (h / 6.0) % 1.0, 0.0)
-    s = np.where(mx > 1e-12, d / np.where(mx > 1e-12, mx, 1), 0.0)
-    return np.stack([h, s, mx], -1)
-
-
-def _hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    i = np.floor(h * 6.0)
-    f = h * 6.0 - i
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    i = i.astype(np.int64) % 6
-    r = np.choose(i, [v, q, p, p, t, v])
-    g = np.choose(i, [t, v, v, q, p, p])
-    b = np.choose(i, [p, p, t, v, v, q])
-    return np.stack([r, g, b], -1)
+            hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + int(round(hue * 256))) % 256).astype(np.uint8)
+        out = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+    return out
 
 
 def render_views(

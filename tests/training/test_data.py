@@ -140,10 +140,17 @@ def test_render_views_plain_view_is_the_served_input_and_flip_is_exact() -> None
     assert not np.allclose(D.render_views(img, "b", cfg, recipe)[1], v[1])
 
 
-def test_hsv_round_trip_matches_colorsys() -> None:
-    rng = np.random.default_rng(1)
-    rgb = rng.random((20, 3))
-    hsv = D._rgb_to_hsv(rgb)
-    ref = np.array([colorsys.rgb_to_hsv(*c) for c in rgb])
-    np.testing.assert_allclose(hsv, ref, atol=1e-9)
-    np.testing.assert_allclose(D._hsv_to_rgb(hsv), rgb, atol=1e-9)
+def test_color_jitter_changes_colour_not_geometry() -> None:
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[4:8, 4:12] = (200, 40, 40)
+    rgb[~np.any(rgb, -1)] = (90, 140, 200)
+    seen = []
+    for seed in range(12):
+        out = D.color_jitter(rgb, np.random.default_rng(seed), D.ViewRecipe())
+        assert out.shape == rgb.shape and out.dtype == np.uint8
+        # The object stays where it was: its pixels still differ from the background's.
+        assert np.abs(out[5, 5].astype(int) - out[0, 0].astype(int)).sum() > 20
+        seen.append(out[5, 5].tolist())
+    assert len({tuple(c) for c in seen}) > 6  # the draws really vary
+    hsv_red = colorsys.rgb_to_hsv(*(np.array(seen[0]) / 255.0))
+    assert 0.0 <= hsv_red[0] <= 1.0
