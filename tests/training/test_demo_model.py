@@ -1,0 +1,90 @@
+"""The demo-model builder: a CI-sized run end to end, its outputs load, its stages are cached."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.demo_model import DemoConfig, build
+
+
+@pytest.fixture(scope="module")
+def ci_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoConfig, dict]:
+    root = tmp_path_factory.mktemp("demo")
+    cfg = DemoConfig.ci(str(root / "work"), str(root / "assets"))
+    cfg.threads = 0
+    return cfg, build(cfg)
+
+
+@pytest.mark.slow
+def test_ci_build_writes_a_loadable_onnx_model(ci_build: tuple[DemoConfig, dict]) -> None:
+    from dangerclip.preprocess import load_image
+    from dangerclip.scorer import DangerScorer
+
+    cfg, report = ci_build
+    assets = Path(cfg.assets)
+    scorer = DangerScorer(str(assets / "model.onnx"))
+    assert scorer.categories == ["weapon"]
+    assert scorer.card.version == "0.0.0-ci" and scorer.card.trained
+    # The card names no path on the build machine: the vision tower travels in the checkpoint.
+    assert scorer.card.backbone.pretrained.startswith("synthetic-contrastive:")
+    images = sorted((Path(cfg.work) / "data" / "head" / "images").iterdir())[:3]
+    preds = scorer.score_images([load_image(p) for p in images])
+    assert len(preds) == 3
+    assert all(0.0 <= p.scores["weapon"] <= 1.0 for p in preds)
+    assert preds[0].map.shape == (1, 14, 14)
+    assert report["thresholds"]["weapon"] == pytest.approx(scorer.thresholds[0])
+
+
+@pytest.mark.slow
+def test_ci_build_checkpoint_stands_alone_and_matches_onnx(ci_build: tuple[DemoConfig, dict]) -> None:
+    import torch
+
+    from dangerclip.checkpoint import load_checkpoint
+    from dangerclip.scorer import DangerScorer
+
+    cfg, _ = ci_build
+    model = load_checkpoint(Path(cfg.assets) / "model.safetensors")  # no pretrained= needed
+    scorer = DangerScorer(str(Path(cfg.assets) / "model.onnx"))
+    x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).scores.numpy()
+    scores, _ = scorer.predict(x)
+    np.testing.assert_allclose(scores, ref, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_ci_build_reports_every_figure(ci_build: tuple[DemoConfig, dict]) -> None:
+    cfg, report = ci_build
+    for key in ("dense", "no_dense"):
+        for fig in ("f1", "ap", "topk_iou", "pointing", "iou@threshold"):
+            assert fig in report[key]
+    assert 0.0 <= report["pretrain"]["probe_before"]["auroc"] <= 1.0
+    assert 0.0 <= report["pretrain"]["probe_after"]["auroc"] <= 1.0
+    md = (Path(cfg.assets) / "report.md").read_text()
+    assert "no-dense ablation" in md and "linear-probe AUROC" in md
+    saved = json.loads((Path(cfg.assets) / "report.json").read_text())
+    assert saved["files"]["model.onnx"]["bytes"] < 8_000_000
+
+
+@pytest.mark.slow
+def test_second_build_reuses_every_stage(
+    ci_build: tuple[DemoConfig, dict], caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg, _ = ci_build
+    stamp = (Path(cfg.work) / "backbone" / "clip.safetensors").stat().st_mtime_ns
+    caplog.set_level("INFO")
+    build(cfg)
+    assert (Path(cfg.work) / "backbone" / "clip.safetensors").stat().st_mtime_ns == stamp
+    text = caplog.text
+    assert "pretrain: reusing" in text and "train (dense): reusing" in text and "synth: reusing" in text
+
+
+def test_same_seed_for_both_sets_is_refused(tmp_path: Path) -> None:
+    cfg = DemoConfig.ci(str(tmp_path / "w"), str(tmp_path / "a"))
+    cfg.pretrain_seed = cfg.head_seed
+    with pytest.raises(ValueError, match="must differ"):
+        cfg.validate()
