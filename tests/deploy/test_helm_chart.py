@@ -444,6 +444,23 @@ def test_pseudomask_indexed_job_shards_the_manifest() -> None:
         render({"pseudomask": {"enabled": True}})
 
 
+def test_pseudomask_job_args_parse_with_the_real_cli() -> None:
+    """What pod 5 of 16 runs is a valid ``dangerclip pseudomask`` command line, with files on its volumes."""
+    import argparse
+
+    job = pytest.importorskip("pseudomask.job")
+    (c,) = one(render(_ci("pseudomask-values.yaml")), "Job", "-pseudomask")["spec"]["template"]["spec"]["containers"]
+    argv = [a.replace("$(SHARD_INDEX)", "5") for a in c["args"]]
+    assert argv[0] == "pseudomask"
+    parser = argparse.ArgumentParser(prog="dangerclip pseudomask")
+    job.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    assert args.shard == (5, 16)
+    mounts = [m["mountPath"] for m in c["volumeMounts"]]
+    for path in (args.input, args.out, args.sam_checkpoint, args.dino_checkpoint, args.bert_dir):
+        assert any(path.startswith(m + "/") for m in mounts), f"{path} is on no volume of the job pod"
+
+
 # ---------------------------------------------------------------------------- generated files
 @pytest.mark.parametrize("tool", ["helm/tools/sync_settings.py", "helm/tools/render_alerts.py",
                                   "deploy/grafana/build_dashboard.py"])
