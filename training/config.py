@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ class TrainConfig:
         test_data: optional separate test manifest (overrides the ``test`` split of ``data``).
         categories: the model's prompts, one per category (the paper: ``["weapon"]``).
         model: DangerCLIP config name (``tiny``, ``ViT-B-16``).
-        pretrained: CLIP weights: None (random), an open_clip tag, or a local file.
+        pretrained: CLIP weights: empty for a random backbone, an open_clip tag, or a local file.
         out: run folder (checkpoints, metrics, model, ONNX, report).
         cache_dir: feature-cache folder (default ``<out>/cache``); share it between runs on the same data.
         batch_size: images per step (paper: 32).
@@ -189,14 +190,30 @@ class TrainConfig:
         return cls.from_dict(d)
 
 
+def field_help() -> dict[str, str]:
+    """Each field's description, from the ``Attributes:`` section of ``TrainConfig``'s docstring."""
+    out: dict[str, str] = {}
+    doc = (TrainConfig.__doc__ or "").split("Attributes:", 1)[-1]
+    name = ""
+    for line in doc.splitlines():
+        m = re.match(r"^\s{8}(\w+): (.*)$", line)
+        if m:
+            name = m.group(1)
+            out[name] = m.group(2).strip()
+        elif name and line.strip():
+            out[name] += " " + line.strip()
+    return out
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per ``TrainConfig`` field (default: unset, so that a config file's values stand)."""
     d = TrainConfig()
+    docs = field_help()
     parser.add_argument("config", nargs="?", default=None, help="JSON/YAML/TOML file of TrainConfig fields")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = getattr(d, f.name)
-        helptext = f"(default: {default})"
+        helptext = f"{docs.get(f.name, '')} (default: {default!r})".replace("%", "%%")
         if isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=helptext)
@@ -205,8 +222,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, nargs="+", type=typ, default=None, help=helptext)
         else:
             parser.add_argument(flag, dest=f.name, type=type(default), default=None, help=helptext)
-    parser.add_argument("--no-dense-ablation", dest="dense", action="store_false", default=None,
-                        help="alias of --no-dense: BCE only (the paper's Table 3)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -138,3 +138,18 @@ def test_tensorboard_is_optional(tiny_model, dataset: Path, tmp_path: Path) -> N
     else:
         train(cfg, model=copy.deepcopy(tiny_model))
         assert list((tmp_path / "run" / "tensorboard").glob("events.*"))
+
+
+def test_config_files_and_validation(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "m.jsonl").write_text("")
+    (tmp_path / "c.yaml").write_text("data: data/m.jsonl\nout: runs/x\niterations: 7\nloss_weights: [1, 0, 1]\n")
+    cfg = TrainConfig.from_file(tmp_path / "c.yaml")
+    assert cfg.data == str(tmp_path / "data" / "m.jsonl") and cfg.out == str(tmp_path / "runs" / "x")
+    assert cfg.iterations == 7 and cfg.loss_weights == (1.0, 0.0, 1.0) and cfg.pretrained == ""
+    assert TrainConfig(data="x", dense=False).effective_loss_weights == (1.0, 0.0, 0.0)
+    (tmp_path / "bad.json").write_text(json.dumps({"data": "x", "iterationz": 3}))
+    with pytest.raises(ValueError, match="iterationz"):
+        TrainConfig.from_file(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="batch_size must be >= 1.*amp must be one of"):
+        TrainConfig(data="x", batch_size=0, amp="fp8").validate()
