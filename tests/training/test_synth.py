@@ -178,3 +178,36 @@ def test_cli_writes_a_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert out.endswith("manifest.jsonl") and Path(out).is_file()
     assert len(list((tmp_path / "s" / "images").iterdir())) == 8
     assert main(["synth", str(tmp_path / "t"), "--categories", "sword"]) == 2
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "dangerclip" / "assets" / "samples"
+
+
+def test_committed_samples_are_what_the_generator_writes(tmp_path: Path) -> None:
+    from dangerclip.preprocess import load_image
+
+    manifest = synth.write_samples(tmp_path)
+    fresh = [json.loads(line) for line in manifest.read_text().splitlines()]
+    committed = [json.loads(line) for line in (SAMPLES / "manifest.jsonl").read_text().splitlines()]
+    assert fresh == committed
+    assert len(committed) == 16 and sum(r["labels"]["weapon"] for r in committed) == 8
+    modes = set()
+    for row in committed:
+        path = SAMPLES / row["image"]
+        assert path.stat().st_size < 40_000
+        with Image.open(path) as im:
+            modes.add(im.mode)
+            a = np.asarray(im, dtype=np.float32)
+        with Image.open(tmp_path / row["image"]) as im:
+            b = np.asarray(im, dtype=np.float32)
+        # Same pixels up to encoder differences between library versions.
+        assert a.shape == b.shape and np.abs(a - b).mean() < 2.0, row["image"]
+        assert load_image(path).mode == "RGB"
+    assert {"RGB", "L", "RGBA", "P"} <= modes
+
+
+def test_samples_are_disjoint_from_the_demo_model_sets() -> None:
+    from training.demo_model import DemoConfig
+
+    d = DemoConfig()
+    assert synth.SAMPLE_SEED not in (d.head_seed, d.pretrain_seed)
