@@ -12,7 +12,8 @@ ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 # ---------------------------------------------------------------------------- build: a venv with .[serve]
 FROM ${CUDA_IMAGE} AS build
-ARG ORT_GPU_VERSION=1.31.1
+# Empty: the onnxruntime version pinned for the CPU image, so both images run the same runtime.
+ARG ORT_GPU_VERSION=""
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -26,8 +27,9 @@ WORKDIR /src
 # The CPU image's pins, with onnxruntime-gpu in place of onnxruntime: both provide the `onnxruntime`
 # module and must never sit side by side (whichever installed last would win the import).
 COPY deploy/docker/requirements-serve.txt /tmp/requirements-serve.txt
-RUN sed '/^onnxruntime==/d' /tmp/requirements-serve.txt > /tmp/requirements-gpu.txt \
-    && pip install --no-cache-dir -r /tmp/requirements-gpu.txt "onnxruntime-gpu==${ORT_GPU_VERSION}"
+RUN ort="${ORT_GPU_VERSION:-$(sed -n 's/^onnxruntime==//p' /tmp/requirements-serve.txt)}" \
+    && sed '/^onnxruntime==/d' /tmp/requirements-serve.txt > /tmp/requirements-gpu.txt \
+    && pip install --no-cache-dir -r /tmp/requirements-gpu.txt "onnxruntime-gpu==${ort}"
 COPY pyproject.toml README.md ./
 COPY dangerclip/ dangerclip/
 COPY service/ service/

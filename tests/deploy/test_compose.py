@@ -236,3 +236,14 @@ def test_compose_worker_end_to_end_and_its_scrape_has_every_dashboard_metric(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_gpu_override_swaps_in_the_gpu_image() -> None:
+    gpu = yaml.safe_load((COMPOSE_DIR / "compose.gpu.yaml").read_text())["services"]
+    w = gpu["worker"]
+    assert (COMPOSE_DIR / w["build"]["context"] / w["build"]["dockerfile"]).name == "serve-gpu.Dockerfile"
+    assert (COMPOSE_DIR / w["build"]["context"] / w["build"]["dockerfile"]).exists()
+    assert set(w["environment"]) <= settings_env_names()
+    (dev,) = w["deploy"]["resources"]["reservations"]["devices"]
+    assert dev["driver"] == "nvidia" and dev["capabilities"] == ["gpu"]
+    assert gpu["producer"]["image"] == w["image"], "the producer must not need the CPU image built"

@@ -165,7 +165,8 @@ def test_serving_images(dockerfile: Path) -> None:
 def test_gpu_image_swaps_onnxruntime_for_onnxruntime_gpu() -> None:
     text = (DOCKER / "serve-gpu.Dockerfile").read_text()
     assert re.search(r"FROM \$\{CUDA_IMAGE\} AS runtime", text)
-    assert "sed '/^onnxruntime==/d'" in text and '"onnxruntime-gpu==${ORT_GPU_VERSION}"' in text
+    assert "sed '/^onnxruntime==/d'" in text and '"onnxruntime-gpu==${ort}"' in text
+    assert "s/^onnxruntime==//p" in text, "by default the GPU image runs the CPU image's onnxruntime version"
     assert "CUDAExecutionProvider" in text
 
 

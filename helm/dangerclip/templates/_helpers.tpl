@@ -161,6 +161,11 @@ app.kubernetes.io/component: worker
 {{- if and .Values.config.uri_fetch_enabled (not .Values.config.uri_allowed_hosts) -}}
 {{- fail "config.uri_fetch_enabled needs config.uri_allowed_hosts (an empty allow-list fetches nothing)" -}}
 {{- end -}}
+{{- range .Values.worker.extraEnv -}}
+{{- if hasPrefix "DANGERCLIP_" (toString .name) -}}
+{{- fail (printf "worker.extraEnv sets %s: set worker settings in `config` (config.%s), where the schema checks them" .name (lower (trimPrefix "DANGERCLIP_" (toString .name)))) -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.pseudomask.enabled (not .Values.pseudomask.data.claimName) -}}
 {{- fail "pseudomask.enabled needs pseudomask.data.claimName (the PVC with the images and the manifest)" -}}
 {{- end -}}
