@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -288,25 +289,31 @@ def _build(
 
         bar = tqdm(total=n, desc="encoding", unit="img")
     try:
-        for i, r in enumerate(rows):
-            try:
-                img = load_image(r.image)
-                sizes[i] = img.size
-                for mp in r.masks.values():
-                    # Decode the masks now so that a broken one is reported here, with its line.
-                    load_mask(mp, img.size)
-                # After a failure (strict mode) the cache will not be written: only validate the rest.
-                if not issues or skip_bad:
-                    pending.append((i, render_views(img, r.id, cfg, recipe)))
-                ok[i] = True
-            except (ImageError, OSError, ValueError) as e:
-                issues.append(ManifestIssue(r.line or i + 1, f"{r.image}: {e}"))
-                if not skip_bad:
-                    pending.clear()
-            if len(pending) * v >= encode_batch:
-                flush()
-            if bar is not None:
-                bar.update(1)
+        # Decoding and rendering the next rows (Pillow and numpy release the GIL) overlaps with the
+        # backbone encoding the current ones; chunks keep at most two chunks of views in memory.
+        chunk = max(1, encode_batch // v)
+        starts = list(range(0, n, chunk))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            fut = pool.submit(_load_rows, rows, starts[0], chunk, cfg, recipe) if starts else None
+            for c in range(len(starts)):
+                loaded = fut.result()  # type: ignore[union-attr]
+                if c + 1 < len(starts):
+                    fut = pool.submit(_load_rows, rows, starts[c + 1], chunk, cfg, recipe)
+                for i, views_i, size, err in loaded:
+                    if err is not None:
+                        issues.append(ManifestIssue(rows[i].line or i + 1, f"{rows[i].image}: {err}"))
+                        if not skip_bad:
+                            pending.clear()
+                    else:
+                        sizes[i] = size
+                        ok[i] = True
+                        # After a failure (strict mode) the cache will not be written: only validate the rest.
+                        if not issues or skip_bad:
+                            pending.append((i, views_i))
+                    if len(pending) * v >= encode_batch:
+                        flush()
+                    if bar is not None:
+                        bar.update(1)
         if issues and not skip_bad:
             raise ManifestError(f"dataset {path.name.split('-')[0]!r}", issues)
         flush()
@@ -329,6 +336,7 @@ def _build(
             "views": [list(x) for x in views],
             "grid": list(grid),
             "images": n,
+            "image_paths": [r.image for r in rows],
             "skipped": len(issues),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -340,6 +348,24 @@ def _build(
         if bar is not None:
             bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_rows(
+    rows: Sequence[ManifestRow], start: int, count: int, cfg: PreprocessConfig, recipe: ViewRecipe
+) -> list[tuple[int, np.ndarray | None, tuple[int, int], str | None]]:
+    """Decode, check masks and render views of ``rows[start:start+count]``: ``(i, views, size, error)``."""
+    out: list[tuple[int, np.ndarray | None, tuple[int, int], str | None]] = []
+    for i in range(start, min(start + count, len(rows))):
+        r = rows[i]
+        try:
+            img = load_image(r.image)
+            for mp in r.masks.values():
+                # Decode the masks now so that a broken one is reported here, with its line.
+                load_mask(mp, img.size)
+            out.append((i, render_views(img, r.id, cfg, recipe), img.size, None))
+        except (ImageError, OSError, ValueError) as e:
+            out.append((i, None, (0, 0), str(e)))
+    return out
 
 
 def _write_targets(
