@@ -174,7 +174,8 @@ class Handler:
         )
         card = scorer.card
         self.categories = list(card.prompts)
-        self.thresholds = {c: float(t) for c, t in zip(self.categories, scorer.thresholds, strict=True)}
+        # float32 in the scorer; rounded so the result says 0.9, not 0.8999999761581421
+        self.thresholds = {c: round(float(t), 6) for c, t in zip(self.categories, scorer.thresholds, strict=True)}
         self.model_ref = ModelRef(
             name=card.name, version=card.version, sha256=scorer.sha256, trained=card.trained
         )

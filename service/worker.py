@@ -18,6 +18,7 @@ nothing is produced twice. SIGTERM/SIGINT: finish the batch in flight, flush, co
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import os
 import signal
@@ -115,7 +116,8 @@ class Worker:
         self.producer: Any = None
         self._stop = threading.Event()
         self._hard_stop = threading.Event()
-        self._assigned: set[tuple[str, int]] = set()
+        self._assigned: frozenset[tuple[str, int]] = frozenset()
+        self._revocations: collections.deque[set[tuple[str, int]]] = collections.deque()
         self._pending: list[InputRecord] = []
         self._pending_futures: list[Future[Any]] = []
         self._batch_opened: float | None = None
@@ -127,9 +129,7 @@ class Worker:
         self._out_partitions: int | None = None
         self.consumed = 0
         self.produced = 0
-        self._decode_pool = ThreadPoolExecutor(
-            settings.decode_workers, thread_name_prefix="dangerclip-decode"
-        )
+        self._decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="dangerclip-decode")
         self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="dangerclip-infer")
 
     # ------------------------------------------------------------------ clients
@@ -192,6 +192,9 @@ class Worker:
             def on_partitions_assigned(self, assigned: Any) -> None:
                 worker._on_assigned([(tp.topic, tp.partition) for tp in assigned])
 
+            def on_partitions_lost(self, lost: Any) -> None:
+                worker._on_revoked([(tp.topic, tp.partition) for tp in lost], lost=True)
+
         backoff = Backoff(self.settings.retry_backoff_ms / 1000, self.settings.retry_backoff_max_ms / 1000)
         while not self._stop.is_set():
             self._tick()
@@ -213,52 +216,82 @@ class Worker:
                     raise  # a mistake in the settings: retrying cannot help
                 self.metrics.broker_errors.labels(operation="connect").inc()
                 delay = backoff.next()
-                log.warning(
-                    "cannot connect to %s (%s); retrying in %.1fs", self.settings.bootstrap_servers, e, delay
-                )
+                log.warning("cannot connect to %s (%s); retrying in %.1fs", self.settings.bootstrap_servers, e, delay)
                 self._stop.wait(delay)
         return False
 
     # ------------------------------------------------------------------ rebalance
+    # kafka-python 3 calls these on its IO thread: they must not call blocking consumer APIs (commit,
+    # position), and they hand the rest of the work to the consumer thread through ``_revocations``.
     def _on_assigned(self, tps: list[tuple[str, int]]) -> None:
         self.metrics.rebalances.labels(event="assigned").inc()
-        self._assigned = set(tps)
+        self._assigned = frozenset(tps)
         self.metrics.assigned_partitions.set(len(self._assigned))
         self.metrics.ready.set(1 if self._assigned else 0)
         log.info("assigned partitions %s", sorted(p for _, p in tps))
 
-    def _on_revoked(self, tps: list[tuple[str, int]]) -> None:
-        """Finish and commit the batch in flight; drop (uncommitted) records not yet in a batch."""
-        self.metrics.rebalances.labels(event="revoked").inc()
-        log.info("partitions %s revoked", sorted(p for _, p in tps))
-        if self._inflight is not None:
-            self._complete(self._inflight)
-            self._inflight = None
+    def _on_revoked(self, tps: list[tuple[str, int]], lost: bool = False) -> None:
+        """Commit the batch in flight for the revoked partitions if it finishes in time; queue the rest.
+
+        Its results are already being produced, so committing them spares the partition's next owner
+        from producing them again. When the membership was lost (``lost``) nothing can be committed.
+        """
         revoked = set(tps)
-        keep = [
-            (r, f)
-            for r, f in zip(self._pending, self._pending_futures, strict=True)
-            if (r.topic, r.partition) not in revoked
-        ]
-        dropped = len(self._pending) - len(keep)
-        if dropped:
-            self.metrics.records_abandoned.labels(reason="revoked").inc(dropped)
-            for r, f in zip(self._pending, self._pending_futures, strict=True):
-                if (r.topic, r.partition) in revoked:
-                    f.cancel()
-            log.info(
-                "dropped %d records of revoked partitions (not committed; the next owner reads them)", dropped
-            )
-        self._pending = [r for r, _ in keep]
-        self._pending_futures = [f for _, f in keep]
-        if not self._pending:
-            self._batch_opened = None
-        for tp in revoked:
-            self._next_offset.pop(tp, None)
-            self.metrics.drop_lag(*tp)
-        self._assigned -= revoked
+        self.metrics.rebalances.labels(event="revoked").inc()
+        log.info("partitions %s %s", sorted(p for _, p in tps), "lost" if lost else "revoked")
+        self._assigned = frozenset(self._assigned - revoked)
         self.metrics.assigned_partitions.set(len(self._assigned))
         self.metrics.ready.set(1 if self._assigned else 0)
+        fut = self._inflight
+        if fut is not None and not lost and revoked:
+            try:
+                batch = fut.result(timeout=self.settings.produce_timeout_s)
+                self._commit_async({tp: o for tp, o in batch.offsets().items() if tp in revoked})
+            except Exception as e:  # noqa: BLE001 - not done in time or failed: the next owner redoes it
+                log.warning("batch in flight not committed on revocation (%s); its records may be redone", e)
+        self._revocations.append(revoked)
+
+    def _commit_async(self, offsets: dict[tuple[str, int], int]) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        if not offsets:
+            return
+
+        def _done(_offsets: Any, response: Any) -> None:
+            outcome = "failed" if isinstance(response, Exception) else "ok"
+            self.metrics.offset_commits.labels(outcome=outcome).inc()
+
+        payload = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        self.consumer.commit_async(payload, callback=_done)
+
+    def _apply_revocations(self) -> None:
+        """On the consumer thread: drop records of revoked partitions that are not yet in a batch.
+
+        They were never produced and are not committed, so their next owner reads them again and nothing
+        is produced twice.
+        """
+        while self._revocations:
+            revoked = self._revocations.popleft() - self._assigned
+            keep = [
+                (r, f)
+                for r, f in zip(self._pending, self._pending_futures, strict=True)
+                if (r.topic, r.partition) not in revoked
+            ]
+            dropped = len(self._pending) - len(keep)
+            if dropped:
+                self.metrics.records_abandoned.labels(reason="revoked").inc(dropped)
+                for r, f in zip(self._pending, self._pending_futures, strict=True):
+                    if (r.topic, r.partition) in revoked:
+                        f.cancel()
+                log.info("dropped %d uncommitted records of revoked partitions (their next owner reads them)", dropped)
+            self._pending = [r for r, _ in keep]
+            self._pending_futures = [f for _, f in keep]
+            if not self._pending:
+                self._batch_opened = None
+            for tp in revoked:
+                self._next_offset.pop(tp, None)
+                self.metrics.drop_lag(*tp)
 
     # ------------------------------------------------------------------ probes
     def _tick(self) -> None:
@@ -328,6 +361,7 @@ class Worker:
             else:
                 timeout_ms = IDLE_POLL_MS
             self._poll(timeout_ms, room)
+        self._apply_revocations()
         if self._inflight is not None and self._inflight.done():
             self._complete(self._inflight)
             self._inflight = None
@@ -379,6 +413,7 @@ class Worker:
         backoff = Backoff(self.settings.retry_backoff_ms / 1000, self.settings.retry_backoff_max_ms / 1000)
         todo = list(outputs)
         t0 = time.perf_counter()
+        attempts = 0
         while todo:
             self._tick()
             sent = []
@@ -407,12 +442,30 @@ class Worker:
                 break
             self.metrics.broker_errors.labels(operation="produce").inc()
             self._out_partitions = None  # topic metadata may have changed (broker restart)
+            attempts += 1
             delay = backoff.next()
             log.warning("%d of %d records not acknowledged; retrying in %.1fs", len(failed), len(todo), delay)
             todo = failed
             if self._hard_stop.wait(delay):
                 raise RuntimeError("hard stop while producing")
+            if attempts % 3 == 0:
+                # An idempotent producer whose broker lost its state (a restarted or failed-over cluster) can
+                # stay in a fatal error state for good; a fresh producer gets a new producer id.
+                self._reset_producer()
         self.metrics.produce_duration.observe(time.perf_counter() - t0)
+
+    def _reset_producer(self) -> None:
+        log.warning("recreating the producer")
+        old, self.producer = self.producer, None
+        try:
+            old.close(timeout=0)
+        except Exception as e:  # noqa: BLE001 - the old producer is broken; closing is best effort
+            log.debug("closing the old producer: %s", e)
+        try:
+            self.producer = self._producer_factory()
+        except Exception as e:  # noqa: BLE001 - broker still away: keep the old one, retry later
+            log.warning("cannot create a producer yet: %s", e)
+            self.producer = old
 
     def _partition_for(self, o: OutputRecord) -> int | None:
         if o.kind != "result" or self.settings.output_partitioning != "same":
@@ -439,7 +492,11 @@ class Worker:
             if o.source.timestamp_ms is not None:
                 self.metrics.end_to_end_duration.observe(max(0.0, now - o.source.timestamp_ms / 1000))
         self.produced += len(batch.outputs)
-        self._commit(batch.offsets())
+        owned = self._assigned
+        mine = {tp: o for tp, o in batch.offsets().items() if tp in owned}
+        if len(mine) < len(batch.offsets()):
+            log.info("not committing %d partitions of this batch: no longer assigned", len(batch.offsets()) - len(mine))
+        self._commit(mine)
 
     def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
         from kafka import TopicPartition
@@ -498,9 +555,7 @@ class Worker:
             self.metrics.records_abandoned.labels(reason="shutdown").inc(len(self._pending))
             for f in self._pending_futures:
                 f.cancel()
-            log.info(
-                "left %d records not yet in a batch uncommitted (they will be read again)", len(self._pending)
-            )
+            log.info("left %d records not yet in a batch uncommitted (they will be read again)", len(self._pending))
             self._pending, self._pending_futures = [], []
 
     def _close(self) -> None:
