@@ -168,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     for p in stale:
         p.write_text(updates[p])
         sys.stdout.write(f"wrote {p}\n")
+    if VALUES in stale:  # the chart README's parameter tables follow values.yaml
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import values_table
+
+        values_table.main([])
     return 0
 
 

@@ -466,8 +466,27 @@ def test_pseudomask_job_args_parse_with_the_real_cli() -> None:
 
 
 # ---------------------------------------------------------------------------- generated files
+def test_every_value_is_documented() -> None:
+    """Each leaf of values.yaml has a ``## @param`` on itself or on the map that holds it."""
+    sys.path.insert(0, str(REPO / "helm" / "tools"))
+    import values_table
+
+    documented = {key for _, rows in values_table.params((CHART / "values.yaml").read_text()) for key, _ in rows}
+
+    def leaves(node: Any, prefix: str = "") -> list[str]:
+        if isinstance(node, dict) and node:
+            return [leaf for k, v in node.items() for leaf in leaves(v, f"{prefix}{k}.")]
+        return [prefix.rstrip(".")]
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    undocumented = [leaf for leaf in leaves(values)
+                    if not any(leaf == d or leaf.startswith(d + ".") for d in documented)]
+    assert not undocumented, undocumented
+    assert len(documented) > 150
+
+
 @pytest.mark.parametrize("tool", ["helm/tools/sync_settings.py", "helm/tools/render_alerts.py",
-                                  "deploy/grafana/build_dashboard.py"])
+                                  "helm/tools/values_table.py", "deploy/grafana/build_dashboard.py"])
 def test_generated_files_are_up_to_date(tool: str) -> None:
     out = subprocess.run([sys.executable, str(REPO / tool), "--check"], capture_output=True, text=True,
                          timeout=120, cwd=REPO)
