@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -285,6 +286,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``dangerclip baselines``: bad data or config is an error message and exit code 2, not a traceback."""
+    from dangerclip.manifest import ManifestError
+
+    try:
+        return _run(args)
+    except (ManifestError, ValueError, FileNotFoundError) as e:
+        print(f"dangerclip baselines: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     cats = list(args.categories)
     rows = load_rows(args.data, cats, skip_bad=args.skip_bad)
     idx = assign_splits(rows)

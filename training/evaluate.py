@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,6 +249,17 @@ def load_model(path: str | Path, pretrained: str | None = None, device: str = "c
 
 
 def run(args: argparse.Namespace) -> int:
+    """``dangerclip eval``: bad data or config is an error message and exit code 2, not a traceback."""
+    from dangerclip.manifest import ManifestError
+
+    try:
+        return _run(args)
+    except (ManifestError, ValueError, FileNotFoundError) as e:
+        print(f"dangerclip eval: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.pretrained, args.device)
     card = model.card
     cats = list(card.prompts)

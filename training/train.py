@@ -24,6 +24,7 @@ import logging
 import math
 import random
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -294,10 +295,9 @@ def build_model(cfg: TrainConfig, device: torch.device) -> Any:
                         seed=cfg.seed, version=cfg.version, device=device)
 
 
-def prepare_data(cfg: TrainConfig, model: Any) -> dict[str, Any]:
-    """Rows per split and their feature caches (built or reused). Bad rows stop the run here."""
-    from training.cache import build_or_load
-    from training.data import PLAIN, ViewRecipe, assign_splits, load_rows
+def load_splits(cfg: TrainConfig) -> dict[str, list[Any]]:
+    """Rows per split (``train``/``val``/``test``). Bad rows stop the run here, before any model is built."""
+    from training.data import assign_splits, load_rows
 
     cats = cfg.categories
     rows = load_rows(cfg.data, cats, skip_bad=cfg.skip_bad)
@@ -313,6 +313,17 @@ def prepare_data(cfg: TrainConfig, model: Any) -> dict[str, Any]:
         log.warning("no validation rows: thresholds will be chosen on the training split (optimistic)")
     log.info("data: %s", ", ".join(f"{s} {len(r)} ({sum(x.positive for x in r)} positive)"
                                    for s, r in split_rows.items()))
+    return split_rows
+
+
+def prepare_data(cfg: TrainConfig, model: Any, split_rows: dict[str, list[Any]] | None = None) -> dict[str, Any]:
+    """Rows per split and their feature caches (built or reused). Undecodable images stop the run here."""
+    from training.cache import build_or_load
+    from training.data import PLAIN, ViewRecipe
+
+    cats = cfg.categories
+    if split_rows is None:
+        split_rows = load_splits(cfg)
     card = model.card
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / "cache"
     recipe = ViewRecipe(flip=cfg.flip, color_views=cfg.color_views, seed=cfg.seed)
@@ -371,6 +382,7 @@ def train(config: TrainConfig, model: Any = None) -> TrainResult:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
+    split_rows = load_splits(cfg)
     seed_everything(cfg.seed)
     if model is None:
         model = build_model(cfg, device)
@@ -379,7 +391,7 @@ def train(config: TrainConfig, model: Any = None) -> TrainResult:
         if list(model.card.prompts) != list(cfg.categories):
             raise ValueError(f"model prompts {model.card.prompts} differ from config categories {cfg.categories}")
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    data = prepare_data(cfg, model)
+    data = prepare_data(cfg, model, split_rows)
     caches = data["caches"]
     train_cache = caches["train"]
 
@@ -578,6 +590,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """``dangerclip train``: bad data or config is an error message and exit code 2, not a traceback."""
+    from dangerclip.manifest import ManifestError
+
+    try:
+        return _run(args)
+    except (ManifestError, ValueError, FileNotFoundError) as e:
+        print(f"dangerclip train: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=1))

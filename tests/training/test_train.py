@@ -153,3 +153,14 @@ def test_config_files_and_validation(tmp_path: Path) -> None:
         TrainConfig.from_file(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="batch_size must be >= 1.*amp must be one of"):
         TrainConfig(data="x", batch_size=0, amp="fp8").validate()
+
+
+def test_cli_reports_bad_rows_before_training(tmp_path: Path, capsys) -> None:
+    man = make_dataset(tmp_path / "ds", n=4)
+    man.write_text(man.read_text() + json.dumps({"image": "gone.png", "label": 1}) + "\n"
+                   + json.dumps({"image": "img_001.png", "label": 7}) + "\n")
+    rc = cli_main(["train", "--data", str(man), "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "2 bad row(s)" in err and "line 5: image file not found" in err and "line 6:" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
