@@ -139,7 +139,7 @@ def _average_ranks(x: np.ndarray) -> np.ndarray:
     ranks = np.empty(x.size, dtype=np.float64)
     starts = np.r_[0, np.nonzero(np.diff(xs))[0] + 1]
     ends = np.r_[starts[1:], x.size]
-    for a, b in zip(starts, ends):
+    for a, b in zip(starts, ends, strict=True):
         ranks[order[a:b]] = (a + 1 + b) / 2.0
     return ranks
 
@@ -243,7 +243,9 @@ def multilabel_report(
     s = np.asarray(scores, np.float64)
     y = np.asarray(labels)
     if s.ndim != 2 or s.shape != y.shape or s.shape[1] != len(categories) or len(thresholds) != len(categories):
-        raise ValueError(f"scores {s.shape}, labels {y.shape}, {len(thresholds)} thresholds, {len(categories)} categories")
+        raise ValueError(
+            f"scores {s.shape}, labels {y.shape}, {len(thresholds)} thresholds, {len(categories)} categories"
+        )
     per = {c: classification_report(s[:, i], y[:, i], thresholds[i]) for i, c in enumerate(categories)}
     keys = ("precision", "recall", "f1", "ap", "roc_auc")
     macro = {k: float(np.nanmean([per[c][k] for c in categories])) if per else float("nan") for k in keys}
