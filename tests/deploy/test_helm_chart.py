@@ -72,6 +72,31 @@ def test_renders_valid_objects(values_file: Path | None) -> None:
     assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "worker"
 
 
+# Kubernetes versions each example needs beyond the chart's kubeVersion (1.27): image volumes, per-shard retries.
+MIN_KUBE = {"model-image-values.yaml": "1.31", "pseudomask-values.yaml": "1.29"}
+
+
+@pytest.mark.parametrize("values_file", VALUE_FILES, ids=IDS)
+def test_rendered_objects_match_the_kubernetes_api_schemas(values_file: Path | None) -> None:
+    """Every built-in object validates (strictly: no unknown fields) against Kubernetes' own OpenAPI schemas,
+    at the oldest version the example supports and at the newest. CRDs (KEDA, prometheus-operator) have none."""
+    kv = pytest.importorskip("kubernetes_validate")
+    oldest = MIN_KUBE.get(values_file.name if values_file else "", "1.27")
+    checked = 0
+    for doc in render(load_values(values_file)):
+        obj = {k: v for k, v in doc.items() if k != "_template"}
+        if obj["apiVersion"].split("/")[0] in ("keda.sh", "monitoring.coreos.com"):
+            continue
+        for version in (oldest, kv.latest_version()):
+            try:
+                kv.validate(obj, version, strict=True)
+            except kv.ValidationError as e:
+                pytest.fail(f"{obj['kind']} {obj['metadata']['name']} on Kubernetes {version}: {e.message} "
+                            f"at {list(e.path)}")
+        checked += 1
+    assert checked >= 5
+
+
 # ---------------------------------------------------------------------------- settings
 @pytest.mark.parametrize("values_file", VALUE_FILES, ids=IDS)
 def test_env_names_are_the_worker_settings(values_file: Path | None) -> None:

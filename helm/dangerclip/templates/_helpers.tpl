@@ -148,6 +148,9 @@ app.kubernetes.io/component: worker
 {{- if and (eq $model.source "image") (not $model.image.reference) -}}
 {{- fail "model.source=image needs model.image.reference" -}}
 {{- end -}}
+{{- if and (eq $model.source "image") (semverCompare "<1.31-0" .Capabilities.KubeVersion.Version) -}}
+{{- fail (printf "model.source=image needs image volumes (Kubernetes 1.31+ with the ImageVolume feature; beta from 1.33); this cluster is %s: use pvc or initContainer" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
 {{- if and (eq $model.source "initContainer") (not $model.initContainer.command) -}}
 {{- fail "model.source=initContainer needs model.initContainer.command (it must write the model to $MODEL_DIR)" -}}
 {{- end -}}
