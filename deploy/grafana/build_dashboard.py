@@ -161,7 +161,7 @@ def panels() -> list[dict[str, Any]]:
                    f"sum by (category) (rate(dangerclip_score_count{{{SEL}}}{rate}))", "{{category}}"),
         ], (12, 41, 12, 9), unit="percentunit"),
         panel("Model version and execution provider per worker", [
-            target(f"max by (instance, name, version, provider, mode, trained, sha256) "
+            target(f"max by (instance, pod, name, version, provider, mode, trained, sha256) "
                    f"(dangerclip_model_info{{{SEL}}})", "", format="table", instant=True),
             target(f"max by (instance, version) (dangerclip_build_info{{{SEL}}})", "", format="table",
                    instant=True),
