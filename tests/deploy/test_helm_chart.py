@@ -226,6 +226,12 @@ def test_too_short_grace_period_or_poll_interval_fails_the_install() -> None:
         render({"config": {"max_poll_interval_ms": 5000}, "worker": {"worstBatchSeconds": 10}})
 
 
+def test_rollout_replaces_one_worker_at_a_time_without_surge() -> None:
+    """A surge worker beyond the partition count gets no partition, is never ready, and stalls the rollout."""
+    strategy = one(render({"replicaCount": 12, "kafka": {"partitions": 12}}), "Deployment")["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+
+
 def test_settings_change_rolls_the_workers() -> None:
     def checksum(values: dict[str, Any]) -> str:
         return one(render(values), "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
