@@ -44,8 +44,11 @@ def records(
         cid = path.relative_to(folder).as_posix() + (f"#{round_}" if round_ else "")
         data = path.read_bytes()
         if envelope:
-            doc = {"id": cid, "image_b64": base64.b64encode(data).decode("ascii"),
-                   "metadata": {"source": "produce_folder", "file": path.name}}
+            doc = {
+                "id": cid,
+                "image_b64": base64.b64encode(data).decode("ascii"),
+                "metadata": {"source": "produce_folder", "file": path.name},
+            }
             yield cid.encode(), json.dumps(doc).encode(), [("content-type", b"application/json")]
         else:
             ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -78,7 +81,10 @@ def produce(
         raise SystemExit(f"no image files under {folder}")
     producer = KafkaProducer(
         bootstrap_servers=[s.strip() for s in bootstrap_servers.split(",") if s.strip()],
-        acks="all", linger_ms=5, max_request_size=32 * 1024 * 1024, **(producer_options or {}),
+        acks="all",
+        linger_ms=5,
+        max_request_size=32 * 1024 * 1024,
+        **(producer_options or {}),
     )
     sent, start = 0, time.monotonic()
     interval = 1.0 / rate if rate > 0 else 0.0
@@ -107,22 +113,33 @@ def produce(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", type=Path, default=Path(os.environ.get("PRODUCER_FOLDER", "/images")))
-    parser.add_argument("--bootstrap-servers",
-                        default=os.environ.get("DANGERCLIP_BOOTSTRAP_SERVERS", "localhost:9094"))
+    parser.add_argument("--bootstrap-servers", default=os.environ.get("DANGERCLIP_BOOTSTRAP_SERVERS", "localhost:9094"))
     parser.add_argument("--topic", default=os.environ.get("DANGERCLIP_INPUT_TOPIC", "dangerclip.images"))
-    parser.add_argument("--repeat", type=int, default=int(os.environ.get("PRODUCER_REPEAT", "1")),
-                        help="passes over the folder; 0 = until --max-seconds or Ctrl-C")
-    parser.add_argument("--rate", type=float, default=float(os.environ.get("PRODUCER_RATE", "0")),
-                        help="images per second (0 = unthrottled)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=int(os.environ.get("PRODUCER_REPEAT", "1")),
+        help="passes over the folder; 0 = until --max-seconds or Ctrl-C",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=float(os.environ.get("PRODUCER_RATE", "0")),
+        help="images per second (0 = unthrottled)",
+    )
     parser.add_argument("--max-seconds", type=float, default=float(os.environ.get("PRODUCER_MAX_SECONDS", "0")))
-    parser.add_argument("--envelope", action="store_true",
-                        default=os.environ.get("PRODUCER_ENVELOPE", "") in ("1", "true"),
-                        help="send JSON envelopes instead of raw image bytes")
+    parser.add_argument(
+        "--envelope",
+        action="store_true",
+        default=os.environ.get("PRODUCER_ENVELOPE", "") in ("1", "true"),
+        help="send JSON envelopes instead of raw image bytes",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        acked = produce(args.folder, args.bootstrap_servers, args.topic, args.repeat, args.rate,
-                        args.envelope, args.max_seconds)
+        acked = produce(
+            args.folder, args.bootstrap_servers, args.topic, args.repeat, args.rate, args.envelope, args.max_seconds
+        )
     except KeyboardInterrupt:
         return 130
     return 0 if acked else 1

@@ -46,9 +46,7 @@ def closure(root: str = ROOT_DIST, extras: tuple[str, ...] = (EXTRA,)) -> dict[s
         dist = metadata.distribution(name)
         for spec in dist.requires or []:
             req = Requirement(spec)
-            active = req.marker is None or any(
-                req.marker.evaluate({"extra": e}) for e in (want or ("",))
-            )
+            active = req.marker is None or any(req.marker.evaluate({"extra": e}) for e in (want or ("",)))
             if not active:
                 continue
             key = canonical(req.name)

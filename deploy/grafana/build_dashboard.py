@@ -60,8 +60,13 @@ def panel(
 
 
 def row(title: str, y: int) -> dict[str, Any]:
-    return {"type": "row", "title": title, "collapsed": False, "gridPos": {"x": 0, "y": y, "w": 24, "h": 1},
-            "panels": []}
+    return {
+        "type": "row",
+        "title": title,
+        "collapsed": False,
+        "gridPos": {"x": 0, "y": y, "w": 24, "h": 1},
+        "panels": [],
+    }
 
 
 def quantiles(metric: str, legend: str, qs: tuple[float, ...] = (0.5, 0.99)) -> list[dict[str, Any]]:
@@ -78,108 +83,243 @@ def panels() -> list[dict[str, Any]]:
     rate = "[$__rate_interval]"
     p: list[dict[str, Any]] = [row("Overview", 0)]
     p += [
-        panel("Workers up", [target(f'sum(up{{{SEL}}})', "up")], (0, 1, 4, 4), "stat",
-              description="Scrape targets answering (Prometheus' own `up`)."),
-        panel("Ready workers", [target(f"sum(dangerclip_ready{{{SEL}}})", "ready")], (4, 1, 4, 4), "stat",
-              description="Model loaded and partitions assigned."),
-        panel("Images in /s", [target(f"sum(rate(dangerclip_records_consumed_total{{{SEL}}}{rate}))", "in")],
-              (8, 1, 4, 4), "stat", "reqps"),
-        panel("Results out /s", [target(f"sum(rate(dangerclip_results_produced_total{{{SEL}}}{rate}))", "out")],
-              (12, 1, 4, 4), "stat", "reqps"),
-        panel("Dead letters", [target(
-            f"sum(rate(dangerclip_dead_letters_total{{{SEL}}}{rate})) / "
-            f"clamp_min(sum(rate(dangerclip_records_consumed_total{{{SEL}}}{rate})), 1e-9)", "dead-letter share")],
-              (16, 1, 4, 4), "stat", "percentunit", "Share of consumed records sent to the dead-letter topic."),
-        panel("Consumer lag", [target(f"sum(dangerclip_consumer_lag_records{{{SEL}}})", "lag")],
-              (20, 1, 4, 4), "stat", "short", "Records behind the high watermark, all partitions."),
+        panel(
+            "Workers up",
+            [target(f"sum(up{{{SEL}}})", "up")],
+            (0, 1, 4, 4),
+            "stat",
+            description="Scrape targets answering (Prometheus' own `up`).",
+        ),
+        panel(
+            "Ready workers",
+            [target(f"sum(dangerclip_ready{{{SEL}}})", "ready")],
+            (4, 1, 4, 4),
+            "stat",
+            description="Model loaded and partitions assigned.",
+        ),
+        panel(
+            "Images in /s",
+            [target(f"sum(rate(dangerclip_records_consumed_total{{{SEL}}}{rate}))", "in")],
+            (8, 1, 4, 4),
+            "stat",
+            "reqps",
+        ),
+        panel(
+            "Results out /s",
+            [target(f"sum(rate(dangerclip_results_produced_total{{{SEL}}}{rate}))", "out")],
+            (12, 1, 4, 4),
+            "stat",
+            "reqps",
+        ),
+        panel(
+            "Dead letters",
+            [
+                target(
+                    f"sum(rate(dangerclip_dead_letters_total{{{SEL}}}{rate})) / "
+                    f"clamp_min(sum(rate(dangerclip_records_consumed_total{{{SEL}}}{rate})), 1e-9)",
+                    "dead-letter share",
+                )
+            ],
+            (16, 1, 4, 4),
+            "stat",
+            "percentunit",
+            "Share of consumed records sent to the dead-letter topic.",
+        ),
+        panel(
+            "Consumer lag",
+            [target(f"sum(dangerclip_consumer_lag_records{{{SEL}}})", "lag")],
+            (20, 1, 4, 4),
+            "stat",
+            "short",
+            "Records behind the high watermark, all partitions.",
+        ),
     ]
     p.append(row("Throughput", 5))
     p += [
-        panel("Throughput in and out", [
-            target(f"sum(rate(dangerclip_records_consumed_total{{{SEL}}}{rate}))", "consumed"),
-            target(f"sum(rate(dangerclip_results_produced_total{{{SEL}}}{rate}))", "results"),
-            target(f"sum(rate(dangerclip_dead_letters_total{{{SEL}}}{rate}))", "dead letters"),
-        ], (0, 6, 12, 8), unit="reqps", description="Records per second taken from Kafka and written back."),
-        panel("Dead-letter rate by reason", [
-            target(f"sum by (reason) (rate(dangerclip_dead_letters_total{{{SEL}}}{rate}))", "{{reason}}"),
-        ], (12, 6, 12, 8), unit="reqps"),
-        panel("Throughput per worker", [
-            target(f"sum by (instance) (rate(dangerclip_results_produced_total{{{SEL}}}{rate}))", "{{instance}}"),
-        ], (0, 14, 12, 8), unit="reqps"),
-        panel("Flagged per category", [
-            target(f"sum by (category) (rate(dangerclip_flagged_total{{{SEL}}}{rate}))", "{{category}}"),
-        ], (12, 14, 12, 8), unit="reqps", description="Results over the category's threshold, per second."),
+        panel(
+            "Throughput in and out",
+            [
+                target(f"sum(rate(dangerclip_records_consumed_total{{{SEL}}}{rate}))", "consumed"),
+                target(f"sum(rate(dangerclip_results_produced_total{{{SEL}}}{rate}))", "results"),
+                target(f"sum(rate(dangerclip_dead_letters_total{{{SEL}}}{rate}))", "dead letters"),
+            ],
+            (0, 6, 12, 8),
+            unit="reqps",
+            description="Records per second taken from Kafka and written back.",
+        ),
+        panel(
+            "Dead-letter rate by reason",
+            [
+                target(f"sum by (reason) (rate(dangerclip_dead_letters_total{{{SEL}}}{rate}))", "{{reason}}"),
+            ],
+            (12, 6, 12, 8),
+            unit="reqps",
+        ),
+        panel(
+            "Throughput per worker",
+            [
+                target(f"sum by (instance) (rate(dangerclip_results_produced_total{{{SEL}}}{rate}))", "{{instance}}"),
+            ],
+            (0, 14, 12, 8),
+            unit="reqps",
+        ),
+        panel(
+            "Flagged per category",
+            [
+                target(f"sum by (category) (rate(dangerclip_flagged_total{{{SEL}}}{rate}))", "{{category}}"),
+            ],
+            (12, 14, 12, 8),
+            unit="reqps",
+            description="Results over the category's threshold, per second.",
+        ),
     ]
     p.append(row("Kafka", 22))
     p += [
-        panel("Lag per partition", [
-            target(f"max by (topic, partition) (dangerclip_consumer_lag_records{{{SEL}}})",
-                   "{{topic}}/{{partition}}"),
-        ], (0, 23, 12, 8), unit="short",
-              description="Fetch high watermark minus position, as the owning worker sees it."),
-        panel("Partitions per worker", [
-            target(f"sum by (instance) (dangerclip_assigned_partitions{{{SEL}}})", "{{instance}}"),
-        ], (12, 23, 6, 8), unit="short"),
-        panel("Rebalances, commits and broker errors", [
-            target(f"sum by (event) (increase(dangerclip_rebalances_total{{{SEL}}}{rate}))", "rebalance {{event}}"),
-            target(f"sum by (outcome) (rate(dangerclip_offset_commits_total{{{SEL}}}{rate}))", "commit {{outcome}}"),
-            target(f"sum by (operation) (rate(dangerclip_broker_errors_total{{{SEL}}}{rate}))",
-                   "error {{operation}}"),
-            target(f"sum by (reason) (rate(dangerclip_records_abandoned_total{{{SEL}}}{rate}))",
-                   "abandoned {{reason}}"),
-        ], (18, 23, 6, 8), unit="short"),
+        panel(
+            "Lag per partition",
+            [
+                target(
+                    f"max by (topic, partition) (dangerclip_consumer_lag_records{{{SEL}}})", "{{topic}}/{{partition}}"
+                ),
+            ],
+            (0, 23, 12, 8),
+            unit="short",
+            description="Fetch high watermark minus position, as the owning worker sees it.",
+        ),
+        panel(
+            "Partitions per worker",
+            [
+                target(f"sum by (instance) (dangerclip_assigned_partitions{{{SEL}}})", "{{instance}}"),
+            ],
+            (12, 23, 6, 8),
+            unit="short",
+        ),
+        panel(
+            "Rebalances, commits and broker errors",
+            [
+                target(f"sum by (event) (increase(dangerclip_rebalances_total{{{SEL}}}{rate}))", "rebalance {{event}}"),
+                target(
+                    f"sum by (outcome) (rate(dangerclip_offset_commits_total{{{SEL}}}{rate}))", "commit {{outcome}}"
+                ),
+                target(
+                    f"sum by (operation) (rate(dangerclip_broker_errors_total{{{SEL}}}{rate}))", "error {{operation}}"
+                ),
+                target(
+                    f"sum by (reason) (rate(dangerclip_records_abandoned_total{{{SEL}}}{rate}))", "abandoned {{reason}}"
+                ),
+            ],
+            (18, 23, 6, 8),
+            unit="short",
+        ),
     ]
     p.append(row("Latency and batching", 31))
     p += [
-        panel("Batch size", [
-            *quantiles("dangerclip_batch_size_records", "batch"),
-            target(f"sum(rate(dangerclip_batch_size_records_sum{{{SEL}}}{rate})) / "
-                   f"sum(rate(dangerclip_batch_size_records_count{{{SEL}}}{rate}))", "mean"),
-        ], (0, 32, 8, 8), unit="short", description="Records per scored micro-batch."),
-        panel("Decode and inference latency", [
-            *quantiles("dangerclip_decode_duration_seconds", "decode (per image)"),
-            *quantiles("dangerclip_inference_duration_seconds", "inference (per batch)"),
-            *quantiles("dangerclip_produce_duration_seconds", "produce+flush (per batch)"),
-        ], (8, 32, 8, 8), unit="s"),
-        panel("End-to-end latency", [
-            *quantiles("dangerclip_end_to_end_duration_seconds", "end to end"),
-            *quantiles("dangerclip_queue_duration_seconds", "queue"),
-        ], (16, 32, 8, 8), unit="s",
-              description="From the record's Kafka timestamp to its result flushed (end to end) or taken "
-                          "by a worker (queue)."),
+        panel(
+            "Batch size",
+            [
+                *quantiles("dangerclip_batch_size_records", "batch"),
+                target(
+                    f"sum(rate(dangerclip_batch_size_records_sum{{{SEL}}}{rate})) / "
+                    f"sum(rate(dangerclip_batch_size_records_count{{{SEL}}}{rate}))",
+                    "mean",
+                ),
+            ],
+            (0, 32, 8, 8),
+            unit="short",
+            description="Records per scored micro-batch.",
+        ),
+        panel(
+            "Decode and inference latency",
+            [
+                *quantiles("dangerclip_decode_duration_seconds", "decode (per image)"),
+                *quantiles("dangerclip_inference_duration_seconds", "inference (per batch)"),
+                *quantiles("dangerclip_produce_duration_seconds", "produce+flush (per batch)"),
+            ],
+            (8, 32, 8, 8),
+            unit="s",
+        ),
+        panel(
+            "End-to-end latency",
+            [
+                *quantiles("dangerclip_end_to_end_duration_seconds", "end to end"),
+                *quantiles("dangerclip_queue_duration_seconds", "queue"),
+            ],
+            (16, 32, 8, 8),
+            unit="s",
+            description="From the record's Kafka timestamp to its result flushed (end to end) or taken "
+            "by a worker (queue).",
+        ),
     ]
     p.append(row("Model", 40))
     p += [
-        panel("Score distribution over time", [
-            target(f'sum by (le) (increase(dangerclip_score_bucket{{{SEL}, category=~"$category"}}{rate}))',
-                   "{{le}}", format="heatmap"),
-        ], (0, 41, 12, 9), "heatmap", "short",
-              "Scores of category $category; a moving distribution is drift (or a changed input mix).",
-              options={"calculate": False, "yAxis": {"unit": "short"}, "color": {"scheme": "Oranges"}}),
-        panel("Mean score per category", [
-            target(f"sum by (category) (rate(dangerclip_score_sum{{{SEL}}}{rate})) / "
-                   f"sum by (category) (rate(dangerclip_score_count{{{SEL}}}{rate}))", "{{category}}"),
-        ], (12, 41, 12, 9), unit="percentunit"),
-        panel("Model version and execution provider per worker", [
-            target(f"max by (instance, pod, name, version, provider, mode, trained, sha256) "
-                   f"(dangerclip_model_info{{{SEL}}})", "", format="table", instant=True),
-            target(f"max by (instance, version) (dangerclip_build_info{{{SEL}}})", "", format="table",
-                   instant=True),
-        ], (0, 50, 24, 7), "table",
-              description="What each worker serves. Two versions side by side mean a rollout is in progress.",
-              transformations=[{"id": "merge", "options": {}},
-                               {"id": "organize", "options": {"excludeByName": {"Time": True, "Value": True,
-                                                                                 "Value #A": True,
-                                                                                 "Value #B": True}}}]),
+        panel(
+            "Score distribution over time",
+            [
+                target(
+                    f'sum by (le) (increase(dangerclip_score_bucket{{{SEL}, category=~"$category"}}{rate}))',
+                    "{{le}}",
+                    format="heatmap",
+                ),
+            ],
+            (0, 41, 12, 9),
+            "heatmap",
+            "short",
+            "Scores of category $category; a moving distribution is drift (or a changed input mix).",
+            options={"calculate": False, "yAxis": {"unit": "short"}, "color": {"scheme": "Oranges"}},
+        ),
+        panel(
+            "Mean score per category",
+            [
+                target(
+                    f"sum by (category) (rate(dangerclip_score_sum{{{SEL}}}{rate})) / "
+                    f"sum by (category) (rate(dangerclip_score_count{{{SEL}}}{rate}))",
+                    "{{category}}",
+                ),
+            ],
+            (12, 41, 12, 9),
+            unit="percentunit",
+        ),
+        panel(
+            "Model version and execution provider per worker",
+            [
+                target(
+                    f"max by (instance, pod, name, version, provider, mode, trained, sha256) "
+                    f"(dangerclip_model_info{{{SEL}}})",
+                    "",
+                    format="table",
+                    instant=True,
+                ),
+                target(
+                    f"max by (instance, version) (dangerclip_build_info{{{SEL}}})", "", format="table", instant=True
+                ),
+            ],
+            (0, 50, 24, 7),
+            "table",
+            description="What each worker serves. Two versions side by side mean a rollout is in progress.",
+            transformations=[
+                {"id": "merge", "options": {}},
+                {
+                    "id": "organize",
+                    "options": {"excludeByName": {"Time": True, "Value": True, "Value #A": True, "Value #B": True}},
+                },
+            ],
+        ),
     ]
     return p
 
 
 def variable(name: str, query: str, label: str, multi: bool = True) -> dict[str, Any]:
     return {
-        "name": name, "label": label, "type": "query", "datasource": DS,
-        "query": {"query": query, "refId": f"{name}-var"}, "definition": query,
-        "refresh": 2, "includeAll": multi, "multi": multi, "allValue": ".*" if multi else None,
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "query": {"query": query, "refId": f"{name}-var"},
+        "definition": query,
+        "refresh": 2,
+        "includeAll": multi,
+        "multi": multi,
+        "allValue": ".*" if multi else None,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]} if multi else {},
         "sort": 1,
     }
@@ -197,19 +337,35 @@ def dashboard() -> dict[str, Any]:
         "schemaVersion": 39,
         "time": {"from": "now-1h", "to": "now"},
         "timezone": "browser",
-        "templating": {"list": [
-            {"name": "datasource", "label": "Data source", "type": "datasource", "query": "prometheus",
-             "current": {}, "hide": 0},
-            variable("job", "label_values(dangerclip_build_info, job)", "Job"),
-            variable("instance", 'label_values(dangerclip_build_info{job=~"$job"}, instance)', "Worker"),
-            variable("category", 'label_values(dangerclip_score_bucket{job=~"$job"}, category)', "Category",
-                     multi=False),
-        ]},
-        "annotations": {"list": [{
-            "name": "Model changes", "datasource": DS, "enable": True, "iconColor": "orange",
-            "expr": 'changes(max by (version) (dangerclip_model_info{job=~"$job"})[5m:1m]) > 0',
-            "titleFormat": "model {{version}}",
-        }]},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                },
+                variable("job", "label_values(dangerclip_build_info, job)", "Job"),
+                variable("instance", 'label_values(dangerclip_build_info{job=~"$job"}, instance)', "Worker"),
+                variable(
+                    "category", 'label_values(dangerclip_score_bucket{job=~"$job"}, category)', "Category", multi=False
+                ),
+            ]
+        },
+        "annotations": {
+            "list": [
+                {
+                    "name": "Model changes",
+                    "datasource": DS,
+                    "enable": True,
+                    "iconColor": "orange",
+                    "expr": 'changes(max by (version) (dangerclip_model_info{job=~"$job"})[5m:1m]) > 0',
+                    "titleFormat": "model {{version}}",
+                }
+            ]
+        },
         "panels": [dict(p, id=i) for i, p in enumerate(panels(), start=1)],
     }
 

@@ -30,8 +30,7 @@ def rule_spec(values: dict[str, Any] | None = None, release: str = RELEASE) -> d
 
     vals: dict[str, Any] = {"metrics": {"prometheusRule": {"enabled": True}}}
     for k, v in (values or {}).items():
-        vals[k] = v if k != "metrics" else {**v, "prometheusRule": {**v.get("prometheusRule", {}),
-                                                                      "enabled": True}}
+        vals[k] = v if k != "metrics" else {**v, "prometheusRule": {**v.get("prometheusRule", {}), "enabled": True}}
     with helm.Chart.load(str(CHART)) as chart:
         out = chart.render(vals, name=release, namespace="default")
     doc = yaml.safe_load(out["dangerclip/templates/prometheusrule.yaml"])

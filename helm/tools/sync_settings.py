@@ -49,8 +49,21 @@ CHART_DEFAULTS: dict[str, Any] = {
     "log_json": True,
 }
 
-SCHEMA_KEYS = ("type", "anyOf", "enum", "const", "minimum", "maximum", "exclusiveMinimum",
-               "exclusiveMaximum", "items", "additionalProperties", "minLength", "maxLength", "pattern")
+SCHEMA_KEYS = (
+    "type",
+    "anyOf",
+    "enum",
+    "const",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "items",
+    "additionalProperties",
+    "minLength",
+    "maxLength",
+    "pattern",
+)
 
 
 def settings_fields() -> dict[str, Any]:

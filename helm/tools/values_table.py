@@ -38,10 +38,10 @@ def params(text: str) -> list[tuple[str, list[tuple[str, str]]]]:
     for line in text.splitlines():
         s = line.strip()
         if s.startswith("## @section "):
-            sections.append((s[len("## @section "):], []))
+            sections.append((s[len("## @section ") :], []))
             current = None
         elif s.startswith("## @param "):
-            key, _, desc = s[len("## @param "):].partition(" ")
+            key, _, desc = s[len("## @param ") :].partition(" ")
             current = [key, desc]
             sections[-1][1].append((key, desc))
         elif s.startswith("## ") and current is not None and sections[-1][1]:

@@ -114,8 +114,22 @@ def promtool() -> str:
 
 
 # ---------------------------------------------------------------------------- PromQL
-PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-                   "bool", "offset", "inf", "nan", "atan2"}
+PROMQL_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "atan2",
+}
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'')
 _GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w])")
@@ -143,7 +157,7 @@ def promql_metric_names(expr: str) -> set[str]:
     names = set()
     for tok in _IDENT.finditer(s):
         word = tok.group(0)
-        rest = s[tok.end():].lstrip()
+        rest = s[tok.end() :].lstrip()
         if rest.startswith("(") or word.lower() in PROMQL_KEYWORDS:
             continue
         names.add(word)

@@ -38,6 +38,7 @@ PRODUCER = COMPOSE_DIR / "produce_folder.py"
 
 def interpolate(value: str, env: dict[str, str]) -> str:
     """Compose's ``${VAR:-default}`` / ``${VAR}`` interpolation (``$$`` is a literal ``$``)."""
+
     def sub(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(3)
         return env.get(name) or (default if default is not None else "")
@@ -118,19 +119,34 @@ def _topics(bootstrap: str, partitions: int = 2) -> dict[str, str]:
     from service.topics import ensure_topics
 
     tag = uuid.uuid4().hex[:8]
-    names = {"DANGERCLIP_INPUT_TOPIC": f"img-{tag}", "DANGERCLIP_OUTPUT_TOPIC": f"scores-{tag}",
-             "DANGERCLIP_DEAD_LETTER_TOPIC": f"dlq-{tag}", "DANGERCLIP_GROUP_ID": f"group-{tag}"}
-    ensure_topics(bootstrap, {names["DANGERCLIP_INPUT_TOPIC"]: partitions,
-                              names["DANGERCLIP_OUTPUT_TOPIC"]: partitions,
-                              names["DANGERCLIP_DEAD_LETTER_TOPIC"]: 1})
+    names = {
+        "DANGERCLIP_INPUT_TOPIC": f"img-{tag}",
+        "DANGERCLIP_OUTPUT_TOPIC": f"scores-{tag}",
+        "DANGERCLIP_DEAD_LETTER_TOPIC": f"dlq-{tag}",
+        "DANGERCLIP_GROUP_ID": f"group-{tag}",
+    }
+    ensure_topics(
+        bootstrap,
+        {
+            names["DANGERCLIP_INPUT_TOPIC"]: partitions,
+            names["DANGERCLIP_OUTPUT_TOPIC"]: partitions,
+            names["DANGERCLIP_DEAD_LETTER_TOPIC"]: 1,
+        },
+    )
     return names
 
 
 def _consume(bootstrap: str, topic: str, want: int, timeout_s: float = 60.0) -> list[Any]:
     from kafka import KafkaConsumer
 
-    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                      enable_auto_commit=False, group_id=None, consumer_timeout_ms=1000)
+    c = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=1000,
+    )
     got: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -145,8 +161,22 @@ def _consume(bootstrap: str, topic: str, want: int, timeout_s: float = 60.0) -> 
 
 
 def _run_producer(folder: Path, bootstrap: str, topic: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(PRODUCER), "--folder", str(folder), "--bootstrap-servers",
-                           bootstrap, "--topic", topic, *extra], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(PRODUCER),
+            "--folder",
+            str(folder),
+            "--bootstrap-servers",
+            bootstrap,
+            "--topic",
+            topic,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_producer_streams_a_folder_raw_and_as_envelopes(broker: Any, sample_images_dir: Path) -> None:
@@ -191,14 +221,23 @@ def test_compose_worker_end_to_end_and_its_scrape_has_every_dashboard_metric(
     port = free_port()
     env = dict(os.environ)
     env.update(service_env("worker", topics))
-    env.update({"DANGERCLIP_BOOTSTRAP_SERVERS": bootstrap, "DANGERCLIP_MODEL_PATH": str(tiny_onnx_path),
-                "DANGERCLIP_METRICS_HOST": "127.0.0.1", "DANGERCLIP_METRICS_PORT": str(port),
-                "DANGERCLIP_INTRA_OP_THREADS": "1", "DANGERCLIP_SESSION_TIMEOUT_MS": "6000",
-                "DANGERCLIP_HEARTBEAT_INTERVAL_MS": "1000", "OMP_NUM_THREADS": "1"})
+    env.update(
+        {
+            "DANGERCLIP_BOOTSTRAP_SERVERS": bootstrap,
+            "DANGERCLIP_MODEL_PATH": str(tiny_onnx_path),
+            "DANGERCLIP_METRICS_HOST": "127.0.0.1",
+            "DANGERCLIP_METRICS_PORT": str(port),
+            "DANGERCLIP_INTRA_OP_THREADS": "1",
+            "DANGERCLIP_SESSION_TIMEOUT_MS": "6000",
+            "DANGERCLIP_HEARTBEAT_INTERVAL_MS": "1000",
+            "OMP_NUM_THREADS": "1",
+        }
+    )
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "dangerclip.cli", "serve"], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dangerclip.cli", "serve"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -214,15 +253,20 @@ def test_compose_worker_end_to_end_and_its_scrape_has_every_dashboard_metric(
         results = _consume(bootstrap, topics["DANGERCLIP_OUTPUT_TOPIC"], want=n_good)
         dead = _consume(bootstrap, topics["DANGERCLIP_DEAD_LETTER_TOPIC"], want=1)
         assert sorted(m.key.decode() for m in results) == sorted(
-            p.name for p in sample_images_dir.iterdir() if p.suffix in (".jpg", ".png"))
+            p.name for p in sample_images_dir.iterdir() if p.suffix in (".jpg", ".png")
+        )
         assert [m.key for m in dead] == [b"broken.jpg"]
 
         text = scrape(f"http://127.0.0.1:{port}/metrics")
         names = exported_names(text)
         dashboard = json.loads((DEPLOY / "grafana/dashboards/dangerclip.json").read_text())
         used = set().union(*(promql_metric_names(q) for q in dashboard_queries(dashboard)))
-        used |= set().union(*(promql_metric_names(e) for e in
-                              rule_exprs(yaml.safe_load((DEPLOY / "prometheus/alerts.yaml").read_text()))))
+        used |= set().union(
+            *(
+                promql_metric_names(e)
+                for e in rule_exprs(yaml.safe_load((DEPLOY / "prometheus/alerts.yaml").read_text()))
+            )
+        )
         assert not used - names - {"up"}, f"not in a real worker's /metrics: {sorted(used - names - {'up'})}"
         assert re.search(rf"^dangerclip_results_produced_total\{{[^}}]*\}} {n_good}\.0$", text, re.M), text
         assert re.search(r'^dangerclip_dead_letters_total\{[^}]*reason="not_an_image"[^}]*\} 1\.0$', text, re.M)

@@ -18,8 +18,17 @@ from tests.deploy.conftest import DEPLOY, REPO, settings_env_names
 DOCKER = DEPLOY / "docker"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 SERVING = [p for p in DOCKERFILES if p.name.startswith("serve-")]
-TORCH_FAMILY = {"torch", "torchvision", "torchaudio", "open-clip-torch", "triton", "segment-anything",
-                "groundingdino-py", "transformers", "timm"}
+TORCH_FAMILY = {
+    "torch",
+    "torchvision",
+    "torchaudio",
+    "open-clip-torch",
+    "triton",
+    "segment-anything",
+    "groundingdino-py",
+    "transformers",
+    "timm",
+}
 
 
 # ---------------------------------------------------------------------------- a tiny Dockerfile reader
@@ -128,8 +137,9 @@ def test_multi_stage_non_root_with_entrypoint(dockerfile: Path) -> None:
     ins = instructions(dockerfile)
     assert sum(1 for i, _ in ins if i == "FROM") >= 2, "build tools stay in the build stage"
     users = [rest for i, rest in ins if i == "USER"]
-    assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0", \
+    assert users and users[-1].split(":")[0].isdigit() and users[-1].split(":")[0] != "0", (
         "numeric non-root USER, so runAsNonRoot can verify it"
+    )
     assert ("ENTRYPOINT", '["dangerclip"]') in ins
     # Only /tmp is written at run time, so the root filesystem can be read-only.
     env = " ".join(rest for i, rest in ins if i == "ENV")
@@ -189,7 +199,8 @@ def test_serving_requirements_hold_no_torch_and_cover_the_serve_extra() -> None:
     assert "onnxruntime" in closure and "kafka-python" in closure and "pydantic-settings" in closure
     assert set(pinned) == set(closure), (
         f"requirements-serve.txt is stale (rerun deploy/docker/lock_serve.py): "
-        f"missing {sorted(set(closure) - set(pinned))}, extra {sorted(set(pinned) - set(closure))}")
+        f"missing {sorted(set(closure) - set(pinned))}, extra {sorted(set(pinned) - set(closure))}"
+    )
     # And the closure of the training extra does hold torch: the check above can tell the difference.
     assert "torch" in lock_serve.closure(extras=("pseudomask",))
 
@@ -197,8 +208,9 @@ def test_serving_requirements_hold_no_torch_and_cover_the_serve_extra() -> None:
 # ---------------------------------------------------------------------------- HEALTHCHECK script
 def _run_healthcheck(port: int, path: str = "/healthz") -> int:
     env = {"DANGERCLIP_METRICS_PORT": str(port), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, str(DOCKER / "healthcheck.py"), path], env=env, capture_output=True,
-                         timeout=30)
+    out = subprocess.run(
+        [sys.executable, str(DOCKER / "healthcheck.py"), path], env=env, capture_output=True, timeout=30
+    )
     return out.returncode
 
 
@@ -208,8 +220,13 @@ def test_healthcheck_script_against_the_worker_http_server() -> None:
     from service.metrics import Metrics
 
     state = {"alive": True}
-    server = HealthServer(Metrics().registry, "127.0.0.1", 0, alive=lambda: (state["alive"], "alive"),
-                          ready=lambda: (False, "no partitions")).start()
+    server = HealthServer(
+        Metrics().registry,
+        "127.0.0.1",
+        0,
+        alive=lambda: (state["alive"], "alive"),
+        ready=lambda: (False, "no partitions"),
+    ).start()
     try:
         assert _run_healthcheck(server.port) == 0
         assert _run_healthcheck(server.port, "/readyz") == 1

@@ -91,8 +91,9 @@ def test_rendered_objects_match_the_kubernetes_api_schemas(values_file: Path | N
             try:
                 kv.validate(obj, version, strict=True)
             except kv.ValidationError as e:
-                pytest.fail(f"{obj['kind']} {obj['metadata']['name']} on Kubernetes {version}: {e.message} "
-                            f"at {list(e.path)}")
+                pytest.fail(
+                    f"{obj['kind']} {obj['metadata']['name']} on Kubernetes {version}: {e.message} at {list(e.path)}"
+                )
         checked += 1
     assert checked >= 5
 
@@ -115,8 +116,10 @@ def test_chart_covers_every_setting() -> None:
     for values_file in VALUE_FILES:
         seen |= set(worker_env(render(load_values(values_file))))
     missing = settings_env_names() - seen
-    assert not missing, (f"settings the chart never sets: {sorted(missing)}; rerun helm/tools/sync_settings.py "
-                         f"and set the ones whose default is null in a ci/*-values.yaml")
+    assert not missing, (
+        f"settings the chart never sets: {sorted(missing)}; rerun helm/tools/sync_settings.py "
+        f"and set the ones whose default is null in a ci/*-values.yaml"
+    )
     with pytest.raises(helm().HelmRenderError, match="config.max_batch_size"):
         render({"worker": {"extraEnv": [{"name": "DANGERCLIP_MAX_BATCH_SIZE", "value": "8"}]}})
 
@@ -135,7 +138,7 @@ def test_values_config_block_is_the_settings() -> None:
     assert set(schema["properties"]["config"]["properties"]) == user_set
     assert schema["properties"]["config"]["additionalProperties"] is False
     # Chart-managed settings really are rendered by the templates (from the matching ci file).
-    assert set(sync_settings.CHART_MANAGED) <= {n[len("DANGERCLIP_"):].lower() for n in settings_env_names()}
+    assert set(sync_settings.CHART_MANAGED) <= {n[len("DANGERCLIP_") :].lower() for n in settings_env_names()}
 
 
 @pytest.mark.parametrize("values_file", VALUE_FILES, ids=IDS)
@@ -255,8 +258,11 @@ def test_hpa_mode_caps_max_replicas_at_partitions() -> None:
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["maxReplicas"] == 6  # maxReplicas 10, 6 partitions
     assert hpa["spec"]["minReplicas"] == 2
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": one(docs, "Deployment")["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": one(docs, "Deployment")["metadata"]["name"],
+    }
     assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 60
     assert "replicas" not in one(docs, "Deployment")["spec"], "the HPA owns the replica count"
     assert "ScaledObject" not in kinds(docs)
@@ -284,9 +290,12 @@ def test_keda_mode_scales_on_group_lag_capped_at_partitions() -> None:
     assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
     params = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
     assert params == {
-        "username": ("dangerclip-kafka-user", "username"), "password": ("dangerclip-kafka-user", "password"),
-        "ca": ("dangerclip-kafka-tls", "ca.crt"), "cert": ("dangerclip-kafka-tls", "tls.crt"),
-        "key": ("dangerclip-kafka-tls", "tls.key"), "keyPassword": ("dangerclip-kafka-tls", "key-password"),
+        "username": ("dangerclip-kafka-user", "username"),
+        "password": ("dangerclip-kafka-user", "password"),
+        "ca": ("dangerclip-kafka-tls", "ca.crt"),
+        "cert": ("dangerclip-kafka-tls", "tls.crt"),
+        "key": ("dangerclip-kafka-tls", "tls.key"),
+        "keyPassword": ("dangerclip-kafka-tls", "key-password"),
     }
     assert "replicas" not in one(docs, "Deployment")["spec"]
     assert "HorizontalPodAutoscaler" not in kinds(docs), "KEDA makes its own HPA"
@@ -302,8 +311,10 @@ def test_pdb_takes_workers_one_at_a_time() -> None:
     assert pdb["spec"]["maxUnavailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
     assert one(render(_ci("hpa-monitoring-values.yaml")), "PodDisruptionBudget")["spec"] == {
-        "minAvailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow",
-        "selector": pdb["spec"]["selector"]}
+        "minAvailable": 1,
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        "selector": pdb["spec"]["selector"],
+    }
 
 
 # ---------------------------------------------------------------------------- model, GPU, secrets
@@ -335,9 +346,11 @@ def test_model_sources() -> None:
 
 def test_model_source_needs_its_reference() -> None:
     h = helm()
-    for values, msg in [({"model": {"source": "pvc"}}, "claimName"),
-                        ({"model": {"source": "image"}}, "reference"),
-                        ({"model": {"source": "initContainer"}}, "command")]:
+    for values, msg in [
+        ({"model": {"source": "pvc"}}, "claimName"),
+        ({"model": {"source": "image"}}, "reference"),
+        ({"model": {"source": "initContainer"}}, "command"),
+    ]:
         with pytest.raises(h.HelmRenderError, match=msg):
             render(values)
 
@@ -362,15 +375,19 @@ def test_gpu_workers() -> None:
 def test_sasl_and_tls_come_from_secrets() -> None:
     docs = render(_ci("keda-sasl-values.yaml"))
     env = worker_env(docs)
-    assert env["DANGERCLIP_SASL_PLAIN_USERNAME"] == {"secretKeyRef": {"name": "dangerclip-kafka-user",
-                                                                      "key": "username"}}
-    assert env["DANGERCLIP_SASL_PLAIN_PASSWORD"] == {"secretKeyRef": {"name": "dangerclip-kafka-user",
-                                                                      "key": "password"}}
-    assert env["DANGERCLIP_SSL_PASSWORD"] == {"secretKeyRef": {"name": "dangerclip-kafka-tls",
-                                                               "key": "key-password"}}
+    assert env["DANGERCLIP_SASL_PLAIN_USERNAME"] == {
+        "secretKeyRef": {"name": "dangerclip-kafka-user", "key": "username"}
+    }
+    assert env["DANGERCLIP_SASL_PLAIN_PASSWORD"] == {
+        "secretKeyRef": {"name": "dangerclip-kafka-user", "key": "password"}
+    }
+    assert env["DANGERCLIP_SSL_PASSWORD"] == {"secretKeyRef": {"name": "dangerclip-kafka-tls", "key": "key-password"}}
     tls_mount = [m for m in worker_container(docs)["volumeMounts"] if m["name"] == "kafka-tls"][0]
-    for var, key in [("DANGERCLIP_SSL_CAFILE", "ca.crt"), ("DANGERCLIP_SSL_CERTFILE", "tls.crt"),
-                     ("DANGERCLIP_SSL_KEYFILE", "tls.key")]:
+    for var, key in [
+        ("DANGERCLIP_SSL_CAFILE", "ca.crt"),
+        ("DANGERCLIP_SSL_CERTFILE", "tls.crt"),
+        ("DANGERCLIP_SSL_KEYFILE", "tls.key"),
+    ]:
         assert env[var] == f"{tls_mount['mountPath']}/{key}"
     assert tls_mount["readOnly"] is True
     # No secret value ever lands in the ConfigMap.
@@ -381,21 +398,24 @@ def test_sasl_and_tls_come_from_secrets() -> None:
 
 
 # ---------------------------------------------------------------------------- schema
-@pytest.mark.parametrize("bad, where", [
-    ({"autoscaling": {"mode": "vpa"}}, "/autoscaling/mode"),
-    ({"config": {"max_batch_size": 0}}, "/config/max_batch_size"),
-    ({"config": {"max_batchsize": 8}}, "max_batchsize"),
-    ({"config": {"danger_map": "full"}}, "/config/danger_map"),
-    ({"config": {"security_protocol": "TLS"}}, "/config/security_protocol"),
-    ({"config": {"thresholds": {"weapon": "high"}}}, "/config/thresholds"),
-    ({"model": {"source": "s3"}}, "/model/source"),
-    ({"kafka": {"partitions": 0}}, "/kafka/partitions"),
-    ({"replicaCount": "two"}, "/replicaCount"),
-    ({"gpu": {"enabled": "yes"}}, "/gpu/enabled"),
-    ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
-    ({"pseudomask": {"shards": 0}}, "/pseudomask/shards"),
-    ({"unknownTopLevel": 1}, "unknownTopLevel"),
-])
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        ({"autoscaling": {"mode": "vpa"}}, "/autoscaling/mode"),
+        ({"config": {"max_batch_size": 0}}, "/config/max_batch_size"),
+        ({"config": {"max_batchsize": 8}}, "max_batchsize"),
+        ({"config": {"danger_map": "full"}}, "/config/danger_map"),
+        ({"config": {"security_protocol": "TLS"}}, "/config/security_protocol"),
+        ({"config": {"thresholds": {"weapon": "high"}}}, "/config/thresholds"),
+        ({"model": {"source": "s3"}}, "/model/source"),
+        ({"kafka": {"partitions": 0}}, "/kafka/partitions"),
+        ({"replicaCount": "two"}, "/replicaCount"),
+        ({"gpu": {"enabled": "yes"}}, "/gpu/enabled"),
+        ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
+        ({"pseudomask": {"shards": 0}}, "/pseudomask/shards"),
+        ({"unknownTopLevel": 1}, "unknownTopLevel"),
+    ],
+)
 def test_schema_rejects_wrong_values_at_install_time(bad: dict[str, Any], where: str) -> None:
     h = helm()
     with h.Chart.load(str(CHART)) as chart, pytest.raises(h.HelmValuesError) as err:
@@ -466,8 +486,10 @@ def test_pseudomask_indexed_job_shards_the_manifest() -> None:
     assert args[0] == "pseudomask"
     assert args[args.index("--shard") + 1] == "$(SHARD_INDEX)/16"
     (shard_env,) = [e for e in c["env"] if e["name"] == "SHARD_INDEX"]
-    assert shard_env["valueFrom"]["fieldRef"]["fieldPath"] == \
-        "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert (
+        shard_env["valueFrom"]["fieldRef"]["fieldPath"]
+        == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    )
     assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     assert mounts["weights"]["readOnly"] is True and mounts["data"]["mountPath"] == "/data"
@@ -510,15 +532,24 @@ def test_every_value_is_documented() -> None:
         return [prefix.rstrip(".")]
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    undocumented = [leaf for leaf in leaves(values)
-                    if not any(leaf == d or leaf.startswith(d + ".") for d in documented)]
+    undocumented = [
+        leaf for leaf in leaves(values) if not any(leaf == d or leaf.startswith(d + ".") for d in documented)
+    ]
     assert not undocumented, undocumented
     assert len(documented) > 150
 
 
-@pytest.mark.parametrize("tool", ["helm/tools/sync_settings.py", "helm/tools/render_alerts.py",
-                                  "helm/tools/values_table.py", "deploy/grafana/build_dashboard.py"])
+@pytest.mark.parametrize(
+    "tool",
+    [
+        "helm/tools/sync_settings.py",
+        "helm/tools/render_alerts.py",
+        "helm/tools/values_table.py",
+        "deploy/grafana/build_dashboard.py",
+    ],
+)
 def test_generated_files_are_up_to_date(tool: str) -> None:
-    out = subprocess.run([sys.executable, str(REPO / tool), "--check"], capture_output=True, text=True,
-                         timeout=120, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, str(REPO / tool), "--check"], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert out.returncode == 0, out.stderr

@@ -47,11 +47,20 @@ def test_promtool_unit_tests_of_the_alerts_pass(promtool: str) -> None:
 
 def test_every_alert_the_issue_asks_for_exists_and_is_unit_tested() -> None:
     rules = {r["alert"]: r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]}
-    wanted = {"DangerCLIPConsumerLagGrowing", "DangerCLIPDeadLetterRateHigh", "DangerCLIPNoResults",
-              "DangerCLIPWorkerDown", "DangerCLIPInferenceP99High"}
+    wanted = {
+        "DangerCLIPConsumerLagGrowing",
+        "DangerCLIPDeadLetterRateHigh",
+        "DangerCLIPNoResults",
+        "DangerCLIPWorkerDown",
+        "DangerCLIPInferenceP99High",
+    }
     assert wanted <= set(rules)
-    tested = {t["alertname"] for case in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
-              for t in case["alert_rule_test"] if t.get("exp_alerts")}
+    tested = {
+        t["alertname"]
+        for case in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+        for t in case["alert_rule_test"]
+        if t.get("exp_alerts")
+    }
     assert set(rules) <= tested, f"alerts with no firing unit test: {set(rules) - tested}"
     for name, rule in rules.items():
         assert rule["labels"]["severity"] in ("warning", "critical"), name
@@ -64,7 +73,7 @@ def test_prometheus_config_loads_the_rules_and_scrapes_workers(promtool: str) ->
     assert out.returncode == 0, out.stdout + out.stderr
     cfg = yaml.safe_load(cfg_path.read_text())
     (job,) = cfg["scrape_configs"]
-    assert job["job_name"] == "dangerclip", "the alert rules and dashboard select job=\"dangerclip\""
+    assert job["job_name"] == "dangerclip", 'the alert rules and dashboard select job="dangerclip"'
     assert job["dns_sd_configs"][0]["names"] == ["worker"] and job["dns_sd_configs"][0]["port"] == 9108
 
 
@@ -89,8 +98,9 @@ def scraped_names() -> set[str]:
             child.inc()
         else:
             child.set(1)
-    m.set_model(name="tiny", version="0.1.0", sha256="ab" * 32, provider="CPUExecutionProvider",
-                mode="trained", trained=False)
+    m.set_model(
+        name="tiny", version="0.1.0", sha256="ab" * 32, provider="CPUExecutionProvider", mode="trained", trained=False
+    )
     server = HealthServer(m.registry, "127.0.0.1", 0, alive=lambda: (True, "ok"), ready=lambda: (True, "ok"))
     server.start()
     try:
@@ -105,11 +115,14 @@ def _dashboard_names() -> dict[str, set[str]]:
 
 
 def test_promql_name_extraction() -> None:
-    q = ('histogram_quantile(0.99, sum by (le) (rate(dangerclip_x_bucket{job=~"$job", le!="1"}[$__rate_interval])))'
-         ' / clamp_min(sum(up{a="b"}), 1e-9) > bool 0.5 unless on(topic) foo:bar offset 5m')
+    q = (
+        'histogram_quantile(0.99, sum by (le) (rate(dangerclip_x_bucket{job=~"$job", le!="1"}[$__rate_interval])))'
+        ' / clamp_min(sum(up{a="b"}), 1e-9) > bool 0.5 unless on(topic) foo:bar offset 5m'
+    )
     assert promql_metric_names(q) == {"dangerclip_x_bucket", "up", "foo:bar"}
-    assert promql_metric_names("label_values(dangerclip_build_info{job=~\"$job\"}, instance)") == {
-        "dangerclip_build_info"}
+    assert promql_metric_names('label_values(dangerclip_build_info{job=~"$job"}, instance)') == {
+        "dangerclip_build_info"
+    }
 
 
 def test_dashboard_uses_only_exported_metrics(scraped_names: set[str]) -> None:
@@ -119,8 +132,11 @@ def test_dashboard_uses_only_exported_metrics(scraped_names: set[str]) -> None:
     assert not unknown, f"the dashboard queries metrics the worker does not export: {sorted(unknown)}"
 
 
-@pytest.mark.parametrize("values_file", [None, CHART / "ci" / "hpa-monitoring-values.yaml"],
-                         ids=["compose-alerts", "chart-alerts+additional"])
+@pytest.mark.parametrize(
+    "values_file",
+    [None, CHART / "ci" / "hpa-monitoring-values.yaml"],
+    ids=["compose-alerts", "chart-alerts+additional"],
+)
 def test_alert_rules_use_only_exported_metrics(values_file: Path | None, scraped_names: set[str]) -> None:
     if values_file is None:
         exprs = rule_exprs(yaml.safe_load(ALERTS.read_text()))
@@ -140,15 +156,19 @@ def test_a_misspelt_metric_would_be_caught(scraped_names: set[str]) -> None:
 def test_dashboard_shows_what_the_issue_lists() -> None:
     dash = json.loads(DASHBOARD.read_text())
     by_title = {p["title"]: p for p in dash["panels"]}
-    names = {t: set().union(*(promql_metric_names(x["expr"]) for x in p.get("targets", [])), set())
-             for t, p in by_title.items()}
+    names = {
+        t: set().union(*(promql_metric_names(x["expr"]) for x in p.get("targets", [])), set())
+        for t, p in by_title.items()
+    }
     wanted = {
         "Throughput in and out": {"dangerclip_records_consumed_total", "dangerclip_results_produced_total"},
         "Dead-letter rate by reason": {"dangerclip_dead_letters_total"},
         "Lag per partition": {"dangerclip_consumer_lag_records"},
         "Batch size": {"dangerclip_batch_size_records_bucket"},
-        "Decode and inference latency": {"dangerclip_decode_duration_seconds_bucket",
-                                         "dangerclip_inference_duration_seconds_bucket"},
+        "Decode and inference latency": {
+            "dangerclip_decode_duration_seconds_bucket",
+            "dangerclip_inference_duration_seconds_bucket",
+        },
         "End-to-end latency": {"dangerclip_end_to_end_duration_seconds_bucket"},
         "Score distribution over time": {"dangerclip_score_bucket"},
         "Model version and execution provider per worker": {"dangerclip_model_info"},
@@ -170,8 +190,11 @@ def test_grafana_provisioning_points_at_the_dashboard() -> None:
     prov = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/dangerclip.yaml").read_text())
     ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yaml").read_text())
     compose = yaml.safe_load((DEPLOY / "compose/compose.yaml").read_text())
-    mounts = dict(v.rsplit(":", 1)[0].split(":", 1)[::-1] for v in compose["services"]["grafana"]["volumes"]
-                  if v.startswith("../"))
+    mounts = dict(
+        v.rsplit(":", 1)[0].split(":", 1)[::-1]
+        for v in compose["services"]["grafana"]["volumes"]
+        if v.startswith("../")
+    )
     assert mounts[prov["providers"][0]["options"]["path"]] == "../grafana/dashboards"
     assert ds["datasources"][0]["url"] == "http://prometheus:9090"
     assert ds["datasources"][0]["type"] == "prometheus"
