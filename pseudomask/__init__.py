@@ -1,4 +1,7 @@
-"""Offline pseudo-mask generation: GroundingDINO boxes for the prompts, then SAM masks, on the patch grid.
+"""Offline pseudo-mask generation: GroundingDINO boxes for the prompts, SAM masks, on the patch grid.
 
-Imports ``dangerclip`` (preprocessing geometry, manifest format), torch, segment-anything and groundingdino.
+Owns the ``dangerclip pseudomask`` job (``job``), model building from local weights (``models``), box and
+mask geometry (``geometry``), the output folder and its resume state (``output``), QA overlays (``qa``).
+Imports ``dangerclip`` (preprocessing geometry, manifest format, model card), torch, segment-anything,
+groundingdino and transformers. Nothing in ``dangerclip`` or ``service`` may import this package.
 """

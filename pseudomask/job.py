@@ -100,6 +100,8 @@ class JobConfig:
     """Process at most this many images (after skipping finished ones)."""
     progress: bool = True
     """Show a progress bar on stderr."""
+    skip_bad_rows: bool = False
+    """Drop manifest rows that fail validation (missing image file, bad label) instead of refusing to start."""
 
 
 @dataclass
@@ -169,17 +171,26 @@ def load_card(path: str | Path) -> ModelCard:
     return ModelCard.from_json(meta[CARD_KEY])
 
 
-def load_rows(input_path: str | Path, categories: Sequence[str]) -> list[ManifestRow]:
+def load_rows(input_path: str | Path, categories: Sequence[str], skip_bad: bool = False) -> list[ManifestRow]:
     """Rows of a manifest file or a ``<root>/<category or negative>/`` folder.
 
-    Manifest rows whose image is unreadable are kept (``check_images=False``): the job records them as
-    failed with a reason rather than refusing the whole dataset.
+    Rows whose image exists but does not decode are kept (``check_images=False``): the job records them
+    as failed with a reason. Rows that are wrong in themselves (missing file, unknown label) fail the whole
+    read with every line listed, unless ``skip_bad``.
     """
     p = Path(input_path)
     if p.is_dir():
         return manifest_from_folder(p, list(categories))
     if not p.is_file():
         raise FileNotFoundError(f"input not found: {p} (expected a manifest file or an image folder)")
+    if skip_bad:
+        from dangerclip.manifest import ManifestError
+
+        try:
+            return read_manifest(p, list(categories), check_images=False)
+        except ManifestError as e:
+            log.warning("%d bad manifest row(s) skipped, e.g. %s", len(e.issues), e.issues[0])
+            return read_manifest(p, list(categories), check_images=False, skip_bad=True)
     return read_manifest(p, list(categories), check_images=False)
 
 
@@ -325,7 +336,7 @@ class PseudoMaskJob:
 
     def work_rows(self) -> list[ManifestRow]:
         """The rows of this shard, negatives removed unless ``include_negatives``."""
-        rows = load_rows(self.cfg.input, self.categories)
+        rows = load_rows(self.cfg.input, self.categories, self.cfg.skip_bad_rows)
         self.summary.rows = len(rows)
         if self.cfg.shard is not None:
             i, n = self.cfg.shard
@@ -387,11 +398,23 @@ class PseudoMaskJob:
         s.images_per_s = round(n / s.seconds, 4) if s.seconds > 0 else 0.0
         self.write_training_manifest(self.work_rows_all())
         self.out.write_json(self.out.summary_path, asdict(s))
+        log.info(
+            "pseudomask: %d processed (%d with boxes, %d no box), %d failed, %d already done, %d negatives "
+            "skipped, %d suspect labels; %.2f images/s",
+            s.processed,
+            s.with_boxes,
+            s.no_box,
+            s.failed,
+            s.skipped_done,
+            s.skipped_negative,
+            s.suspects,
+            s.images_per_s,
+        )
         return s
 
     def work_rows_all(self) -> list[ManifestRow]:
         """This shard's rows, negatives included (they belong in the training manifest)."""
-        rows = load_rows(self.cfg.input, self.categories)
+        rows = load_rows(self.cfg.input, self.categories, self.cfg.skip_bad_rows)
         if self.cfg.shard is not None:
             i, n = self.cfg.shard
             rows = [r for r in rows if shard_of(r.id, n) == i]
@@ -494,19 +517,22 @@ class PseudoMaskJob:
 
         # SAM's image encoder only runs for images with at least one box: empty images cost nothing more.
         need = [i for i, k in enumerate(kept) if any(len(d) for d in k)]
+        failed: set[int] = set()
         t1 = time.perf_counter()
         try:
             emb = self.segmenter.embed([np.asarray(images[i]) for i in need]) if need else []
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - recorded per image; the job goes on
             log.exception("segmenter failed on a batch of %d", len(need))
             for i in need:
                 self._record_failure(batch[i], "model_error", f"segmenter: {e}")
-            batch = [b for i, b in enumerate(batch) if i not in need]
+            failed.update(need)
             need, emb = [], []
         embed_ms = (time.perf_counter() - t1) * 1000 / max(1, len(need))
         emb_of = dict(zip(need, emb, strict=True))
 
         for i, it in enumerate(batch):
+            if i in failed:
+                continue
             assert it.image is not None
             w, h = it.image.size
             dets = kept[i]
@@ -514,12 +540,16 @@ class PseudoMaskJob:
             if i in emb_of:
                 boxes = np.concatenate([d.boxes for d in dets if len(d)]).astype(np.float32)
                 groups = [k for k, d in enumerate(dets) for _ in range(len(d))]
-                masks = self.segmenter.segment(emb_of[i], boxes, groups, len(self.categories))
+                try:
+                    masks = self.segmenter.segment(emb_of.pop(i), boxes, groups, len(self.categories))
+                except Exception as e:  # noqa: BLE001 - recorded per image; the job goes on
+                    log.exception("segmenter failed on %s", it.row.image)
+                    self._record_failure(it, "model_error", f"segmenter: {e}")
+                    continue
                 segment_ms = (time.perf_counter() - t2) * 1000 + embed_ms
             else:
                 masks = [np.zeros((h, w), bool) for _ in self.categories]
                 segment_ms = 0.0
-            emb_of.pop(i, None)
             t3 = time.perf_counter()
             self._write_outputs(
                 it,
@@ -739,6 +769,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-pixels", type=int, default=d.max_pixels)
     a("--limit", type=int, help="process at most this many images")
     a("--no-progress", action="store_true")
+    a("--skip-bad-rows", action="store_true", help="drop invalid manifest rows instead of refusing to start")
     a(
         "--collect",
         action="store_true",
@@ -780,6 +811,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         max_pixels=args.max_pixels,
         limit=args.limit,
         progress=not args.no_progress and sys.stderr.isatty(),
+        skip_bad_rows=args.skip_bad_rows,
     )
 
 
@@ -812,7 +844,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_args(args)
         job = PseudoMaskJob(cfg)
         if args.collect:
-            n = job.write_training_manifest(load_rows(cfg.input, job.categories))
+            n = job.write_training_manifest(load_rows(cfg.input, job.categories, cfg.skip_bad_rows))
             print(json.dumps({"manifest": str(job.out.manifest_path), "rows": n}))
             return 0
         check_weights(cfg)

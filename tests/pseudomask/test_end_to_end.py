@@ -27,8 +27,6 @@ def tiny_args(bert_dir: Path) -> list[str]:
         str(bert_dir),
         "--dino-size",
         "128",
-        "--threads",
-        "1",
         "--no-progress",
     ]
 
