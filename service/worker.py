@@ -346,6 +346,9 @@ class Worker:
         except ModelError as e:
             log.error("the model is failing; exiting without committing the batch: %s", e)
             return 1
+        except Exception:  # noqa: BLE001 - exit non-zero, uncommitted work is redone by the next worker
+            log.exception("worker failed; exiting without committing the batch in flight")
+            return 1
         finally:
             self._running = False
             self.metrics.ready.set(0)
