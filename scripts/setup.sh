@@ -18,7 +18,16 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
-pip() { "$venv/bin/python" -m pip "$@"; }
+log="$venv/setup.log"
+echo "setup: installing DangerCLIP [$extras] into $venv (a few minutes the first time; log: $log)"
+: > "$log"
+pip() {
+  if ! "$venv/bin/python" -m pip "$@" >> "$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "setup: pip $* failed; full log in $log" >&2
+    return 1
+  fi
+}
 pip install -q --upgrade pip setuptools wheel
 
 if [[ ",$extras," == *",train,"* || ",$extras," == *",pseudomask,"* ]]; then
