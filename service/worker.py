@@ -272,7 +272,9 @@ class Worker:
         is produced twice.
         """
         while self._revocations:
-            revoked = self._revocations.popleft() - self._assigned
+            # Even partitions assigned again are dropped: the new assignment restarts them from the
+            # committed offset, so these records will be fetched again.
+            revoked = self._revocations.popleft()
             keep = [
                 (r, f)
                 for r, f in zip(self._pending, self._pending_futures, strict=True)
