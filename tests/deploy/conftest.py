@@ -207,3 +207,14 @@ def exported_names(text: str, samples_only: bool = False) -> set[str]:
         else:
             names.add(fam.name)
     return names
+
+
+# Grafana's variables, as a dashboard on one worker's data would fill them in.
+GRAFANA_VARS = {"$__rate_interval": "1m", "$job": "dangerclip", "$instance": ".*", "$category": ".*"}
+
+
+def grafana_to_promql(expr: str, variables: dict[str, str] | None = None) -> str:
+    """A dashboard query with Grafana's ``$variables`` replaced, so Prometheus can parse and run it."""
+    for name, value in sorted((variables or GRAFANA_VARS).items(), key=lambda kv: -len(kv[0])):
+        expr = expr.replace(name, value)
+    return expr

@@ -24,6 +24,7 @@ from tests.deploy.conftest import (
     REPO,
     dashboard_queries,
     exported_names,
+    grafana_to_promql,
     promql_metric_names,
     rule_exprs,
     scrape,
@@ -272,6 +273,12 @@ def test_compose_worker_end_to_end_and_its_scrape_has_every_dashboard_metric(
         assert re.search(r'^dangerclip_dead_letters_total\{[^}]*reason="not_an_image"[^}]*\} 1\.0$', text, re.M)
         assert "dangerclip_model_info{" in text
 
+        # A real Prometheus scrapes the worker, runs every dashboard query and evaluates the alert rules.
+        if shutil.which("prometheus"):
+            _check_with_real_prometheus(port, dashboard, tmp_path)
+        elif os.environ.get("CI"):
+            pytest.fail("prometheus missing in CI: scripts/setup-system.sh installs Debian's prometheus")
+
         # docker compose stop: SIGTERM, then the grace period.
         proc.send_signal(signal.SIGTERM)
         grace = int(COMPOSE["services"]["worker"]["stop_grace_period"].rstrip("s"))
@@ -291,3 +298,80 @@ def test_gpu_override_swaps_in_the_gpu_image() -> None:
     (dev,) = w["deploy"]["resources"]["reservations"]["devices"]
     assert dev["driver"] == "nvidia" and dev["capabilities"] == ["gpu"]
     assert gpu["producer"]["image"] == w["image"], "the producer must not need the CPU image built"
+
+
+def _check_with_real_prometheus(worker_port: int, dashboard: dict[str, Any], tmp_path: Path) -> None:
+    """Prometheus (Debian's, beside promtool) scrapes the worker every second with the compose job name and
+    loads the alert rules; every dashboard query must run, the core panels must have data, every rule must be
+    healthy."""
+    import urllib.parse
+
+    from service.embedded import free_port
+
+    prom_port = free_port()
+    cfg = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(DEPLOY / "prometheus" / "alerts.yaml")],
+        "scrape_configs": [{"job_name": "dangerclip", "static_configs": [{"targets": [f"127.0.0.1:{worker_port}"]}]}],
+    }
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
+    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed below
+    prom = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    api = f"http://127.0.0.1:{prom_port}/api/v1"
+
+    def get(path: str, **params: str) -> Any:
+        doc = json.loads(scrape(f"{api}/{path}?{urllib.parse.urlencode(params)}"))
+        assert doc["status"] == "success", doc
+        return doc["data"]
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # ready, and enough scrapes for a rate over a short window
+            assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()[-2000:]
+            try:
+                scrapes = get("query", query='count_over_time(up{job="dangerclip"}[1m])')["result"]
+                if scrapes and float(scrapes[0]["value"][1]) >= 5:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()[-2000:]
+            time.sleep(0.5)
+        variables = {"$__rate_interval": "10s", "$job": "dangerclip", "$instance": ".*", "$category": ".*"}
+        empty = []
+        for q in dashboard_queries(dashboard):
+            if q.startswith("label_values("):
+                metric = promql_metric_names(q).pop()
+                assert get("series", **{"match[]": metric}), f"no series for variable query {q}"
+                continue
+            if not get("query", query=grafana_to_promql(q, variables))["result"]:
+                empty.append(q)
+        # Queries over things that did not happen here (commit failures, abandoned records, a model change)
+        # may be empty; the panels the issue names must not be.
+        panel_queries = {t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])}
+        empty = [q for q in empty if q in panel_queries]
+        for must in (
+            "dangerclip_records_consumed_total",
+            "dangerclip_results_produced_total",
+            "dangerclip_dead_letters_total",
+            "dangerclip_consumer_lag_records",
+            "dangerclip_inference_duration_seconds_bucket",
+            "dangerclip_score_bucket",
+            "dangerclip_model_info",
+        ):
+            assert not [q for q in empty if must in q], f"empty on a real worker: {[q for q in empty if must in q]}"
+        groups = get("rules")["groups"]
+        rules = [r for g in groups for r in g["rules"]]
+        assert len(rules) == 6 and all(r["health"] == "ok" for r in rules), rules
+    finally:
+        prom.terminate()
+        prom.wait(20)
+        log.close()

@@ -14,6 +14,7 @@ from tests.deploy.conftest import (
     DEPLOY,
     dashboard_queries,
     exported_names,
+    grafana_to_promql,
     load_values,
     one,
     promql_metric_names,
@@ -151,6 +152,27 @@ def test_a_misspelt_metric_would_be_caught(scraped_names: set[str]) -> None:
     assert "dangerclip_records_consumed_total" in scraped_names
     assert "dangerclip_records_consume_total" not in scraped_names
     assert promql_metric_names("rate(dangerclip_records_consume_total[5m])") - scraped_names
+
+
+def test_dashboard_queries_are_valid_promql(promtool: str, tmp_path: Path) -> None:
+    """promtool parses every dashboard query (as a recording rule), so a typo cannot reach Grafana."""
+    queries = [q for q in dashboard_queries(json.loads(DASHBOARD.read_text())) if not q.startswith("label_values")]
+    assert len(queries) > 25
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": grafana_to_promql(q)} for i, q in enumerate(queries)
+                ],
+            }
+        ]
+    }
+    f = tmp_path / "dashboard-queries.yaml"
+    f.write_text(yaml.safe_dump(rules))
+    out = _promtool(promtool, "check", "rules", str(f))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"SUCCESS: {len(queries)} rules found" in out.stdout
 
 
 def test_dashboard_shows_what_the_issue_lists() -> None:
