@@ -21,11 +21,14 @@ if ! command -v apt-get >/dev/null 2>&1; then
   exit 0
 fi
 export DEBIAN_FRONTEND=noninteractive
+# The package would start a Prometheus server (listening on every interface) where an init system runs; the
+# tests start their own on 127.0.0.1. policy-rc.d answering 101 tells the package scripts not to start it.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 apt-get update -qq
 # --no-install-recommends: the two binaries, without the node exporter and other recommended packages.
 apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-# The package starts a Prometheus server where an init system runs; the tests start their own.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
-  systemctl stop prometheus || true
-fi
 echo "setup-system: $(promtool --version 2>&1 | head -1)"
