@@ -302,8 +302,18 @@ def test_keda_mode_scales_on_group_lag_capped_at_partitions() -> None:
 
 
 def test_autoscaling_min_above_partitions_fails() -> None:
-    with pytest.raises(helm().HelmRenderError, match="minReplicas"):
+    h = helm()
+    with pytest.raises(h.HelmRenderError, match="minReplicas"):
         render({"autoscaling": {"mode": "keda", "minReplicas": 5}, "kafka": {"partitions": 4}})
+    with pytest.raises(h.HelmRenderError, match="fallback.replicas"):
+        render(
+            {
+                "autoscaling": {"mode": "keda", "keda": {"fallback": {"failureThreshold": 3, "replicas": 9}}},
+                "kafka": {"partitions": 4},
+            }
+        )
+    with pytest.raises(h.HelmRenderError, match="idleReplicaCount"):
+        render({"autoscaling": {"mode": "keda", "minReplicas": 1, "keda": {"idleReplicaCount": 1}}})
 
 
 def test_pdb_takes_workers_one_at_a_time() -> None:

@@ -138,6 +138,13 @@ app.kubernetes.io/component: worker
 {{- if and (ne .Values.autoscaling.mode "none") (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
 {{- end -}}
+{{- $keda := .Values.autoscaling.keda -}}
+{{- if and (eq .Values.autoscaling.mode "keda") $keda.fallback $keda.fallback.replicas (gt (int $keda.fallback.replicas) $partitions) -}}
+{{- fail (printf "autoscaling.keda.fallback.replicas (%d) exceeds kafka.partitions (%d)" (int $keda.fallback.replicas) $partitions) -}}
+{{- end -}}
+{{- if and (eq .Values.autoscaling.mode "keda") (not (kindIs "invalid" $keda.idleReplicaCount)) (ge (int $keda.idleReplicaCount) (int .Values.autoscaling.minReplicas)) -}}
+{{- fail "autoscaling.keda.idleReplicaCount must be below autoscaling.minReplicas (KEDA's rule)" -}}
+{{- end -}}
 {{- if le (div (int .Values.config.max_poll_interval_ms) 1000) (int (ceil .Values.worker.worstBatchSeconds)) -}}
 {{- fail (printf "config.max_poll_interval_ms (%d) must exceed worker.worstBatchSeconds, or the group evicts a worker in the middle of a slow batch" (int .Values.config.max_poll_interval_ms)) -}}
 {{- end -}}
