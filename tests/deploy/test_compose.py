@@ -61,6 +61,21 @@ def test_stack_has_every_part() -> None:
     assert SERVICES["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
+@pytest.mark.parametrize("name", ["compose.yaml", "compose.gpu.yaml"])
+def test_compose_files_follow_the_compose_specification(name: str) -> None:
+    """Validated as Compose validates them: after interpolation (defaults), against the spec's JSON Schema."""
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parent / "data" / "compose_spec.json").read_text())
+    schema["properties"]["name"] = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]*$"}
+    doc = yaml.safe_load(interpolate((COMPOSE_DIR / name).read_text(), {}))
+    errors = [f"{list(e.path)}: {e.message}" for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+    assert not errors, errors
+    broken = json.loads(json.dumps(doc))
+    broken["services"]["worker"]["cap_drops"] = ["ALL"]
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(broken)), "the schema must catch a misspelt key"
+
+
 def test_bind_mounts_and_build_files_exist() -> None:
     for name, svc in SERVICES.items():
         for vol in svc.get("volumes", []):
