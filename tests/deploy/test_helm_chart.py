@@ -299,6 +299,11 @@ def test_keda_mode_scales_on_group_lag_capped_at_partitions() -> None:
     }
     assert "replicas" not in one(docs, "Deployment")["spec"]
     assert "HorizontalPodAutoscaler" not in kinds(docs), "KEDA makes its own HPA"
+    # TLS with the system CAs and no client certificate: no credentials to hand the scaler.
+    plain_tls = render({"autoscaling": {"mode": "keda"}, "config": {"security_protocol": "SSL"}})
+    assert "TriggerAuthentication" not in kinds(plain_tls)
+    (trigger,) = one(plain_tls, "ScaledObject")["spec"]["triggers"]
+    assert trigger["metadata"]["tls"] == "enable" and "authenticationRef" not in trigger
 
 
 def test_autoscaling_min_above_partitions_fails() -> None:
