@@ -138,7 +138,7 @@ def test_negatives_skipped_by_default_and_label_noise_reported(tmp_path):
     assert PseudoMaskJob(cfg, quiet, BoxSegmenter()).run().suspects == 0
 
 
-def test_interrupt_then_resume_then_nothing_to_do(tmp_path):
+def test_interrupt_then_resume_then_nothing_to_do(tmp_path, monkeypatch):
     m = make_dataset(tmp_path / "d", n_pos=4, n_neg=0, corrupt=False)
     out = tmp_path / "out"
     cfg = JobConfig(input=str(m), out=str(out), progress=False)
@@ -152,12 +152,23 @@ def test_interrupt_then_resume_then_nothing_to_do(tmp_path):
     s2 = PseudoMaskJob(cfg, det2, BoxSegmenter()).run()
     assert (s2.skipped_done, s2.processed, det2.calls) == (2, 2, 2)
     det3 = StubDetector(boxes)
+    reads = []
+    real_read = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or real_read(self))
     s3 = PseudoMaskJob(cfg, det3, BoxSegmenter()).run()
+    monkeypatch.undo()
     assert (s3.skipped_done, s3.processed, det3.calls) == (4, 0, 0)
+    assert not [n for n in reads if n.startswith("pos_")]  # unchanged files are not even read
     assert len({r["sha256"] for r in results(out)}) == 4
     assert (
         sum(1 for line in (out / "results.jsonl").read_text().splitlines() if line.startswith('{"sha256": "abc"')) == 1
     )
+    # A file changed in place is hashed again and redone; its unchanged neighbours are not read.
+    changed = Path(read_manifest(m, ["weapon"])[0].image)
+    make_image(changed, 64, 64, 99)
+    det5 = StubDetector(boxes)
+    s5 = PseudoMaskJob(cfg, det5, BoxSegmenter()).run()
+    assert (s5.skipped_done, s5.processed) == (3, 1)
     # Changed settings make finished work stale: it is done again.
     cfg2 = JobConfig(input=str(m), out=str(out), box_threshold=0.5, progress=False)
     det4 = StubDetector(boxes)
