@@ -362,7 +362,9 @@ def choose_map_threshold(
 
     Args:
         maps: ``[n, P]`` probabilities; masks ``[n, P]``; labels ``[n]``; mask_valid ``[n]``.
-        candidates: thresholds to try (default 0.02 … 0.98 in steps of 0.02).
+        candidates: thresholds to try. Default: 0.02 … 0.98 in steps of 0.02 plus 256 quantiles of the
+            positives' map values (actual values, so each is an exact cut). The quantiles matter for
+            uncalibrated maps, whose values can all sit far below 0.02.
 
     Returns:
         The best threshold (the highest among ties), or 0.5 when no image has a mask.
@@ -373,10 +375,14 @@ def choose_map_threshold(
     use &= masks.max(axis=1) > 0
     if not use.any():
         return 0.5
-    # Rounded so that a candidate is exactly the decimal it prints as (0.7, not 0.70000000001).
-    cand = np.round(np.arange(1, 50) * 0.02, 2) if candidates is None else np.asarray(candidates, np.float64)
     on = binarize_mask(masks[use])
     m = maps[use]
+    if candidates is None:
+        # Rounded so that a candidate is exactly the decimal it prints as (0.7, not 0.70000000001).
+        grid = np.round(np.arange(1, 50) * 0.02, 2)
+        cand = np.unique(np.r_[grid, np.quantile(m, np.linspace(0, 1, 257), method="nearest")])
+    else:
+        cand = np.asarray(candidates, np.float64)
     best_t, best = 0.5, -1.0
     for t in sorted(cand.tolist(), reverse=True):
         pred = m >= t

@@ -100,3 +100,6 @@ def test_binarize_keeps_small_objects_and_choose_map_threshold() -> None:
     t = M.choose_map_threshold(maps, masks, np.array([1]), np.array([True]), candidates=np.array([0.05, 0.2, 0.3, 0.4]))
     assert t == pytest.approx(0.3)
     assert M.choose_map_threshold(maps, masks, np.array([0]), np.array([True])) == 0.5
+    # Uncalibrated maps far below the fixed grid: the cut is found among the map's own values.
+    tiny = np.array([[1e-4, 3e-3, 2e-3, 5e-4]])
+    assert M.choose_map_threshold(tiny, masks, np.array([1]), np.array([True])) == pytest.approx(2e-3)
