@@ -718,9 +718,21 @@ def _sha_of(path: str) -> str | None:
         return None
 
 
-class _NullBar:
+class _LogProgress:
+    """Progress for logs (Kubernetes pods, no TTY): a line with images/s and ETA every ``period_s``."""
+
+    def __init__(self, total: int, period_s: float = 60.0) -> None:
+        self.total, self.n, self.period = total, 0, period_s
+        self.t0 = self.last = time.perf_counter()
+
     def update(self, n: int = 1) -> None:
-        pass
+        self.n += n
+        now = time.perf_counter()
+        if now - self.last >= self.period:
+            self.last = now
+            rate = self.n / max(now - self.t0, 1e-9)
+            eta = (self.total - self.n) / rate if rate > 0 else float("inf")
+            log.info("pseudomask: %d/%d images, %.2f images/s, ETA %.0f s", self.n, self.total, rate, eta)
 
     def set_postfix(self, **_: Any) -> None:
         pass
@@ -731,7 +743,7 @@ class _NullBar:
 
 def _progress(total: int, enabled: bool) -> Any:
     if not enabled:
-        return _NullBar()
+        return _LogProgress(total)
     from tqdm import tqdm
 
     return tqdm(total=total, unit="img", dynamic_ncols=True, file=sys.stderr, desc="pseudomask")

@@ -265,3 +265,15 @@ def test_model_card_sets_prompts_preprocessing_and_grid(tmp_path):
     with pytest.raises(ValueError, match="no DangerCLIP model card"):
         onnx.save(helper.make_model(graph), tmp_path / "plain.onnx")
         load_card(tmp_path / "plain.onnx")
+
+
+def test_progress_without_a_terminal_logs_rate_and_eta(caplog):
+    import logging
+
+    from pseudomask.job import _LogProgress
+
+    p = _LogProgress(total=10, period_s=0.0)
+    with caplog.at_level(logging.INFO, logger="pseudomask.job"):
+        p.update(4)
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert msg.startswith("pseudomask: 4/10 images,") and "images/s, ETA" in msg
