@@ -57,6 +57,7 @@ class DemoConfig:
         pretrain_batch: images per pre-training step.
         pretrain_lr: peak pre-training learning rate.
         mask_ratio: FLIP token masking during pre-training.
+        tag_weight: weight of the word-grounding term of pre-training.
         iterations: head training steps (the paper: 2000).
         batch_size: head batch size (the paper: 32).
         head_lr: head learning rate.
@@ -72,13 +73,14 @@ class DemoConfig:
     assets: str = str(ASSETS_DIR)
     categories: list[str] = dataclasses.field(default_factory=lambda: ["weapon"])
     n_head: int = 2000
-    n_pretrain: int = 4000
+    n_pretrain: int = 3000
     head_seed: int = 1000
     pretrain_seed: int = 2000
-    pretrain_steps: int = 400
-    pretrain_batch: int = 48
+    pretrain_steps: int = 300
+    pretrain_batch: int = 32
     pretrain_lr: float = 2e-3
-    mask_ratio: float = 0.75
+    mask_ratio: float = 0.5
+    tag_weight: float = 1.0
     iterations: int = 2000
     batch_size: int = 32
     head_lr: float = 5e-4
@@ -187,6 +189,7 @@ def stage_pretrain(
         lr=cfg.pretrain_lr,
         warmup=max(1, min(20, cfg.pretrain_steps // 10)),
         mask_ratio=cfg.mask_ratio,
+        tag_weight=cfg.tag_weight,
         seed=cfg.seed,
         log_every=25,
     )

@@ -107,6 +107,7 @@ class CaptionData:
         images: ``[N, S, S, 3]`` uint8.
         tokens: ``[N, L]`` int64 caption tokens.
         hard_tokens: ``[N, L]`` int64 hard-negative caption tokens (one noun swapped).
+        tags: ``[N, V]`` float 0/1: which of ``TAG_WORDS`` the caption names (with hypernyms).
         captions: the caption strings.
     """
 
@@ -114,9 +115,24 @@ class CaptionData:
     tokens: torch.Tensor
     hard_tokens: torch.Tensor
     captions: list[str]
+    tags: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+
+TAG_WORDS: tuple[str, ...] = (*WEAPON_KINDS, *DISTRACTOR_KINDS, "weapon")
+"""Words of the word-grounding term: every object noun of the captions, plus the hypernym ``weapon``."""
+
+HYPERNYMS: dict[str, str] = {k: "weapon" for k in WEAPON_KINDS}
+"""Noun → broader word, as a tagger's word hierarchy gives it (a pistol is a weapon)."""
+
+
+def caption_tags(objects: Sequence[Mapping[str, Any]]) -> list[float]:
+    """0/1 per ``TAG_WORDS`` entry: the nouns of an image's caption and their hypernyms."""
+    words = {str(o["kind"]) for o in objects if int(o.get("visible", 1)) > 0}
+    words |= {HYPERNYMS[w] for w in words if w in HYPERNYMS}
+    return [float(w in words) for w in TAG_WORDS]
 
 
 def hard_negative_caption(objects: Sequence[Mapping[str, Any]], background: str, rng: random.Random) -> str:
@@ -176,7 +192,7 @@ def load_caption_data(
         raise ValueError(f"{manifest}: no rows to pre-train on (splits={splits})")
     rng = random.Random(seed)
     imgs = np.empty((len(rows), image_size, image_size, 3), np.uint8)
-    caps, hards = [], []
+    caps, hards, tags = [], [], []
     for i, row in enumerate(rows):
         with Image.open(manifest.parent / row["image"]) as im:
             im = im.convert("RGB")
@@ -185,6 +201,7 @@ def load_caption_data(
             imgs[i] = np.asarray(im)
         caps.append(str(row["caption"]))
         hards.append(hard_negative_caption(row.get("objects", []), str(row.get("background", "plain")), rng))
+        tags.append(caption_tags(row.get("objects", [])))
     tok = SimpleTokenizer(context_length=context_length)
     tokens, hard_tokens = tok(caps), tok(hards)
     # Cut the common padding (see ``encode_text``); a caption longer than the context is a hard error.
@@ -193,7 +210,11 @@ def load_caption_data(
         raise ValueError(f"a caption does not fit the text context of {context_length} tokens")
     n = int(max((tokens != 0).sum(1).max(), (hard_tokens != 0).sum(1).max()))
     return CaptionData(
-        torch.from_numpy(imgs), tokens[:, :n].contiguous(), hard_tokens[:, :n].contiguous(), caps
+        torch.from_numpy(imgs),
+        tokens[:, :n].contiguous(),
+        hard_tokens[:, :n].contiguous(),
+        caps,
+        torch.tensor(tags, dtype=torch.float32),
     )
 
 
@@ -281,6 +302,43 @@ def contrastive_loss(
     return 0.5 * (F.cross_entropy(logits_i, target) + F.cross_entropy(logits_t, target))
 
 
+class WordGrounding(nn.Module):
+    """Word-level image–text matching on the dense tokens (SigLIP-style sigmoid loss, MIL over patches).
+
+    For every caption word ``w`` (its text-tower embedding ``t_w``) and patch ``i``, the logit is
+    ``s · cos(patch_i, t_w) + b``; an image's logit for ``w`` is a smooth maximum over its patches, trained
+    with BCE against "the caption names ``w``". The only supervision is the caption's words, as for CLIP,
+    but it reaches every patch token: a word can only score high where some patch matches it, which is what
+    makes the dense tokens (the ones the DangerCLIP head reads) carry object identity.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.bias = nn.Parameter(torch.tensor(-2.0))
+
+    def forward(self, patches: torch.Tensor, words: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+        """BCE of the pooled word logits.
+
+        Args:
+            patches: ``[B, N, D]`` dense tokens.
+            words: ``[V, D]`` text embeddings of ``TAG_WORDS``.
+            tags: ``[B, V]`` 0/1 targets.
+        """
+        sim = F.normalize(patches, dim=-1) @ F.normalize(words, dim=-1).t()  # [B, N, V]
+        logits = self.log_scale.exp() * sim + self.bias
+        pooled = torch.logsumexp(logits, dim=1) - math.log(patches.shape[1])
+        return F.binary_cross_entropy_with_logits(pooled, tags)
+
+
+def tag_tokens(context_length: int = 77) -> torch.Tensor:
+    """Tokens of ``TAG_WORDS``, cut to their common length (see ``encode_text``)."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    t = SimpleTokenizer(context_length=context_length)([f"a {w}" for w in TAG_WORDS])
+    return t[:, : int((t != 0).sum(1).max())].contiguous()
+
+
 # ----------------------------------------------------------------------------------------------------
 # Training
 
@@ -297,6 +355,7 @@ class PretrainConfig:
         weight_decay: AdamW weight decay (not on gains, biases, embeddings, logit scale).
         hard_negatives: add one hard-negative caption per image.
         dense_weight: weight of the dense-pooled contrastive term (0 disables it).
+        tag_weight: weight of the word-grounding term (0 disables it).
         flip: random horizontal flips (captions do not mention left/right).
         mask_ratio: share of patch tokens dropped per image in training (FLIP, Li et al. 2023); evaluation and
             the saved model use all tokens.
@@ -312,6 +371,7 @@ class PretrainConfig:
     weight_decay: float = 0.1
     hard_negatives: bool = True
     dense_weight: float = 0.5
+    tag_weight: float = 1.0
     flip: bool = True
     mask_ratio: float = 0.5
     seed: int = 0
@@ -366,7 +426,12 @@ def pretrain(clip: nn.Module, data: CaptionData, cfg: PretrainConfig) -> Pretrai
     g = torch.Generator().manual_seed(cfg.seed)
     n = len(data)
     bs = min(cfg.batch_size, n)
-    opt = torch.optim.AdamW(_param_groups(clip, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    grounding = WordGrounding()
+    groups = _param_groups(clip, cfg.weight_decay)
+    groups[1]["params"] = groups[1]["params"] + list(grounding.parameters())
+    words = tag_tokens()
+    use_tags = cfg.tag_weight > 0 and data.tags is not None
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
@@ -404,6 +469,9 @@ def pretrain(clip: nn.Module, data: CaptionData, cfg: PretrainConfig) -> Pretrai
         if cfg.dense_weight > 0:
             pooled = F.normalize(patches.mean(1), dim=-1)
             loss = loss + cfg.dense_weight * contrastive_loss(pooled, txt, hard, scale)
+        if use_tags:
+            assert data.tags is not None
+            loss = loss + cfg.tag_weight * grounding(patches, encode_text(clip, words), data.tags[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
@@ -652,6 +720,7 @@ def run(args: argparse.Namespace) -> int:
         hard_negatives=not args.no_hard_negatives,
         dense_weight=args.dense_weight,
         mask_ratio=args.mask_ratio,
+        tag_weight=args.tag_weight,
         seed=args.seed,
         time_limit_s=args.time_limit,
     )

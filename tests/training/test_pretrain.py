@@ -140,3 +140,23 @@ def test_cli_runs_and_reports(small_set: Path, tmp_path: Path, capsys: pytest.Ca
     )
     assert rc == 0 and out.is_file()
     assert '"steps": 2' in capsys.readouterr().out
+
+
+def test_caption_tags_name_visible_nouns_and_hypernyms() -> None:
+    tags = pt.caption_tags(
+        [{"kind": "knife", "visible": 3}, {"kind": "mug", "visible": 9}, {"kind": "rifle", "visible": 0}]
+    )
+    on = {w for w, t in zip(pt.TAG_WORDS, tags, strict=True) if t}
+    assert on == {"knife", "mug", "weapon"}
+    assert sum(pt.caption_tags([{"kind": "circle", "visible": 1}])) == 1
+
+
+def test_word_grounding_prefers_the_patch_that_matches() -> None:
+    torch.manual_seed(0)
+    words = F.normalize(torch.randn(3, 8), dim=-1)
+    background = torch.randn(2, 10, 8) * 0.1
+    patches = background.clone()
+    patches[0, 4] = words[1] * 3  # image 0 holds word 1 in one patch
+    tags = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    g = pt.WordGrounding()
+    assert g(patches, words, tags) < g(background, words, tags)
