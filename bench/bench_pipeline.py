@@ -222,8 +222,8 @@ def bench_pipeline(model: Path, images: list[bytes], args: argparse.Namespace, t
             thr = (len(arrivals) - first_batch) / (arrivals[-1] - arrivals[first_batch - 1])
             m_backlog = scrape(port)
             # latency at a fixed rate below capacity
-            rate = max(1.0, thr * args.latency_load)
-            n_lat = min(len(images), max(50, int(rate * args.latency_seconds)))
+            rate = max(0.05, thr * args.latency_load)
+            n_lat = min(len(images), max(20, int(rate * args.latency_seconds)))
             t0 = time.time()
             for i in range(n_lat):
                 target = t0 + i / rate

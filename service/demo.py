@@ -43,8 +43,15 @@ def _say(msg: str = "") -> None:
 # ---------------------------------------------------------------------------- model and images
 def untrained_model_path() -> Path:
     """Build (once, cached) an untrained tiny DangerCLIP ONNX model with the torch half."""
+    import hashlib
+
+    from dangerclip import __version__
+
+    # Keyed by the package version and the tiny config, so a changed model definition is rebuilt.
+    config = PACKAGE_ROOT / "model_configs" / "tiny.json"
+    tag = hashlib.sha256(__version__.encode() + (config.read_bytes() if config.is_file() else b"")).hexdigest()[:12]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dangerclip" / "demo"
-    path = cache / "tiny-untrained.onnx"
+    path = cache / f"tiny-untrained-{tag}.onnx"
     if path.is_file():
         return path
     try:
