@@ -290,13 +290,13 @@ def run(args: argparse.Namespace) -> int:
     from dangerclip.manifest import ManifestError
 
     try:
-        return _run(args)
+        return _main(args)
     except (ManifestError, ValueError, FileNotFoundError) as e:
         print(f"dangerclip baselines: {e}", file=sys.stderr)
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace) -> int:
     cats = list(args.categories)
     rows = load_rows(args.data, cats, skip_bad=args.skip_bad)
     idx = assign_splits(rows)

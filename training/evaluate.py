@@ -253,13 +253,13 @@ def run(args: argparse.Namespace) -> int:
     from dangerclip.manifest import ManifestError
 
     try:
-        return _run(args)
+        return _main(args)
     except (ManifestError, ValueError, FileNotFoundError) as e:
         print(f"dangerclip eval: {e}", file=sys.stderr)
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.pretrained, args.device)
     card = model.card
     cats = list(card.prompts)

@@ -118,7 +118,9 @@ def plot_danger_grid(pred: Any, categories: Sequence[str], cfg: PreprocessConfig
         S = img.shape[0]
         m = pred.maps[i, 0].reshape(side, side)
         ax.imshow(img)
-        ax.imshow(m, cmap="inferno", alpha=0.5, vmin=0, vmax=1, extent=(0, S, S, 0), interpolation="nearest")
+        # Opacity follows the map, so safe regions show the image as it is.
+        ax.imshow(m, cmap="inferno", alpha=np.clip(0.15 + 0.6 * m, 0, 0.75), vmin=0, vmax=1, extent=(0, S, S, 0),
+                  interpolation="nearest")
         if m.max() >= mth:
             ax.contour(np.linspace(0, S, side), np.linspace(0, S, side), m, levels=[mth], colors="white",
                        linewidths=1)
@@ -214,9 +216,11 @@ def write_report(out: Path, cfg: Any, metrics: dict[str, Any], history: Sequence
         f"(flip {'on' if cfg.flip else 'off'}, {cfg.color_views} colour)",
         f"- thresholds chosen on val ({cfg.threshold_target}): "
         + ", ".join(f"{c} {t:.3f}" for c, t in card.thresholds.items()),
-        "- maps: " + ("IoU-best val threshold folded into the map bias (served maps read danger at "
-                      + ", ".join(f"{c} {t:.2f}" for c, t in mth.items()) + ")" if cfg.calibrate_maps
-                      else "uncalibrated"),
+        "- maps: " + ("IoU-best val threshold ("
+                      + ", ".join(f"{c} {t:.3g}" for c, t in (card.metrics.get("map_thresholds_raw") or {}).items())
+                      + " on the trained map scale) folded into the map bias; served maps read danger at "
+                      + ", ".join(f"{c} {t:.2f}" for c, t in mth.items()) if cfg.calibrate_maps
+                      else "uncalibrated; map thresholds " + ", ".join(f"{c} {t:.3g}" for c, t in mth.items())),
         "",
         f"## Results on the {split} split",
         "",

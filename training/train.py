@@ -531,6 +531,8 @@ def finish(cfg: TrainConfig, model: Any, data: dict[str, Any], result: TrainResu
     split = "test" if "test" in metrics else "val"
     result.thresholds, result.map_thresholds, result.metrics = thresholds, served_map_thresholds, metrics
     card_m = E.card_metrics(val_rep, metrics.get("test"), served_map_thresholds, "test")
+    # The thresholds on the head's own (uncalibrated) map scale, before folding: how far off 0.5 it was.
+    card_m["map_thresholds_raw"] = dict(map_thresholds)
     card_m.update({"iterations": result.steps, "dense": cfg.dense, "batch_size": cfg.batch_size,
                    "data": str(cfg.data), "threshold_target": cfg.threshold_target})
     notes = (f"Head trained {result.steps} steps ({'BCE + focal + dice' if cfg.dense else 'BCE only'}) on "
@@ -594,13 +596,13 @@ def run(args: argparse.Namespace) -> int:
     from dangerclip.manifest import ManifestError
 
     try:
-        return _run(args)
+        return _main(args)
     except (ManifestError, ValueError, FileNotFoundError) as e:
         print(f"dangerclip train: {e}", file=sys.stderr)
         return 2
 
 
-def _run(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=1))
