@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -236,4 +235,3 @@ def test_env_help_lists_every_setting():
     assert r.returncode == 0
     for name in Settings.model_fields:
         assert f"DANGERCLIP_{name.upper()}" in r.stdout
-    assert Path(REPO).exists()
