@@ -136,6 +136,11 @@ class Settings(BaseSettings):
     """Longest time (ms) between polls before the group considers the worker stuck; must exceed the time
     to score one batch on the slowest hardware."""
 
+    fetch_max_wait_ms: int = Field(100, ge=0, le=10_000)
+    """Longest time (ms) the broker holds a fetch when no data is waiting. Some brokers hold it the full time
+    even when data arrives meanwhile, so this bounds added latency on a quiet topic (measured with tansu:
+    p50 end-to-end 280 ms at kafka-python's default 500 ms, 80 ms at 50 ms)."""
+
     enable_idempotence: bool = True
     """Idempotent producer (no duplicates from producer retries). Keep on for real Kafka; brokers that do
     not implement ``InitProducerId`` need it off."""

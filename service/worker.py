@@ -150,6 +150,7 @@ class Worker:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_interval_ms=s.max_poll_interval_ms,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
             reconnect_backoff_ms=min(s.retry_backoff_ms, 1000),
             reconnect_backoff_max_ms=s.retry_backoff_max_ms,
             **s.kafka_security(),
