@@ -24,14 +24,12 @@ def splits(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_build_cnn_heads_and_local_weights(tmp_path: Path) -> None:
     import torchvision
 
-    m = B.build_cnn("resnet50", 2)
-    assert m.fc.out_features == 2
     # A local torchvision state dict (1000 classes) is loaded; only the last layer is replaced.
     ref = torchvision.models.resnet50(weights=None)
     torch.save(ref.state_dict(), tmp_path / "r50.pth")
-    loaded = B.build_cnn("resnet50", 1, str(tmp_path / "r50.pth"))
+    loaded = B.build_cnn("resnet50", 2, str(tmp_path / "r50.pth"))
     assert torch.equal(loaded.conv1.weight, ref.conv1.weight)
-    assert loaded.fc.out_features == 1
+    assert loaded.fc.out_features == 2
     torch.save({"not": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="not a torchvision resnet50"):
         B.build_cnn("resnet50", 1, str(tmp_path / "bad.pth"))

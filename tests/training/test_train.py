@@ -55,7 +55,8 @@ def test_loss_decreases_and_no_dense_ablation(tiny_model, dataset: Path, tmp_pat
     assert res.checkpoint is not None and res.checkpoint.is_file()
     # The backbone was frozen: same weights, same hash.
     assert res.model.backbone.sha256 == tiny_model.backbone.sha256
-    ab = train(_cfg(dataset, tmp_path / "nodense", cache, dense=False), model=copy.deepcopy(tiny_model))
+    ab = train(_cfg(dataset, tmp_path / "nodense", cache, dense=False, iterations=4),
+               model=copy.deepcopy(tiny_model))
     hist_ab = [h for h in read_history(tmp_path / "nodense" / "metrics.jsonl") if h["split"] == "train"]
     assert all(h["loss"] == pytest.approx(h["bce"]) for h in hist_ab)
     assert ab.metrics["val"]["n"] > 0
