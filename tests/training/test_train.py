@@ -165,3 +165,17 @@ def test_cli_reports_bad_rows_before_training(tmp_path: Path, capsys) -> None:
     assert rc == 2
     assert "2 bad row(s)" in err and "line 5: image file not found" in err and "line 6:" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_sigterm_asks_the_loop_to_stop_after_the_step() -> None:
+    import os
+    import signal
+
+    from training.train import _stop_on_signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    with _stop_on_signal() as flag:
+        assert not flag["stop"]
+        os.kill(os.getpid(), signal.SIGTERM)  # handled: the process goes on, the loop sees the flag
+        assert flag["stop"]
+    assert signal.getsignal(signal.SIGTERM) is before
