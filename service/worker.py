@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import logging
 import os
 import signal
@@ -122,6 +123,7 @@ class Worker:
         self._pending_futures: list[Future[Any]] = []
         self._batch_opened: float | None = None
         self._inflight: Future[_Batch] | None = None
+        self._inflight_size = 0
         self._next_offset: dict[tuple[str, int], int] = {}
         self._last_tick = time.monotonic()
         self._last_lag = 0.0
@@ -379,6 +381,7 @@ class Worker:
                 self._inflight = None
             batch = _Batch(self._pending, self._pending_futures)
             self._pending, self._pending_futures, self._batch_opened = [], [], None
+            self._inflight_size = len(batch.records)
             self._inflight = self._infer_pool.submit(self._process, batch)
         self._update_lag()
 
@@ -555,7 +558,17 @@ class Worker:
         """Finish the batch in flight, commit it; records not yet in a batch stay uncommitted."""
         if self._inflight is not None:
             log.info("draining: finishing the batch in flight")
-            self._complete(self._inflight)
+            done, _ = concurrent.futures.wait([self._inflight], timeout=self.settings.shutdown_timeout_s)
+            if done:
+                self._complete(self._inflight)
+            else:
+                # Broker still away after the grace period: stop retrying, leave the batch uncommitted.
+                log.warning(
+                    "batch in flight not flushed within %.0fs; exiting without committing it",
+                    self.settings.shutdown_timeout_s,
+                )
+                self._hard_stop.set()
+                self.metrics.records_abandoned.labels(reason="shutdown").inc(self._inflight_size)
             self._inflight = None
         if self._pending:
             self.metrics.records_abandoned.labels(reason="shutdown").inc(len(self._pending))
