@@ -303,7 +303,7 @@ def _main(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval.json").write_text(json.dumps(_jsonable(result), indent=1))
-        report.plot_pr_curves(pred, cats, out / "pr_curve.png")
+        report.plot_pr_curves(pred, cats, out / "pr_curve.png", thresholds)
         report.plot_danger_grid(pred, cats, card.preprocess, out / "danger_maps.png", thresholds, map_thresholds)
     print(json.dumps(_jsonable(result), indent=1))
     return 0

@@ -373,6 +373,17 @@ def train(config: TrainConfig, model: Any = None) -> TrainResult:
         ManifestError: bad dataset rows (all of them, with line numbers), unless ``skip_bad``.
         ValueError: an invalid config, or a resume from a checkpoint of another config.
     """
+    threads = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _train(config, model)
+    finally:
+        # Thread count is process-wide: give the caller (a notebook, a test session) its own back.
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, model: Any) -> TrainResult:
     from dangerclip.losses import danger_loss
 
     t0 = time.monotonic()
@@ -380,8 +391,6 @@ def train(config: TrainConfig, model: Any = None) -> TrainResult:
     cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     split_rows = load_splits(cfg)
     seed_everything(cfg.seed)

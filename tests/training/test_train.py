@@ -179,3 +179,10 @@ def test_sigterm_asks_the_loop_to_stop_after_the_step() -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # handled: the process goes on, the loop sees the flag
         assert flag["stop"]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_train_gives_back_the_thread_count(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    with pytest.raises(ValueError, match="data"):
+        train(TrainConfig(data="", threads=1))
+    assert torch.get_num_threads() == before
