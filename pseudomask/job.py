@@ -681,6 +681,8 @@ class PseudoMaskJob:
         read them); everything else is kept as in the input.
         """
         results = self.out.latest_results()
+        if not self._known:
+            self.done_hashes()  # fills the path → (size, mtime, sha) map, so --collect need not re-hash
         out_rows = []
         dropped = 0
         for r in rows:
@@ -688,7 +690,7 @@ class PseudoMaskJob:
                 # Never processed: nothing to look up, and no mask to give (a negative's is all-zero).
                 out_rows.append(ManifestRow(image=r.image, labels=dict(r.labels), split=r.split, id=r.id))
                 continue
-            sha = self._sha_cache.get(r.image) or _sha_of(r.image)
+            sha = self._sha_cache.get(r.image) or self._known_sha(r.image) or _sha_of(r.image)
             rec = results.get(sha) if sha else None
             if sha is None or (rec is not None and rec.get("status") == "failed"):
                 dropped += 1
@@ -709,6 +711,17 @@ class PseudoMaskJob:
             dropped,
         )
         return len(out_rows)
+
+    def _known_sha(self, path: str) -> str | None:
+        """The content hash of finished work for an unchanged file (same size and mtime), else None."""
+        known = self._known.get(path)
+        if known is None:
+            return None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return known[2] if known[:2] == (st.st_size, st.st_mtime_ns) else None
 
 
 def _sha_of(path: str) -> str | None:
