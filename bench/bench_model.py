@@ -25,8 +25,15 @@ import torch
 def count_flops(fn, *args) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        fn(*args)
+    # Count with the fused attention fast path off: FlopCounterMode cannot see inside
+    # torch._native_multi_head_attention, and would miss most of open_clip's attention blocks.
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            fn(*args)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
     return int(fc.get_total_flops())
 
 
