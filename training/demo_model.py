@@ -55,10 +55,12 @@ class DemoConfig:
         pretrain_seed: seed of the pre-training set (must differ from ``head_seed``).
         pretrain_steps: contrastive pre-training steps.
         pretrain_batch: images per pre-training step.
-        pretrain_lr: peak pre-training learning rate.
+        pretrain_lr: peak pre-training learning rate (2e-3 wrecks the patch tokens of this tiny ViT:
+            linear-probe AUROC 0.64 against 0.82 at 3e-4).
         mask_ratio: FLIP token masking during pre-training.
         tag_weight: weight of the word-grounding term of pre-training.
-        iterations: head training steps (the paper: 2000).
+        global_words: pre-training also matches caption words against the global embedding.
+        iterations: head training steps (the paper: 2000; 1000 keeps the CPU build to minutes).
         batch_size: head batch size (the paper: 32).
         head_lr: head learning rate.
         color_views: colour-jittered views per orientation in the head's feature cache.
@@ -76,12 +78,13 @@ class DemoConfig:
     n_pretrain: int = 3000
     head_seed: int = 1000
     pretrain_seed: int = 2000
-    pretrain_steps: int = 300
+    pretrain_steps: int = 600
     pretrain_batch: int = 32
-    pretrain_lr: float = 2e-3
+    pretrain_lr: float = 3e-4
     mask_ratio: float = 0.5
     tag_weight: float = 1.0
-    iterations: int = 2000
+    global_words: bool = False
+    iterations: int = 1000
     batch_size: int = 32
     head_lr: float = 5e-4
     color_views: int = 1
@@ -190,6 +193,7 @@ def stage_pretrain(
         warmup=max(1, min(20, cfg.pretrain_steps // 10)),
         mask_ratio=cfg.mask_ratio,
         tag_weight=cfg.tag_weight,
+        global_words=cfg.global_words,
         seed=cfg.seed,
         log_every=25,
     )
@@ -338,7 +342,7 @@ def stage_export(
 
     split = "test"
     report: dict[str, Any] = {
-        "command": "dangerclip demo-model " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        "command": " ".join(["dangerclip demo-model", *(shlex.quote(a) for a in sys.argv[2:])])
         if len(sys.argv) > 1 and sys.argv[1] == "demo-model"
         else "dangerclip demo-model",
         "config": asdict(cfg),
@@ -453,6 +457,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pretrain-steps", type=int, default=None, help=f"default {d.pretrain_steps}")
     parser.add_argument("--iterations", type=int, default=None, help=f"head steps (default {d.iterations})")
+    parser.add_argument(
+        "--global-words", action="store_true", help="pre-training: word term on the global embedding"
+    )
     parser.add_argument("--no-ablation", action="store_true", help="skip the no-dense ablation run")
     parser.add_argument("--threads", type=int, default=d.threads, help="torch threads (default 2)")
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -467,6 +474,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         if v is not None:
             setattr(cfg, name, v)
     cfg.ablation = cfg.ablation and not args.no_ablation
+    cfg.global_words = cfg.global_words or args.global_words
     cfg.threads = args.threads
     cfg.seed = args.seed
     return cfg

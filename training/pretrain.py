@@ -15,9 +15,14 @@ What is trained and how:
   and backgrounds alone then no longer identify the caption, so the towers must learn the shapes;
 * a *dense-pooled* contrastive term: the mean of the MaskCLIP dense patch tokens (the tokens the DangerCLIP
   head reads, see ``dangerclip.backbone.DenseCLIP.encode_dense``) is contrasted with the caption too, so the
-  dense path is trained towards the joint space rather than being a by-product of the class token.
+  dense path is trained towards the joint space rather than being a by-product of the class token;
+* a *word-grounding* term (``WordGrounding``): each caption noun, and its hypernym from a fixed word
+  hierarchy (a pistol is a weapon), is matched against every patch token with a sigmoid loss and a smooth
+  maximum over patches, as multiple-instance learning. A word can only score where some patch matches it,
+  so object identity has to reach the dense tokens; this is what makes a short run useful to the head.
 
-No masks and no image labels are used: the only supervision is the caption text, as for CLIP. Pre-training
+No masks and no dataset labels are used: the only supervision is the caption text, as for CLIP (the word
+``weapon`` enters only as the hypernym of nouns the caption names). Pre-training
 images must come from a set disjoint from the head's evaluation split (``demo_model`` uses another seed).
 
 The result is a state dict of an open_clip ``CLIP`` with the ``tiny`` config, saved as safetensors, which
@@ -317,18 +322,26 @@ class WordGrounding(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
         self.bias = nn.Parameter(torch.tensor(-2.0))
 
-    def forward(self, patches: torch.Tensor, words: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
-        """BCE of the pooled word logits.
+    def forward(
+        self, patches: torch.Tensor, words: torch.Tensor, tags: torch.Tensor, g: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """BCE of the pooled word logits (plus, with ``g``, of the global embedding's word logits).
 
         Args:
             patches: ``[B, N, D]`` dense tokens.
             words: ``[V, D]`` text embeddings of ``TAG_WORDS``.
             tags: ``[B, V]`` 0/1 targets.
+            g: ``[B, D]`` global embeddings, matched against the words too (SigLIP on words).
         """
-        sim = F.normalize(patches, dim=-1) @ F.normalize(words, dim=-1).t()  # [B, N, V]
+        w = F.normalize(words, dim=-1)
+        sim = F.normalize(patches, dim=-1) @ w.t()  # [B, N, V]
         logits = self.log_scale.exp() * sim + self.bias
         pooled = torch.logsumexp(logits, dim=1) - math.log(patches.shape[1])
-        return F.binary_cross_entropy_with_logits(pooled, tags)
+        loss = F.binary_cross_entropy_with_logits(pooled, tags)
+        if g is not None:
+            glog = self.log_scale.exp() * (F.normalize(g, dim=-1) @ w.t()) + self.bias
+            loss = loss + F.binary_cross_entropy_with_logits(glog, tags)
+        return loss
 
 
 def tag_tokens(context_length: int = 77) -> torch.Tensor:
@@ -354,8 +367,10 @@ class PretrainConfig:
         warmup: warm-up steps.
         weight_decay: AdamW weight decay (not on gains, biases, embeddings, logit scale).
         hard_negatives: add one hard-negative caption per image.
+        clip_weight: weight of the global (class-token) contrastive term.
         dense_weight: weight of the dense-pooled contrastive term (0 disables it).
         tag_weight: weight of the word-grounding term (0 disables it).
+        global_words: also match the caption words against the global embedding (SigLIP on words).
         flip: random horizontal flips (captions do not mention left/right).
         mask_ratio: share of patch tokens dropped per image in training (FLIP, Li et al. 2023); evaluation and
             the saved model use all tokens.
@@ -364,14 +379,16 @@ class PretrainConfig:
         log_every: log the loss every this many steps.
     """
 
-    steps: int = 600
-    batch_size: int = 64
-    lr: float = 1e-3
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 3e-4
     warmup: int = 40
     weight_decay: float = 0.1
     hard_negatives: bool = True
+    clip_weight: float = 1.0
     dense_weight: float = 0.5
     tag_weight: float = 1.0
+    global_words: bool = False
     flip: bool = True
     mask_ratio: float = 0.5
     seed: int = 0
@@ -458,20 +475,29 @@ def pretrain(clip: nn.Module, data: CaptionData, cfg: PretrainConfig) -> Pretrai
         for grp in opt.param_groups:
             grp["lr"] = lr_at(step)
         gvec, patches = dense_tokens(clip, x, keep=keep, generator=g)
-        tok = data.tokens[idx]
-        if cfg.hard_negatives:
-            t_all = F.normalize(encode_text(clip, torch.cat([tok, data.hard_tokens[idx]])), dim=-1)
-            txt, hard = t_all[:bs], t_all[bs:]
-        else:
-            txt, hard = F.normalize(encode_text(clip, tok), dim=-1), None
-        scale = clip.logit_scale.exp().clamp(max=100.0)
-        loss = contrastive_loss(F.normalize(gvec, dim=-1), txt, hard, scale)
-        if cfg.dense_weight > 0:
-            pooled = F.normalize(patches.mean(1), dim=-1)
-            loss = loss + cfg.dense_weight * contrastive_loss(pooled, txt, hard, scale)
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.clip_weight > 0 or cfg.dense_weight > 0:
+            tok = data.tokens[idx]
+            if cfg.hard_negatives:
+                t_all = F.normalize(encode_text(clip, torch.cat([tok, data.hard_tokens[idx]])), dim=-1)
+                txt, hard = t_all[:bs], t_all[bs:]
+            else:
+                txt, hard = F.normalize(encode_text(clip, tok), dim=-1), None
+            scale = clip.logit_scale.exp().clamp(max=100.0)
+            if cfg.clip_weight > 0:
+                terms["clip"] = contrastive_loss(F.normalize(gvec, dim=-1), txt, hard, scale)
+            if cfg.dense_weight > 0:
+                pooled = F.normalize(patches.mean(1), dim=-1)
+                terms["dense"] = contrastive_loss(pooled, txt, hard, scale)
         if use_tags:
             assert data.tags is not None
-            loss = loss + cfg.tag_weight * grounding(patches, encode_text(clip, words), data.tags[idx])
+            terms["words"] = grounding(
+                patches, encode_text(clip, words), data.tags[idx], gvec if cfg.global_words else None
+            )
+        weights = {"clip": cfg.clip_weight, "dense": cfg.dense_weight, "words": cfg.tag_weight}
+        if not terms:
+            raise ValueError("every pre-training term has weight 0")
+        loss = torch.stack([weights[k] * v for k, v in terms.items()]).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
@@ -483,12 +509,13 @@ def pretrain(clip: nn.Module, data: CaptionData, cfg: PretrainConfig) -> Pretrai
         res.steps = step + 1
         if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps - 1):
             log.info(
-                "pretrain step %d/%d loss %.4f lr %.2e scale %.1f (%.1f s)",
+                "pretrain step %d/%d loss %.4f (%s) lr %.2e scale %.1f (%.1f s)",
                 step + 1,
                 cfg.steps,
                 res.losses[-1],
+                " ".join(f"{k} {v.item():.3f}" for k, v in terms.items()),
                 lr_at(step),
-                float(scale.detach()),
+                float(clip.logit_scale.exp().detach()),
                 time.perf_counter() - t0,
             )
         if cfg.time_limit_s and time.perf_counter() - t0 > cfg.time_limit_s:
@@ -721,6 +748,7 @@ def run(args: argparse.Namespace) -> int:
         dense_weight=args.dense_weight,
         mask_ratio=args.mask_ratio,
         tag_weight=args.tag_weight,
+        global_words=args.global_words,
         seed=args.seed,
         time_limit_s=args.time_limit,
     )
