@@ -720,6 +720,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--dense-weight", type=float, default=d.dense_weight, help="dense-pooled term weight")
     parser.add_argument(
+        "--clip-weight", type=float, default=d.clip_weight, help="global contrastive term weight"
+    )
+    parser.add_argument("--tag-weight", type=float, default=d.tag_weight, help="word-grounding term weight")
+    parser.add_argument("--global-words", action="store_true", help="word term on the global embedding too")
+    parser.add_argument(
         "--mask-ratio", type=float, default=d.mask_ratio, help="FLIP token masking in training"
     )
     parser.add_argument(
@@ -746,6 +751,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         hard_negatives=not args.no_hard_negatives,
         dense_weight=args.dense_weight,
+        clip_weight=args.clip_weight,
         mask_ratio=args.mask_ratio,
         tag_weight=args.tag_weight,
         global_words=args.global_words,
