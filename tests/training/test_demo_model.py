@@ -88,3 +88,25 @@ def test_same_seed_for_both_sets_is_refused(tmp_path: Path) -> None:
     cfg.pretrain_seed = cfg.head_seed
     with pytest.raises(ValueError, match="must differ"):
         cfg.validate()
+
+
+ASSETS = Path(__file__).resolve().parents[2] / "dangerclip" / "assets"
+
+
+def test_committed_demo_model_scores_the_committed_samples() -> None:
+    from dangerclip.preprocess import load_image
+    from dangerclip.scorer import DangerScorer
+
+    onnx_path = ASSETS / "demo" / "model.onnx"
+    if not onnx_path.is_file():
+        pytest.skip("no committed demo model")
+    scorer = DangerScorer(str(onnx_path))
+    assert scorer.card.trained and scorer.categories == ["weapon"]
+    report = json.loads((ASSETS / "demo" / "report.json").read_text())
+    assert report["files"]["model.onnx"]["bytes"] == onnx_path.stat().st_size
+    rows = [json.loads(line) for line in (ASSETS / "samples" / "manifest.jsonl").read_text().splitlines()]
+    preds = scorer.score_images([load_image(ASSETS / "samples" / r["image"]) for r in rows])
+    assert len(preds) == 16
+    for p in preds:
+        assert 0.0 <= p.scores["weapon"] <= 1.0 and p.map.shape == (1, 14, 14)
+        assert np.isfinite(p.map).all()
