@@ -67,10 +67,13 @@ def test_round_trip_in_partition_order_then_clean_shutdown(broker, topics, model
     for p, offsets in by_part.items():
         assert offsets == sorted(offsets), f"partition {p} out of order: {offsets}"
     # the offsets were committed: lag drops to zero on every partition
-    lag = wait_for(lambda: [v for k, v in w.metrics().items() if k.startswith("dangerclip_consumer_lag_records")]
-                   if all(v == 0 for k, v in w.metrics().items()
-                          if k.startswith("dangerclip_consumer_lag_records")) else None, 10)
-    assert lag and len(lag) == 4
+    def lag_gauges() -> list[float] | None:
+        # Gauges refresh once a second, partition by partition: wait until all four read zero.
+        gauges = [v for k, v in w.metrics().items() if k.startswith("dangerclip_consumer_lag_records")]
+        return gauges if len(gauges) == 4 and all(v == 0 for v in gauges) else None
+
+    lag = wait_for(lag_gauges, 10)
+    assert lag == [0.0, 0.0, 0.0, 0.0], w.metrics()
     assert w.get("/healthz")[0] == 200
     assert w.terminate() == 0
     assert "worker stopped" in w.log()
