@@ -102,6 +102,19 @@ def synthetic_images(folder: Path, n: int = 8, seed: int = 0) -> list[Path]:
     return paths
 
 
+def _held_out_quality(metrics: dict) -> str:
+    """A one-line summary of the held-out figures training wrote into the card, or ``""``."""
+    test = metrics.get("test") if isinstance(metrics, dict) else None
+    if not isinstance(test, dict):
+        return ""
+    parts = []
+    for cat, m in test.items():
+        if isinstance(m, dict) and "f1" in m:
+            parts.append(f"{cat}: F1 {m['f1']:.2f}, AP {m.get('ap', float('nan')):.2f}, "
+                         f"threshold {m.get('threshold', float('nan')):.3f}")
+    return f"held-out test split (n={test.get('n', '?')}) " + "; ".join(parts) if parts else ""
+
+
 def resolve_images(arg: str | None, tmp: Path) -> tuple[list[Path], str]:
     folder = Path(arg) if arg else SAMPLES
     if folder.is_dir():
@@ -195,6 +208,11 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
             f"model: {model_path} ({card.name} {card.version}, {card.mode} head, categories {card.prompts}, "
             f"{'trained' if card.trained else 'UNTRAINED'})"
         )
+        quality = _held_out_quality(card.metrics)
+        if quality:
+            _say(f"model quality (from its card): {quality}")
+        if card.notes:
+            _say(f"model notes: {card.notes}")
         if not card.trained:
             _say("")
             _say("  !! THIS MODEL IS UNTRAINED: its scores are random and mean nothing. !!")

@@ -35,3 +35,11 @@ def test_demo_refuses_a_missing_model(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dangerclip.cli", "demo", "--model", str(tmp_path / "no.onnx")],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "model not found" in r.stderr + r.stdout
+
+
+def test_demo_states_the_model_quality_from_its_card():
+    from service.demo import _held_out_quality
+
+    metrics = {"test": {"n": 196, "weapon": {"f1": 0.68, "ap": 0.62, "threshold": 0.08}}}
+    assert _held_out_quality(metrics) == "held-out test split (n=196) weapon: F1 0.68, AP 0.62, threshold 0.080"
+    assert _held_out_quality({}) == ""
