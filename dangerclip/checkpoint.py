@@ -119,6 +119,7 @@ def load_checkpoint(path: str | Path, pretrained: str | None = None, device: str
     config_name = meta.get("dangerclip.config_name", card.name)
     templates = tuple(json.loads(meta.get("dangerclip.templates", '["{}"]')))
     visual = {k[len("visual.") :]: v for k, v in tensors.items() if k.startswith("visual.")}
+    seed = meta.get("dangerclip.backbone_seed")
     if visual:
         clip = build_clip(cfg["clip"], None)
         clip.visual.load_state_dict(visual)
@@ -127,11 +128,10 @@ def load_checkpoint(path: str | Path, pretrained: str | None = None, device: str
         source = pretrained if pretrained is not None else card.backbone.pretrained
         if not source:
             # A random backbone: its recorded seed rebuilds it; the hash check below decides.
-            torch.manual_seed(int(meta.get("dangerclip.backbone_seed", "0")))
+            torch.manual_seed(int(seed or 0))
         clip = build_clip(cfg["clip"], source or None)
     backbone = DenseCLIP(clip, card.backbone.model, source)
     backbone.text_loaded = not visual
-    seed = meta.get("dangerclip.backbone_seed")
     if backbone.sha256 != card.backbone.sha256:
         raise BackboneError(
             f"{path} was trained on backbone {card.backbone.model} ({card.backbone.pretrained or 'random'}) "

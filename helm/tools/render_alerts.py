@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _generated import write_or_check
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "dangerclip"
@@ -62,15 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when the file is stale")
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if not OUT.exists() or OUT.read_text() != text:
-            sys.stderr.write(f"{OUT} is stale; rerun {Path(__file__).name}\n")
-            return 1
-        return 0
-    OUT.write_text(text)
-    sys.stdout.write(f"wrote {OUT}\n")
-    return 0
+    return write_or_check(OUT, render(), args.check, "helm/tools/render_alerts.py")
 
 
 if __name__ == "__main__":

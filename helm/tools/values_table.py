@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _generated import write_or_check
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "dangerclip"
 README = CHART / "README.md"
@@ -78,16 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
-    current = README.read_text()
-    text = new_readme(current)
-    if args.check:
-        if text != current:
-            sys.stderr.write(f"{README} is stale; rerun helm/tools/values_table.py\n")
-            return 1
-        return 0
-    README.write_text(text)
-    sys.stdout.write(f"wrote {README}\n")
-    return 0
+    return write_or_check(README, new_readme(README.read_text()), args.check, "helm/tools/values_table.py")
 
 
 if __name__ == "__main__":
