@@ -35,7 +35,7 @@ def state_dict_sha256(module: nn.Module) -> str:
     for name, t in sorted(module.state_dict().items()):
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -77,14 +77,54 @@ def build_clip(clip_cfg: Mapping[str, Any], pretrained: str | None = None) -> nn
     else:
         from open_clip.model import CLIP
 
+        vision_cfg = dict(clip_cfg["vision_cfg"])
+        stem = vision_cfg.pop("conv_stem", None)
         clip = CLIP(
             embed_dim=int(clip_cfg["embed_dim"]),
-            vision_cfg=dict(clip_cfg["vision_cfg"]),
+            vision_cfg=vision_cfg,
             text_cfg=dict(clip_cfg["text_cfg"]),
         )
+        if stem:
+            # Hybrid ViT (Dosovitskiy et al. 2021, sec. 3.1): convolutions make the patch tokens, then the
+            # transformer runs unchanged. open_clip calls ``visual.conv1`` for the patch embedding, so
+            # swapping that one module is all it takes (the MaskCLIP dense path is the same).
+            clip.visual.conv1 = ConvStem(stem, int(vision_cfg["width"]), int(vision_cfg["patch_size"]))
     if local is not None:
         load_clip_weights(clip, local)
     return clip
+
+
+class ConvStem(nn.Module):
+    """A small convolutional patch embedding: ``[B, 3, S, S] -> [B, width, S/patch, S/patch]``.
+
+    Stages of (3×3 stride-2 conv, BatchNorm, ReLU, 3×3 conv, BatchNorm, ReLU) with the given channels, then
+    a linear ``k×k`` stride-``k`` conv to ``width`` for the remaining factor ``k = patch / 2**stages``.
+    Early convolutions (Xiao et al. 2021) make a small ViT learn shapes from far fewer images than a
+    linear 16×16 patch projection, which matters for a backbone trained from scratch on synthetic data.
+    """
+
+    def __init__(self, channels: Sequence[int], width: int, patch_size: int) -> None:
+        super().__init__()
+        k = patch_size // 2 ** len(channels)
+        if k < 1 or k * 2 ** len(channels) != patch_size:
+            raise ValueError(f"conv_stem {list(channels)} does not divide patch_size {patch_size}")
+        layers: list[nn.Module] = []
+        c = 3
+        for o in channels:
+            layers += [
+                nn.Conv2d(c, o, 3, 2, 1, bias=False),
+                nn.BatchNorm2d(o),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(o, o, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(o),
+                nn.ReLU(inplace=True),
+            ]
+            c = o
+        layers.append(nn.Conv2d(c, width, k, k))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
 
 
 def _as_local_file(pretrained: str | None) -> Path | None:

@@ -2,12 +2,17 @@
 
 One command, cached stage by stage under ``--work`` (a stage is redone only when its options change):
 
-1. ``synth``: two disjoint synthetic sets (``training.synth``), one for pre-training the backbone (captions
-   only) and one for the head (labels, exact masks, train/val/test splits).
-2. ``pretrain``: contrastive image–caption pre-training of the ``tiny`` CLIP (``training.pretrain``), with a
-   linear probe on its patch tokens before and after (weapon patches vs the rest, AUROC on held-out images).
-3. ``train``: the paper's head on the frozen pre-trained backbone (``training.train``: BCE + 2·focal + dice,
-   threshold chosen on val, map calibration), and the no-dense ablation (BCE only) on the same features.
+1. ``synth``: the head's synthetic set (labels, exact masks, train/val/test splits), drawn in ``--workers``
+   processes.
+2. ``pretrain``: the backbone, a small hybrid CLIP (``demo`` config: convolutional stem + 4-layer ViT),
+   pre-trained contrastively on synthetic captions (``training.pretrain``) from a disjoint, in-memory set.
+   By default this stage *loads* the committed result, ``training/assets/demo_backbone.safetensors``, as a
+   user loads CLIP weights: the recipe needs about 500 000 image views, which took 125 s on one H100 and
+   would take many hours on 2 CPU cores. ``--backbone none`` redoes it (``--pretrain-device auto`` uses a
+   GPU when there is one). A linear probe on the patch tokens (weapon patches vs the rest, AUROC on
+   held-out images) is measured for the random and the pre-trained backbone.
+3. ``train``: the paper's head on the frozen backbone (``training.train``: BCE + 2·focal + dice, threshold
+   chosen on val, map calibration), and the no-dense ablation (BCE only) on the same features.
 4. ``export``: the dense model, with its vision tower inside the checkpoint so that nothing else is needed,
    as ONNX and safetensors into ``--assets`` (default ``dangerclip/assets/demo``), plus ``report.json`` and
    ``report.md`` with the figures (F1, AP, localisation with and without the dense losses, probe AUROC).
@@ -15,7 +20,8 @@ One command, cached stage by stage under ``--work`` (a stage is redone only when
 The demo model is trained and evaluated on synthetic images only; its figures say that the pipeline works
 end to end on data whose masks are exact. They are not a claim about real images.
 
-``--ci`` is the same pipeline at toy sizes (well under a minute) for the tests; its figures mean nothing.
+``--ci`` is the same pipeline at toy sizes (pre-training included; well under a minute) for the tests; its
+figures mean nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +46,10 @@ log = logging.getLogger(__name__)
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "dangerclip" / "assets" / "demo"
 """Where the committed demo model lives (``dangerclip/assets/demo``)."""
 
+DEMO_BACKBONE = Path(__file__).resolve().parent / "assets" / "demo_backbone.safetensors"
+"""The committed pre-trained ``demo`` CLIP (vision tower fp32, text tower fp16; how it was made is in its
+metadata under ``dangerclip.pretrain``)."""
+
 
 @dataclass
 class DemoConfig:
@@ -49,23 +59,31 @@ class DemoConfig:
         work: working folder (data, backbone, runs); reused between invocations.
         assets: where ``model.onnx``, ``model.safetensors`` and the reports are written.
         categories: the model's prompts (``weapon``, or e.g. ``gun,knife``).
+        model: DangerCLIP model config of the backbone and head (``demo``; ``tiny`` works too).
+        backbone: pre-trained CLIP weights to load (default: the committed ``DEMO_BACKBONE``); empty to
+            pre-train here with the options below.
         n_head: images in the head's synthetic set (split 80/10/10 into train/val/test).
-        n_pretrain: images in the disjoint pre-training set.
+        n_pretrain: images in the disjoint pre-training set (drawn in memory).
         head_seed: seed of the head's set.
-        pretrain_seed: seed of the pre-training set (must differ from ``head_seed``).
+        pretrain_seed: seed of the pre-training set (must differ from ``head_seed``); its held-out images
+            use ``pretrain_seed + 1``.
         pretrain_steps: contrastive pre-training steps.
+        pretrain_decay_steps: horizon of the cosine decay (the committed backbone: 100 000, so the rate
+            stayed near its peak; 0: ``pretrain_steps``).
         pretrain_batch: images per pre-training step.
-        pretrain_lr: peak pre-training learning rate (2e-3 wrecks the patch tokens of this tiny ViT:
-            linear-probe AUROC 0.64 against 0.82 at 3e-4).
+        pretrain_lr: peak pre-training learning rate.
+        pretrain_warmup: linear warm-up steps.
         mask_ratio: FLIP token masking during pre-training.
         tag_weight: weight of the word-grounding term of pre-training.
         global_words: pre-training also matches caption words against the global embedding.
+        pretrain_device: ``auto`` (CUDA when present), ``cuda`` or ``cpu``.
         iterations: head training steps (the paper: 2000; 1000 keeps the CPU build to minutes).
         batch_size: head batch size (the paper: 32).
         head_lr: head learning rate.
         color_views: colour-jittered views per orientation in the head's feature cache.
         ablation: also train the no-dense ablation (needed for the localisation comparison).
         probe_images: held-out images for the patch-token linear probe (0 skips it).
+        workers: processes drawing synthetic images.
         threads: torch threads for the whole build (0: torch's default).
         version: model version written into the card.
         seed: seeds model initialisation and training.
@@ -74,41 +92,51 @@ class DemoConfig:
     work: str = "runs/demo-model"
     assets: str = str(ASSETS_DIR)
     categories: list[str] = dataclasses.field(default_factory=lambda: ["weapon"])
+    model: str = "demo"
+    backbone: str = str(DEMO_BACKBONE)
     n_head: int = 2000
-    n_pretrain: int = 3000
+    n_pretrain: int = 40000
     head_seed: int = 1000
     pretrain_seed: int = 2000
-    pretrain_steps: int = 600
-    pretrain_batch: int = 32
-    pretrain_lr: float = 3e-4
-    mask_ratio: float = 0.5
+    pretrain_steps: int = 1942
+    pretrain_decay_steps: int = 100000
+    pretrain_batch: int = 256
+    pretrain_lr: float = 1e-3
+    pretrain_warmup: int = 300
+    mask_ratio: float = 0.25
     tag_weight: float = 1.0
     global_words: bool = False
+    pretrain_device: str = "auto"
     iterations: int = 1000
     batch_size: int = 32
     head_lr: float = 5e-4
     color_views: int = 1
     ablation: bool = True
     probe_images: int = 200
+    workers: int = 2
     threads: int = 2
-    version: str = "1.0.0-demo"
+    version: str = "2.0.0-demo"
     seed: int = 0
 
     @classmethod
     def ci(cls, work: str, assets: str) -> DemoConfig:
-        """Toy sizes for tests: the whole pipeline in well under a minute; the figures mean nothing."""
+        """Toy sizes for tests: the whole pipeline, pre-training included, in well under a minute."""
         return cls(
             work=work,
             assets=assets,
+            backbone="",
             n_head=60,
             n_pretrain=48,
             pretrain_steps=3,
+            pretrain_decay_steps=0,
             pretrain_batch=16,
+            pretrain_warmup=1,
             iterations=8,
             batch_size=8,
             color_views=0,
             ablation=True,
             probe_images=12,
+            workers=1,
             version="0.0.0-ci",
         )
 
@@ -156,68 +184,107 @@ def _record(folder: Path, key: dict[str, Any], info: dict[str, Any]) -> dict[str
 
 
 def stage_synth(cfg: DemoConfig, force: bool = False) -> dict[str, Path]:
-    """Generate (or reuse) the head's set and the disjoint pre-training set."""
+    """Generate (or reuse) the head's set. The pre-training set is drawn in memory by ``stage_pretrain``."""
     from training.synth import SynthConfig, generate
 
-    out = {}
-    for name, n, seed in (
-        ("head", cfg.n_head, cfg.head_seed),
-        ("pretrain", cfg.n_pretrain, cfg.pretrain_seed),
-    ):
-        folder = Path(cfg.work) / "data" / name
-        sc = SynthConfig(n=n, seed=seed, categories=list(cfg.categories))
-        key = {"synth": asdict(sc)}
-        if force or _cached(folder, key, ["manifest.jsonl"]) is None:
-            if folder.exists():
-                shutil.rmtree(folder)
-            t0 = time.perf_counter()
-            generate(folder, sc)
-            _record(folder, key, {"seconds": round(time.perf_counter() - t0, 1)})
-        else:
-            log.info("synth: reusing %s", folder)
-        out[name] = folder / "manifest.jsonl"
-    return out
+    folder = Path(cfg.work) / "data" / "head"
+    sc = SynthConfig(n=cfg.n_head, seed=cfg.head_seed, categories=list(cfg.categories))
+    key = {"synth": asdict(sc)}
+    if force or _cached(folder, key, ["manifest.jsonl"]) is None:
+        if folder.exists():
+            shutil.rmtree(folder)
+        t0 = time.perf_counter()
+        generate(folder, sc, workers=cfg.workers)
+        _record(folder, key, {"seconds": round(time.perf_counter() - t0, 1)})
+    else:
+        log.info("synth: reusing %s", folder)
+    return {"head": folder / "manifest.jsonl"}
+
+
+def pretrain_config(cfg: DemoConfig) -> Any:
+    """The ``training.pretrain.PretrainConfig`` of the demo recipe."""
+    from training import pretrain as pt
+
+    return pt.PretrainConfig(
+        steps=cfg.pretrain_steps,
+        decay_steps=cfg.pretrain_decay_steps,
+        batch_size=cfg.pretrain_batch,
+        lr=cfg.pretrain_lr,
+        warmup=cfg.pretrain_warmup,
+        mask_ratio=cfg.mask_ratio,
+        tag_weight=cfg.tag_weight,
+        global_words=cfg.global_words,
+        seed=cfg.seed,
+        device=cfg.pretrain_device,
+        log_every=100,
+    )
 
 
 def stage_pretrain(
     cfg: DemoConfig, data: dict[str, Path], force: bool = False
 ) -> tuple[Path, dict[str, Any]]:
-    """Pre-train (or reuse) the tiny CLIP; returns its weights file and the stage record."""
+    """Load the given pre-trained backbone, or pre-train one; returns its weights file and the stage record.
+
+    Either way the linear probe runs on the head set's held-out images, for a randomly initialised backbone
+    of the same config and for the pre-trained one.
+    """
+    from safetensors import safe_open
+
     from training import pretrain as pt
 
     folder = Path(cfg.work) / "backbone"
-    pc = pt.PretrainConfig(
-        steps=cfg.pretrain_steps,
-        batch_size=cfg.pretrain_batch,
-        lr=cfg.pretrain_lr,
-        warmup=max(1, min(20, cfg.pretrain_steps // 10)),
-        mask_ratio=cfg.mask_ratio,
-        tag_weight=cfg.tag_weight,
-        global_words=cfg.global_words,
-        seed=cfg.seed,
-        log_every=25,
-    )
-    key = {
-        "pretrain": asdict(pc),
-        "data": _stage_key_of(data["pretrain"].parent),
-        "probe": [_stage_key_of(data["head"].parent), cfg.probe_images],
-    }
+    probe_key = [_stage_key_of(data["head"].parent), cfg.probe_images]
+    if cfg.backbone:
+        src = Path(cfg.backbone)
+        if not src.is_file():
+            raise FileNotFoundError(f"pre-trained backbone not found: {src} (--backbone none pre-trains one)")
+        key: dict[str, Any] = {
+            "model": cfg.model,
+            "backbone": hashlib.sha256(src.read_bytes()).hexdigest(),
+            "probe": probe_key,
+        }
+    else:
+        key = {
+            "model": cfg.model,
+            "pretrain": asdict(pretrain_config(cfg)),
+            "data": [cfg.n_pretrain, cfg.pretrain_seed, list(cfg.categories)],
+            "probe": probe_key,
+        }
     weights = folder / "clip.safetensors"
     rec = None if force else _cached(folder, key, ["clip.safetensors"])
     if rec is not None:
         log.info("pretrain: reusing %s", weights)
         return weights, rec
     folder.mkdir(parents=True, exist_ok=True)
-    clip = pt.build_clip("tiny", seed=cfg.seed)
     info: dict[str, Any] = {}
     if cfg.probe_images:
-        info["probe_before"] = _probe(pt, clip, data["head"], cfg.probe_images)
+        info["probe_before"] = _probe(pt, pt.build_clip(cfg.model, seed=cfg.seed), data["head"], cfg.probe_images)
         log.info("probe before pre-training: AUROC %.3f", info["probe_before"]["auroc"])
-    train_data = pt.load_caption_data(data["pretrain"], splits=("train",), seed=cfg.seed)
-    res = pt.pretrain(clip, train_data, pc)
-    info["train"] = res.summary()
-    held = pt.load_caption_data(data["pretrain"], splits=("val", "test"), seed=cfg.seed + 1, limit=512)
-    info["heldout"] = pt.contrastive_eval(clip, held)
+    if cfg.backbone:
+        clip = pt.load_clip(cfg.backbone, cfg.model)
+        with safe_open(cfg.backbone, "pt") as f:
+            made = json.loads((f.metadata() or {}).get("dangerclip.pretrain", "{}"))
+        info.update({k: made.get(k) for k in ("train", "heldout", "recipe") if k in made})
+        info["source"] = str(src)
+        log.info("pretrain: loaded %s (%s)", src, json.dumps(made.get("recipe", {})))
+    else:
+        size = int(pt.tiny_clip_config(cfg.model)["vision_cfg"]["image_size"])
+        clip = pt.build_clip(cfg.model, seed=cfg.seed)
+        train_data = pt.synthetic_caption_data(
+            cfg.n_pretrain, cfg.pretrain_seed, size=size, categories=cfg.categories, workers=cfg.workers
+        )
+        res = pt.pretrain(clip, train_data, pretrain_config(cfg))
+        del train_data
+        info["train"] = res.summary()
+        held = pt.synthetic_caption_data(
+            min(1024, cfg.n_pretrain), cfg.pretrain_seed + 1, size=size, categories=cfg.categories
+        )
+        info["heldout"] = pt.contrastive_eval(clip, held)
+        info["recipe"] = {
+            "model": cfg.model,
+            "data": {"n": cfg.n_pretrain, "seed": cfg.pretrain_seed, "categories": list(cfg.categories)},
+            "pretrain": asdict(pretrain_config(cfg)),
+        }
     if cfg.probe_images:
         info["probe_after"] = _probe(pt, clip, data["head"], cfg.probe_images)
         log.info("probe after pre-training: AUROC %.3f", info["probe_after"]["auroc"])
@@ -254,7 +321,7 @@ def stage_train(
     tc = TrainConfig(
         data=str(data["head"]),
         categories=list(cfg.categories),
-        model="tiny",
+        model=cfg.model,
         pretrained=str(weights),
         out=str(folder),
         cache_dir=str(Path(cfg.work) / "cache"),
@@ -333,8 +400,9 @@ def stage_export(
         sha256=model.card.backbone.sha256,
     )
     model.card.notes = (
-        "DangerCLIP offline demo model: tiny CLIP pre-trained contrastively on synthetic captions, head "
-        "trained on synthetic weapon/distractor images (training.demo_model). Not for real images."
+        f"DangerCLIP offline demo model: small CLIP ({cfg.model} config) pre-trained contrastively on synthetic "
+        "captions, head trained on synthetic weapon/distractor images (training.demo_model). "
+        "Not for real images."
     )
     ckpt = assets / "model.safetensors"
     save_checkpoint(model, ckpt, include_backbone=True)
@@ -346,7 +414,9 @@ def stage_export(
         if len(sys.argv) > 1 and sys.argv[1] == "demo-model"
         else "dangerclip demo-model",
         "config": asdict(cfg),
-        "pretrain": {k: pre.get(k) for k in ("train", "heldout", "probe_before", "probe_after")},
+        "pretrain": {
+            k: pre.get(k) for k in ("train", "heldout", "probe_before", "probe_after", "recipe", "source")
+        },
         "dense": _brief(Path(runs["dense"]["checkpoint"]).parent / "eval.json", split),
         "thresholds": runs["dense"].get("thresholds"),
         "map_thresholds": runs["dense"].get("map_thresholds"),
@@ -402,7 +472,10 @@ def _markdown(rep: dict[str, Any]) -> str:
         "Localisation: `topk_iou` (threshold-free: IoU of the top-|mask| patches with the mask), `pointing`",
         "(the map's maximum lies on the object), `iou@threshold` (IoU of the calibrated map at its threshold).",
         "",
-        "## Backbone: contrastive pre-training of the tiny CLIP on synthetic captions",
+        f"## Backbone: contrastive pre-training of the `{rep['config'].get('model')}` CLIP on synthetic captions",
+        "",
+        f"Weights: {'`' + str(pre['source']) + '`' if pre.get('source') else 'pre-trained by this command'}.",
+        f"Recipe: {json.dumps(pre.get('recipe'))}.",
         "",
         "| | linear-probe AUROC (weapon patches, held-out images) |",
         "|---|---|",
@@ -451,12 +524,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ci", action="store_true", help="toy sizes for tests (< 1 minute; figures mean nothing)"
     )
     parser.add_argument("--categories", default=",".join(d.categories), help="comma-separated prompts")
+    parser.add_argument("--model", default=None, help=f"model config (default {d.model})")
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        help="pre-trained CLIP weights to load (default: the committed training/assets/demo_backbone."
+        "safetensors); 'none' pre-trains one here",
+    )
+    parser.add_argument(
+        "--pretrain-device", default=None, help="cpu, cuda or auto (default auto: CUDA when present)"
+    )
+    parser.add_argument("--workers", type=int, default=None, help=f"drawing processes (default {d.workers})")
     parser.add_argument("--n-head", type=int, default=None, help=f"head set size (default {d.n_head})")
     parser.add_argument(
         "--n-pretrain", type=int, default=None, help=f"pre-training set (default {d.n_pretrain})"
     )
     parser.add_argument("--pretrain-steps", type=int, default=None, help=f"default {d.pretrain_steps}")
     parser.add_argument("--iterations", type=int, default=None, help=f"head steps (default {d.iterations})")
+    parser.add_argument(
+        "--color-views", type=int, default=None, help=f"colour-jittered cache views (default {d.color_views})"
+    )
     parser.add_argument(
         "--global-words", action="store_true", help="pre-training: word term on the global embedding"
     )
@@ -469,10 +556,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
     cfg = DemoConfig.ci(args.work, args.assets) if args.ci else DemoConfig(work=args.work, assets=args.assets)
     cfg.categories = [c.strip() for c in args.categories.split(",") if c.strip()]
-    for name in ("n_head", "n_pretrain", "pretrain_steps", "iterations"):
+    for name in (
+        "model",
+        "n_head",
+        "n_pretrain",
+        "pretrain_steps",
+        "pretrain_device",
+        "workers",
+        "iterations",
+        "color_views",
+    ):
         v = getattr(args, name)
         if v is not None:
             setattr(cfg, name, v)
+    if args.backbone is not None:
+        cfg.backbone = "" if args.backbone.lower() in ("", "none") else args.backbone
     cfg.ablation = cfg.ablation and not args.no_ablation
     cfg.global_words = cfg.global_words or args.global_words
     cfg.threads = args.threads

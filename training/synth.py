@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -596,12 +597,45 @@ def split_of(index: int, cfg: SynthConfig) -> str:
     return "train"
 
 
-def generate(out: str | Path, cfg: SynthConfig) -> Path:
+def _write_one(i: int, cfg: SynthConfig, out: Path) -> tuple[dict[str, Any], bool]:
+    """Draw image ``i``, write its image and masks under ``out``; return its manifest row."""
+    s = make_sample(i, cfg)
+    name = f"{i:06d}"
+    img_rel = f"images/{name}.{cfg.image_format}"
+    if cfg.image_format == "jpg":
+        s.image.save(out / img_rel, quality=92)
+    else:
+        s.image.save(out / img_rel, compress_level=1)
+    mask_rel = {}
+    for cat, m in s.masks.items():
+        mask_rel[cat] = f"masks/{name}_{cat}.png"
+        Image.fromarray(m).save(out / mask_rel[cat], optimize=False)
+    row = {
+        "id": f"synth-{cfg.seed}-{name}",
+        "image": img_rel,
+        "labels": s.labels,
+        "mask": mask_rel,
+        "split": split_of(i, cfg),
+        "caption": s.caption,
+        "background": s.background,
+        "objects": [asdict(o) for o in s.objects],
+    }
+    return row, any(s.labels.values())
+
+
+def _write_range(args: tuple[int, int, SynthConfig, Path]) -> list[tuple[dict[str, Any], bool]]:
+    lo, hi, cfg, out = args
+    return [_write_one(i, cfg, out) for i in range(lo, hi)]
+
+
+def generate(out: str | Path, cfg: SynthConfig, workers: int = 1) -> Path:
     """Write a synthetic set to ``out`` and return its manifest path.
 
     Args:
         out: output folder (created; existing files of the same names are overwritten).
         cfg: the options.
+        workers: processes drawing images; the set is the same for any number (image ``i`` depends only on
+            ``(seed, i)``, and rows are written in index order).
 
     Returns:
         ``out/manifest.jsonl``.
@@ -613,32 +647,26 @@ def generate(out: str | Path, cfg: SynthConfig) -> Path:
     t0 = time.perf_counter()
     manifest = out / "manifest.jsonl"
     tmp = manifest.with_suffix(".jsonl.tmp")
+    chunk = 250
+    ranges = [
+        (lo, min(lo + chunk, cfg.start + cfg.n), cfg, out) for lo in range(cfg.start, cfg.start + cfg.n, chunk)
+    ]
     n_pos = 0
     with open(tmp, "w", encoding="utf-8") as f:
-        for i in range(cfg.start, cfg.start + cfg.n):
-            s = make_sample(i, cfg)
-            name = f"{i:06d}"
-            img_rel = f"images/{name}.{cfg.image_format}"
-            if cfg.image_format == "jpg":
-                s.image.save(out / img_rel, quality=92)
-            else:
-                s.image.save(out / img_rel, compress_level=1)
-            mask_rel = {}
-            for cat, m in s.masks.items():
-                mask_rel[cat] = f"masks/{name}_{cat}.png"
-                Image.fromarray(m).save(out / mask_rel[cat], optimize=False)
-            n_pos += int(any(s.labels.values()))
-            row = {
-                "id": f"synth-{cfg.seed}-{name}",
-                "image": img_rel,
-                "labels": s.labels,
-                "mask": mask_rel,
-                "split": split_of(i, cfg),
-                "caption": s.caption,
-                "background": s.background,
-                "objects": [asdict(o) for o in s.objects],
-            }
-            f.write(json.dumps(row) + "\n")
+        if workers > 1 and len(ranges) > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(min(workers, len(ranges))) as pool:
+                parts = pool.imap(_write_range, ranges)
+                for part in parts:
+                    for row, pos in part:
+                        n_pos += int(pos)
+                        f.write(json.dumps(row) + "\n")
+        else:
+            for r in ranges:
+                for row, pos in _write_range(r):
+                    n_pos += int(pos)
+                    f.write(json.dumps(row) + "\n")
     tmp.replace(manifest)
     (out / "synth.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
     log.info("wrote %d images (%d with weapons) to %s in %.1f s", cfg.n, n_pos, out, time.perf_counter() - t0)
@@ -791,6 +819,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"write the demo's sample images instead (default seed {SAMPLE_SEED}, -n 16, mixed encodings)",
     )
+    parser.add_argument("--workers", type=int, default=1, help="processes drawing images (same set for any)")
 
 
 def config_from_args(args: argparse.Namespace) -> SynthConfig:
@@ -822,6 +851,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         log.error("%s", e)
         return 2
-    manifest = generate(args.out, cfg)
+    manifest = generate(args.out, cfg, workers=args.workers)
     print(manifest)
     return 0

@@ -12,7 +12,7 @@ from dangerclip.losses import danger_loss
 
 
 def test_list_models_and_unknown_name():
-    assert {"tiny", "ViT-B-16"} <= set(list_models())
+    assert {"tiny", "demo", "ViT-B-16"} <= set(list_models())
     with pytest.raises(ValueError, match="tiny"):
         create_model("no-such-model")
 
@@ -124,3 +124,19 @@ def test_local_weights_file_loads(tmp_path):
 def test_unknown_pretrained_tag_lists_the_valid_ones():
     with pytest.raises(BackboneError, match="openai"):
         build_clip({"open_clip": "ViT-B-16"}, "no-such-tag")
+
+
+def test_conv_stem_makes_the_patch_tokens_and_hashes_its_buffers():
+    from dangerclip.backbone import ConvStem, state_dict_sha256
+
+    m = create_model("demo", seed=0)
+    visual = m.backbone.clip.visual
+    assert isinstance(visual.conv1, ConvStem)
+    # BatchNorm's 0-d ``num_batches_tracked`` buffers are part of the hash.
+    assert any(t.dim() == 0 for t in visual.state_dict().values())
+    assert len(state_dict_sha256(visual)) == 64
+    with torch.no_grad():
+        g, patches = m.backbone.encode_dense(torch.randn(2, 3, 224, 224))
+    assert g.shape == (2, 128) and patches.shape == (2, 196, 128)
+    with pytest.raises(ValueError, match="does not divide"):
+        ConvStem([32, 64, 128, 256, 512], 128, 16)

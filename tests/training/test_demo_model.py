@@ -110,3 +110,57 @@ def test_committed_demo_model_scores_the_committed_samples() -> None:
     for p in preds:
         assert 0.0 <= p.scores["weapon"] <= 1.0 and p.map.shape == (1, 14, 14)
         assert np.isfinite(p.map).all()
+
+
+def test_committed_backbone_loads_into_the_demo_config_and_says_how_it_was_made() -> None:
+    from safetensors import safe_open
+
+    from training import pretrain as pt
+    from training.demo_model import DEMO_BACKBONE, DemoConfig, pretrain_config
+
+    if not DEMO_BACKBONE.is_file():
+        pytest.skip("no committed backbone")
+    clip = pt.load_clip(DEMO_BACKBONE, "demo")  # strict: every key and shape
+    assert next(clip.visual.parameters()).dtype.is_floating_point
+    with safe_open(str(DEMO_BACKBONE), "pt") as f:
+        made = json.loads(f.metadata()["dangerclip.pretrain"])
+    recipe = made["recipe"]
+    d = DemoConfig()
+    # The defaults of the command redo exactly this recipe (on a GPU: --backbone none --pretrain-device cuda).
+    expect = {k: v for k, v in pretrain_config(d).__dict__.items() if k != "device"}
+    assert {k: v for k, v in recipe["pretrain"].items() if k != "device"} == expect
+    assert recipe["data"]["n"] == d.n_pretrain and recipe["data"]["seed"] == d.pretrain_seed
+    assert made["train"]["steps"] == d.pretrain_steps
+
+
+@pytest.mark.slow
+def test_committed_demo_model_reaches_its_bar_on_the_held_out_split() -> None:
+    """F1 >= 0.9 on the synthetic test split, recomputed here: images redrawn, JPEG-encoded, scored by ORT."""
+    import io
+
+    from dangerclip.preprocess import decode_image
+    from dangerclip.scorer import DangerScorer
+    from training.synth import SynthConfig, make_sample, split_of
+
+    onnx_path = ASSETS / "demo" / "model.onnx"
+    report = json.loads((ASSETS / "demo" / "report.json").read_text())
+    if not onnx_path.is_file() or report["config"].get("model") != "demo":
+        pytest.skip("no committed demo model of the demo config")
+    cfg = report["config"]
+    sc = SynthConfig(n=cfg["n_head"], seed=cfg["head_seed"], categories=cfg["categories"])
+    test = [i for i in range(sc.n) if split_of(i, sc) == "test"]
+    images, labels = [], []
+    for i in test:
+        s = make_sample(i, sc)
+        buf = io.BytesIO()
+        s.image.save(buf, "JPEG", quality=92)  # as training.synth.generate writes the set
+        images.append(decode_image(buf.getvalue()))
+        labels.append(s.labels["weapon"])
+    scorer = DangerScorer(str(onnx_path))
+    flagged = np.array([p.flagged["weapon"] for p in scorer.score_images(images, batch_size=16)])
+    y = np.array(labels, bool)
+    tp = int((flagged & y).sum())
+    f1 = 2 * tp / (int(flagged.sum()) + int(y.sum()))
+    assert len(test) == report["dense"]["n"]
+    assert f1 == pytest.approx(report["dense"]["f1"], abs=0.011)  # at most one image flips across runtimes
+    assert f1 >= 0.9

@@ -160,3 +160,38 @@ def test_word_grounding_prefers_the_patch_that_matches() -> None:
     tags = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
     g = pt.WordGrounding()
     assert g(patches, words, tags) < g(background, words, tags)
+
+
+def test_in_memory_stream_is_the_generator_and_ignores_worker_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    from training.synth import make_sample
+
+    monkeypatch.setattr(pt, "_STREAM_CHUNK", 10)  # three work units
+    one = pt.synthetic_caption_data(25, 77, workers=1)
+    two = pt.synthetic_caption_data(25, 77, workers=2)
+    assert torch.equal(one.images, two.images) and torch.equal(one.hard_tokens, two.hard_tokens)
+    assert one.captions == two.captions and torch.equal(one.tags, two.tags)
+    s = make_sample(13, SynthConfig(n=25, seed=77))
+    assert one.captions[13] == s.caption
+    assert np.array_equal(one.images[13].numpy(), np.asarray(s.image))
+    assert one.captions != pt.synthetic_caption_data(25, 78).captions
+
+
+def test_pretraining_the_conv_stem_config_reduces_the_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dangerclip.backbone import ConvStem
+
+    torch.manual_seed(0)
+    clip = pt.build_clip("demo", seed=0)
+    assert isinstance(clip.visual.conv1, ConvStem)
+    data = pt.synthetic_caption_data(16, 5)
+    # "cuda" falls back to the CPU where there is none; the run still trains.
+    cfg = pt.PretrainConfig(steps=12, batch_size=16, lr=1e-3, warmup=2, decay_steps=1000, device="auto")
+    res = pt.pretrain(clip, data, cfg)
+    assert res.steps == 12 and np.mean(res.losses[-3:]) < np.mean(res.losses[:3])
+    assert next(clip.parameters()).device.type == "cpu" and not clip.training
+
+
+def test_cuda_request_falls_back_to_the_cpu() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert pt.resolve_device("cuda").type == "cpu"
+    assert pt.resolve_device("auto").type == "cpu"

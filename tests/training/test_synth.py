@@ -210,4 +210,12 @@ def test_samples_are_disjoint_from_the_demo_model_sets() -> None:
     from training.demo_model import DemoConfig
 
     d = DemoConfig()
-    assert synth.SAMPLE_SEED not in (d.head_seed, d.pretrain_seed)
+    assert synth.SAMPLE_SEED not in (d.head_seed, d.pretrain_seed, d.pretrain_seed + 1)
+    assert d.head_seed not in (d.pretrain_seed, d.pretrain_seed + 1)
+
+
+def test_parallel_generation_writes_the_same_set(tmp_path: Path) -> None:
+    cfg = SynthConfig(n=260, seed=3)  # two work units of 250
+    generate(tmp_path / "one", cfg)
+    generate(tmp_path / "two", SynthConfig(n=260, seed=3), workers=2)
+    assert _digest(tmp_path / "one") == _digest(tmp_path / "two")
