@@ -77,10 +77,11 @@ class DemoConfig:
         tag_weight: weight of the word-grounding term of pre-training.
         global_words: pre-training also matches caption words against the global embedding.
         pretrain_device: ``auto`` (CUDA when present), ``cuda`` or ``cpu``.
-        iterations: head training steps (the paper: 2000; 1000 keeps the CPU build to minutes).
+        iterations: head training steps (the paper: 2000).
         batch_size: head batch size (the paper: 32).
         head_lr: head learning rate.
-        color_views: colour-jittered views per orientation in the head's feature cache.
+        color_views: colour-jittered views per orientation in the head's feature cache (0: flips only; 6 000
+            images already vary in colour, and each view costs a backbone pass on the CPU).
         ablation: also train the no-dense ablation (needed for the localisation comparison).
         probe_images: held-out images for the patch-token linear probe (0 skips it).
         workers: processes drawing synthetic images.
@@ -94,7 +95,7 @@ class DemoConfig:
     categories: list[str] = dataclasses.field(default_factory=lambda: ["weapon"])
     model: str = "demo"
     backbone: str = str(DEMO_BACKBONE)
-    n_head: int = 2000
+    n_head: int = 6000
     n_pretrain: int = 40000
     head_seed: int = 1000
     pretrain_seed: int = 2000
@@ -107,10 +108,10 @@ class DemoConfig:
     tag_weight: float = 1.0
     global_words: bool = False
     pretrain_device: str = "auto"
-    iterations: int = 1000
+    iterations: int = 2000
     batch_size: int = 32
     head_lr: float = 5e-4
-    color_views: int = 1
+    color_views: int = 0
     ablation: bool = True
     probe_images: int = 200
     workers: int = 2
@@ -265,7 +266,7 @@ def stage_pretrain(
         with safe_open(cfg.backbone, "pt") as f:
             made = json.loads((f.metadata() or {}).get("dangerclip.pretrain", "{}"))
         info.update({k: made.get(k) for k in ("train", "heldout", "recipe") if k in made})
-        info["source"] = str(src)
+        info["source"] = _display_path(src)
         log.info("pretrain: loaded %s (%s)", src, json.dumps(made.get("recipe", {})))
     else:
         size = int(pt.tiny_clip_config(cfg.model)["vision_cfg"]["image_size"])
@@ -290,6 +291,15 @@ def stage_pretrain(
         log.info("probe after pre-training: AUROC %.3f", info["probe_after"]["auroc"])
     pt.save_clip(clip, weights, metadata={"dangerclip.pretrain": json.dumps(info)})
     return weights, _record(folder, key, info)
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (reports must not name this machine)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
 
 
 def _probe(pt: Any, clip: torch.nn.Module, manifest: Path, limit: int) -> dict[str, Any]:
