@@ -8,7 +8,7 @@ One command, cached stage by stage under ``--work`` (a stage is redone only when
    pre-trained contrastively on synthetic captions (``training.pretrain``) from a disjoint, in-memory set.
    By default this stage *loads* the committed result, ``training/assets/demo_backbone.safetensors``, as a
    user loads CLIP weights: the recipe needs about 500 000 image views, which took 125 s on one H100 and
-   would take many hours on 2 CPU cores. ``--backbone none`` redoes it (``--pretrain-device auto`` uses a
+   would take about 6 hours on 2 CPU cores. ``--backbone none`` redoes it (``--pretrain-device auto`` uses a
    GPU when there is one). A linear probe on the patch tokens (weapon patches vs the rest, AUROC on
    held-out images) is measured for the random and the pre-trained backbone.
 3. ``train``: the paper's head on the frozen backbone (``training.train``: BCE + 2·focal + dice, threshold

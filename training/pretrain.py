@@ -8,10 +8,11 @@ from contrastive image–text training, so the demo backbone does the same on th
 the paper freezes ViT-B/16.
 
 How much it takes (measured; see the ``demo_model`` docstring): the ``tiny`` config (linear 16×16 patch
-embedding, 2 layers) barely learns shapes at all, even supervised on 200 000 labelled images (AUROC ≤ 0.74
-on the weapon label), so the demo uses the ``demo`` config, a hybrid ViT with a convolutional stem
-(``dangerclip.backbone.ConvStem``). It reaches probe AUROC 0.97 after about 500 000 image views of this
-pre-training: two minutes on a GPU (``device="cuda"``, bfloat16 autocast), many hours on 2 CPU cores. The
+embedding, 2 layers) barely learns shapes at all, even supervised on the weapon label (test AUROC 0.65 after
+200 000 image views, ``bench/learnability.py``), so the demo uses the ``demo`` config, a hybrid ViT with a
+convolutional stem (``dangerclip.backbone.ConvStem``). It reaches probe AUROC 0.97 after about 500 000 image
+views of this pre-training: two minutes on an H100 (``device="cuda"``, bfloat16 autocast), about 6 hours on
+2 CPU cores (22 views/s). The
 images are drawn in memory by ``synthetic_caption_data`` (several processes), not written to disk.
 
 What is trained and how:
