@@ -247,6 +247,7 @@ def stage_pretrain(
     else:
         key = {
             "model": cfg.model,
+            "model_config": _model_config(cfg.model)["clip"],
             "pretrain": asdict(pretrain_config(cfg)),
             "data": [cfg.n_pretrain, cfg.pretrain_seed, list(cfg.categories)],
             "probe": probe_key,
@@ -291,6 +292,12 @@ def stage_pretrain(
         log.info("probe after pre-training: AUROC %.3f", info["probe_after"]["auroc"])
     pt.save_clip(clip, weights, metadata={"dangerclip.pretrain": json.dumps(info)})
     return weights, _record(folder, key, info)
+
+
+def _model_config(name: str) -> dict[str, Any]:
+    from dangerclip.factory import get_config
+
+    return get_config(name)
 
 
 def _display_path(path: Path) -> str:
@@ -352,6 +359,8 @@ def stage_train(
     )
     key = {
         "train": tc.to_dict(),
+        # The config's contents, not just its name: editing model_configs/<name>.json must retrain.
+        "model_config": _model_config(cfg.model),
         "data": _stage_key_of(data["head"].parent),
         "backbone": hashlib.sha256(weights.read_bytes()).hexdigest(),
     }

@@ -83,6 +83,29 @@ def test_second_build_reuses_every_stage(
     assert "pretrain: reusing" in text and "train (dense): reusing" in text and "synth: reusing" in text
 
 
+@pytest.mark.slow
+def test_editing_the_model_config_retrains_the_head(
+    ci_build: tuple[DemoConfig, dict], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    from training import demo_model
+
+    cfg, _ = ci_build
+    real = demo_model._model_config
+
+    def edited(name: str) -> dict:
+        c = real(name)
+        c["head"]["layers"] = 1
+        return c
+
+    monkeypatch.setattr(demo_model, "_model_config", edited)
+    caplog.set_level("INFO")
+    other = dataclasses.replace(cfg, assets=str(Path(cfg.assets).parent / "assets-edited"), ablation=False)
+    build(other)
+    assert "train (dense): reusing" not in caplog.text and "synth: reusing" in caplog.text
+
+
 def test_same_seed_for_both_sets_is_refused(tmp_path: Path) -> None:
     cfg = DemoConfig.ci(str(tmp_path / "w"), str(tmp_path / "a"))
     cfg.pretrain_seed = cfg.head_seed
