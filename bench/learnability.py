@@ -18,7 +18,6 @@ test images): ``tiny`` 0.56 / 0.59 / 0.60 / 0.65; a stem with one 3×3 conv per 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import time
 
@@ -27,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.synth import SynthConfig, make_sample
+from training.synth import SynthConfig, make_sample, map_in_processes
+from training.train import resolve_device
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -42,8 +42,7 @@ def _draw(job: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 def draw(seed: int, n: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
     jobs = [(seed, lo, min(n, lo + 500)) for lo in range(0, n, 500)]
-    with mp.get_context("spawn").Pool(workers) as pool:
-        parts = pool.map(_draw, jobs)
+    parts = map_in_processes(_draw, jobs, workers)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -118,11 +117,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    device = resolve_device(args.device)
     t0 = time.perf_counter()
     train, test = draw(11, args.train, args.workers), draw(12, args.test, args.workers)
     print(f"drew {args.train} + {args.test} images in {time.perf_counter() - t0:.0f} s; device {device}")

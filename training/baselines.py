@@ -155,8 +155,9 @@ def train_cnn(cfg: CNNConfig, splits: dict[str, list[ManifestRow]]) -> tuple[nn.
     """
     t0 = time.monotonic()
     torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    from training.train import resolve_device
+
+    device = resolve_device(cfg.device)
     pcfg = PreprocessConfig(image_size=cfg.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     cats = cfg.categories
     crops = {s: _load_crops(r, pcfg) for s, r in splits.items() if r}

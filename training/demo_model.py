@@ -270,7 +270,7 @@ def stage_pretrain(
         info["source"] = _display_path(src)
         log.info("pretrain: loaded %s (%s)", src, json.dumps(made.get("recipe", {})))
     else:
-        size = int(pt.tiny_clip_config(cfg.model)["vision_cfg"]["image_size"])
+        size = int(_model_config(cfg.model)["clip"]["vision_cfg"]["image_size"])
         clip = pt.build_clip(cfg.model, seed=cfg.seed)
         train_data = pt.synthetic_caption_data(
             cfg.n_pretrain, cfg.pretrain_seed, size=size, categories=cfg.categories, workers=cfg.workers

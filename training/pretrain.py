@@ -12,8 +12,8 @@ embedding, 2 layers) barely learns shapes at all, even supervised on the weapon 
 200 000 image views, ``bench/learnability.py``), so the demo uses the ``demo`` config, a hybrid ViT with a
 convolutional stem (``dangerclip.backbone.ConvStem``). It reaches probe AUROC 0.97 after about 500 000 image
 views of this pre-training: two minutes on an H100 (``device="cuda"``, bfloat16 autocast), about 6 hours on
-2 CPU cores (22 views/s). The
-images are drawn in memory by ``synthetic_caption_data`` (several processes), not written to disk.
+2 CPU cores (22 views/s). The images are drawn in memory by ``synthetic_caption_data`` (several processes),
+not written to disk.
 
 What is trained and how:
 
@@ -33,9 +33,10 @@ No masks and no dataset labels are used: the only supervision is the caption tex
 ``weapon`` enters only as the hypernym of nouns the caption names). Pre-training
 images must come from a set disjoint from the head's evaluation split (``demo_model`` uses another seed).
 
-The result is a state dict of an open_clip ``CLIP`` with the ``tiny`` config, saved as safetensors, which
-``dangerclip.factory.create_model("tiny", pretrained=PATH)`` loads. ``linear_probe`` measures what it learnt:
-a logistic regression on frozen patch tokens, weapon vs other patches, AUROC on held-out images.
+The result is a state dict of an open_clip ``CLIP`` of a DangerCLIP config (``tiny``, ``demo``), saved as
+safetensors, which ``dangerclip.factory.create_model(NAME, pretrained=PATH)`` loads. ``linear_probe``
+measures what it learnt: a logistic regression on frozen patch tokens, weapon vs other patches, AUROC on
+held-out images.
 
 This is a demonstration backbone for synthetic data, not a claim about real images.
 """
@@ -60,6 +61,7 @@ from PIL import Image
 from torch import nn
 
 from training.synth import DISTRACTOR_KINDS, WEAPON_KINDS, caption_for
+from training.train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -273,16 +275,12 @@ def synthetic_caption_data(
     drawing is the slow part, so it runs in ``workers`` processes. The result depends only on ``(n, seed,
     size, categories)``, not on ``workers``.
     """
+    from training.synth import map_in_processes
+
     jobs = [
         (seed, lo, min(n, lo + _STREAM_CHUNK), size, tuple(categories)) for lo in range(0, n, _STREAM_CHUNK)
     ]
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-            parts = pool.map(_caption_chunk, jobs)
-    else:
-        parts = [_caption_chunk(j) for j in jobs]
+    parts = map_in_processes(_caption_chunk, jobs, workers)
     imgs = np.concatenate([p[0] for p in parts])
     caps = [c for p in parts for c in p[1]]
     hards = [h for p in parts for h in p[2]]
@@ -522,6 +520,9 @@ def pretrain(clip: nn.Module, data: CaptionData, cfg: PretrainConfig) -> Pretrai
     words = tag_tokens().to(device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     use_tags = cfg.tag_weight > 0 and data.tags is not None
+    weights = {"clip": cfg.clip_weight, "dense": cfg.dense_weight, "words": cfg.tag_weight}
+    if cfg.clip_weight <= 0 and cfg.dense_weight <= 0 and not use_tags:
+        raise ValueError("every pre-training term has weight 0")
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
 
     def lr_at(step: int) -> float:
@@ -573,9 +574,6 @@ def pretrain(clip: nn.Module, data: CaptionData, cfg: PretrainConfig) -> Pretrai
                     data.tags[idx].to(device),
                     gvec.float() if cfg.global_words else None,
                 )
-        weights = {"clip": cfg.clip_weight, "dense": cfg.dense_weight, "words": cfg.tag_weight}
-        if not terms:
-            raise ValueError("every pre-training term has weight 0")
         loss = torch.stack([weights[k] * v for k, v in terms.items()]).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -604,16 +602,6 @@ def pretrain(clip: nn.Module, data: CaptionData, cfg: PretrainConfig) -> Pretrai
     clip.eval().cpu()
     res.seconds = time.perf_counter() - t0
     return res
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when it is there; asking for CUDA without it falls back to the CPU (logged)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("pretrain: CUDA requested but not available; using the CPU")
-        name = "cpu"
-    return torch.device(name)
 
 
 @torch.no_grad()

@@ -32,15 +32,18 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 log = logging.getLogger(__name__)
+
+J = TypeVar("J")
+R = TypeVar("R")
 
 Polygon = list[tuple[float, float]]
 """A polygon in an object's local frame: x along the object's long axis, roughly in [-0.5, 0.5]."""
@@ -597,20 +600,38 @@ def split_of(index: int, cfg: SynthConfig) -> str:
     return "train"
 
 
-def _write_one(i: int, cfg: SynthConfig, out: Path) -> tuple[dict[str, Any], bool]:
+JPEG_QUALITY = 92
+"""Quality of the JPEG images ``generate`` writes (tests that redraw a set encode the same way)."""
+
+
+def map_in_processes(fn: Callable[[J], R], jobs: Sequence[J], workers: int) -> list[R]:
+    """``[fn(job) for job in jobs]``, in up to ``workers`` spawned processes (here when ``workers <= 1``).
+
+    ``fn`` must be a module-level function; results keep the order of ``jobs``. A script that calls this
+    with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard (spawned processes import it).
+    """
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+            return pool.map(fn, jobs)
+    return [fn(j) for j in jobs]
+
+
+def _write_one(i: int, cfg: SynthConfig, out: Path) -> dict[str, Any]:
     """Draw image ``i``, write its image and masks under ``out``; return its manifest row."""
     s = make_sample(i, cfg)
     name = f"{i:06d}"
     img_rel = f"images/{name}.{cfg.image_format}"
     if cfg.image_format == "jpg":
-        s.image.save(out / img_rel, quality=92)
+        s.image.save(out / img_rel, quality=JPEG_QUALITY)
     else:
         s.image.save(out / img_rel, compress_level=1)
     mask_rel = {}
     for cat, m in s.masks.items():
         mask_rel[cat] = f"masks/{name}_{cat}.png"
         Image.fromarray(m).save(out / mask_rel[cat], optimize=False)
-    row = {
+    return {
         "id": f"synth-{cfg.seed}-{name}",
         "image": img_rel,
         "labels": s.labels,
@@ -620,11 +641,10 @@ def _write_one(i: int, cfg: SynthConfig, out: Path) -> tuple[dict[str, Any], boo
         "background": s.background,
         "objects": [asdict(o) for o in s.objects],
     }
-    return row, any(s.labels.values())
 
 
-def _write_range(args: tuple[int, int, SynthConfig, Path]) -> list[tuple[dict[str, Any], bool]]:
-    lo, hi, cfg, out = args
+def _write_range(job: tuple[int, int, SynthConfig, Path]) -> list[dict[str, Any]]:
+    lo, hi, cfg, out = job
     return [_write_one(i, cfg, out) for i in range(lo, hi)]
 
 
@@ -645,30 +665,15 @@ def generate(out: str | Path, cfg: SynthConfig, workers: int = 1) -> Path:
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    end = cfg.start + cfg.n
+    jobs = [(lo, min(lo + 250, end), cfg, out) for lo in range(cfg.start, end, 250)]
+    rows = [row for part in map_in_processes(_write_range, jobs, workers) for row in part]
     manifest = out / "manifest.jsonl"
     tmp = manifest.with_suffix(".jsonl.tmp")
-    chunk = 250
-    ranges = [
-        (lo, min(lo + chunk, cfg.start + cfg.n), cfg, out) for lo in range(cfg.start, cfg.start + cfg.n, chunk)
-    ]
-    n_pos = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        if workers > 1 and len(ranges) > 1:
-            import multiprocessing as mp
-
-            with mp.get_context("spawn").Pool(min(workers, len(ranges))) as pool:
-                parts = pool.imap(_write_range, ranges)
-                for part in parts:
-                    for row, pos in part:
-                        n_pos += int(pos)
-                        f.write(json.dumps(row) + "\n")
-        else:
-            for r in ranges:
-                for row, pos in _write_range(r):
-                    n_pos += int(pos)
-                    f.write(json.dumps(row) + "\n")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     tmp.replace(manifest)
     (out / "synth.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
+    n_pos = sum(any(row["labels"].values()) for row in rows)
     log.info("wrote %d images (%d with weapons) to %s in %.1f s", cfg.n, n_pos, out, time.perf_counter() - t0)
     return manifest
 

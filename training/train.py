@@ -142,8 +142,12 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when it is there; asking for CUDA without it falls back to the CPU (logged)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("CUDA requested but not available; using the CPU")
+        name = "cpu"
     return torch.device(name)
 
 

@@ -143,8 +143,13 @@ def test_committed_backbone_loads_into_the_demo_config_and_says_how_it_was_made(
 
     if not DEMO_BACKBONE.is_file():
         pytest.skip("no committed backbone")
+    from dangerclip.backbone import state_dict_sha256
+    from dangerclip.scorer import DangerScorer
+
     clip = pt.load_clip(DEMO_BACKBONE, "demo")  # strict: every key and shape
-    assert next(clip.visual.parameters()).dtype.is_floating_point
+    # It is the backbone the committed demo model was trained on (the card records its vision tower's hash).
+    card = DangerScorer(str(ASSETS / "demo" / "model.onnx")).card
+    assert state_dict_sha256(clip.visual) == card.backbone.sha256
     with safe_open(str(DEMO_BACKBONE), "pt") as f:
         made = json.loads(f.metadata()["dangerclip.pretrain"])
     recipe = made["recipe"]
@@ -163,7 +168,7 @@ def test_committed_demo_model_reproduces_its_reported_f1() -> None:
 
     from dangerclip.preprocess import decode_image
     from dangerclip.scorer import DangerScorer
-    from training.synth import SynthConfig, make_sample, split_of
+    from training.synth import JPEG_QUALITY, SynthConfig, make_sample, split_of
 
     onnx_path = ASSETS / "demo" / "model.onnx"
     report = json.loads((ASSETS / "demo" / "report.json").read_text())
@@ -176,7 +181,7 @@ def test_committed_demo_model_reproduces_its_reported_f1() -> None:
     for i in test:
         s = make_sample(i, sc)
         buf = io.BytesIO()
-        s.image.save(buf, "JPEG", quality=92)  # as training.synth.generate writes the set
+        s.image.save(buf, "JPEG", quality=JPEG_QUALITY)  # as training.synth.generate writes the set
         images.append(decode_image(buf.getvalue()))
         labels.append(s.labels["weapon"])
     scorer = DangerScorer(str(onnx_path))
