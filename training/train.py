@@ -128,11 +128,12 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(st: dict[str, Any]) -> None:
-    torch.set_rng_state(st["torch"])
+    # The generators take their state as CPU byte tensors, wherever the checkpoint's tensors were loaded to.
+    torch.set_rng_state(st["torch"].cpu())
     np.random.set_state(st["numpy"])
     random.setstate(st["python"])
     if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
 
 
 def seed_everything(seed: int) -> None:
@@ -425,7 +426,9 @@ def _train(config: TrainConfig, model: Any) -> TrainResult:
         if resume_from is None:
             log.info("resume=auto: no checkpoint in %s, starting fresh", _ckpt_dir(out))
     if resume_from is not None:
-        st = torch.load(resume_from, map_location=device, weights_only=False)
+        # On the CPU: load_state_dict copies onto the head's and optimiser's device, and the RNG states must
+        # stay CPU tensors (loading them onto CUDA broke resuming on a GPU).
+        st = torch.load(resume_from, map_location="cpu", weights_only=False)
         if st.get("format") != CKPT_FORMAT:
             raise ValueError(f"{resume_from} is not a training checkpoint")
         _check_resumable(st["config"], cfg, resume_from)
