@@ -44,6 +44,7 @@ class TrainConfig:
         focal_alpha: focal loss α for the map (the lead's default 0.25).
         flip: precompute mirrored views.
         color_views: colour-jittered views per orientation.
+        grayscale: probability that a colour-jittered view is also turned grey.
         amp: mixed precision on GPU (``auto`` = bf16 where supported, else fp16); always off on CPU.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
         threads: torch CPU threads (0 = torch's default).
@@ -88,6 +89,7 @@ class TrainConfig:
     focal_alpha: float = 0.25
     flip: bool = True
     color_views: int = 2
+    grayscale: float = 0.2
     amp: str = "auto"
     device: str = "auto"
     threads: int = 0
@@ -126,6 +128,8 @@ class TrainConfig:
             bad.append("lr must be > 0")
         if self.warmup < 0 or self.color_views < 0 or self.checkpoint_every < 0:
             bad.append("warmup, color_views and checkpoint_every must be >= 0")
+        if not 0.0 <= self.grayscale <= 1.0:
+            bad.append("grayscale must be a probability in [0, 1]")
         if len(self.loss_weights) != 3:
             bad.append("loss_weights needs three numbers (bce, focal, dice)")
         if self.amp not in AMP_CHOICES:

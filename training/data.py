@@ -177,7 +177,9 @@ class ViewRecipe:
 
     The views are every combination of (plain, ``color_views`` colour-jittered) × (as is, mirrored when
     ``flip``). The colour jitter follows Detectron2's ``ColorAugSSDTransform`` (brightness ±32, contrast and
-    saturation ×[0.5, 1.5], hue ±18°), each part applied with probability ½, seeded per image and view.
+    saturation ×[0.5, 1.5], hue ±18°), each part applied with probability ½, seeded per image and view;
+    then, with probability ``grayscale``, the view is turned grey (ITU-R 601 luma in three channels, what a
+    greyscale upload decodes to), as CLIP-style training does, so that a model does not rely on colour alone.
 
     Attributes:
         flip: add horizontally mirrored views (exact on the patch grid: the mask grid is mirrored too).
@@ -186,6 +188,7 @@ class ViewRecipe:
         contrast: contrast factor range ``1 ± contrast``.
         saturation: saturation factor range ``1 ± saturation``.
         hue: largest hue shift in degrees.
+        grayscale: probability that a colour-jittered view is also turned grey.
         seed: seed of the jitter draws.
     """
 
@@ -195,6 +198,7 @@ class ViewRecipe:
     contrast: float = 0.5
     saturation: float = 0.5
     hue: float = 18.0
+    grayscale: float = 0.2
     seed: int = 0
 
     def views(self) -> list[tuple[int, bool]]:
@@ -233,6 +237,9 @@ def color_jitter(rgb: np.ndarray, rng: np.random.Generator, recipe: ViewRecipe) 
         if do_hue:
             hsv[..., 0] = ((hsv[..., 0].astype(np.int32) + int(round(hue * 256))) % 256).astype(np.uint8)
         out = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+    # Drawn last, so the photometric draws above are the same with or without it.
+    if rng.random() < recipe.grayscale:
+        out = np.asarray(Image.fromarray(out, "RGB").convert("L").convert("RGB"))
     return out
 
 

@@ -213,7 +213,8 @@ def write_report(out: Path, cfg: Any, metrics: dict[str, Any], history: Sequence
         f"(warm-up {cfg.warmup}, cosine), losses "
         + ("BCE + {1:g}·focal + {2:g}·dice".format(*cfg.loss_weights) if cfg.dense else "BCE only (no-dense ablation)"),
         f"- views per training image: {(cfg.color_views + 1) * (2 if cfg.flip else 1)} "
-        f"(flip {'on' if cfg.flip else 'off'}, {cfg.color_views} colour)",
+        f"(flip {'on' if cfg.flip else 'off'}, {cfg.color_views} colour"
+        + (f", each grey with probability {cfg.grayscale:g})" if cfg.color_views else ")"),
         f"- thresholds chosen on val ({cfg.threshold_target}): "
         + ", ".join(f"{c} {t:.3f}" for c, t in card.thresholds.items()),
         "- maps: " + ("IoU-best val threshold ("

@@ -332,7 +332,7 @@ def prepare_data(cfg: TrainConfig, model: Any, split_rows: dict[str, list[Any]] 
     card = model.card
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.out) / "cache"
     # The jitter draws do not follow the training seed, so runs with other seeds share the cache.
-    recipe = ViewRecipe(flip=cfg.flip, color_views=cfg.color_views)
+    recipe = ViewRecipe(flip=cfg.flip, color_views=cfg.color_views, grayscale=cfg.grayscale)
     caches = {}
     for s, r in split_rows.items():
         if not r:

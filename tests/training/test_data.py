@@ -154,3 +154,31 @@ def test_color_jitter_changes_colour_not_geometry() -> None:
     assert len({tuple(c) for c in seen}) > 6  # the draws really vary
     hsv_red = colorsys.rgb_to_hsv(*(np.array(seen[0]) / 255.0))
     assert 0.0 <= hsv_red[0] <= 1.0
+
+
+def test_color_jitter_turns_a_share_of_views_grey_as_a_greyscale_upload_decodes() -> None:
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[4:8, 4:12] = (200, 40, 40)
+    rgb[~np.any(rgb, -1)] = (90, 140, 200)
+
+    def grey(out: np.ndarray) -> bool:
+        return bool((out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all())
+
+    never = [D.color_jitter(rgb, np.random.default_rng(s), D.ViewRecipe(grayscale=0.0)) for s in range(40)]
+    always = [D.color_jitter(rgb, np.random.default_rng(s), D.ViewRecipe(grayscale=1.0)) for s in range(40)]
+    half = [D.color_jitter(rgb, np.random.default_rng(s), D.ViewRecipe(grayscale=0.5)) for s in range(40)]
+    assert not any(grey(o) for o in never) and all(grey(o) for o in always)
+    assert 8 <= sum(grey(o) for o in half) <= 32
+    # The grey is the luma a greyscale file decodes to, of the same jittered colours (drawn first).
+    for a, b in zip(never, always, strict=True):
+        expect = np.asarray(Image.fromarray(a, "RGB").convert("L"))
+        np.testing.assert_array_equal(b[..., 0], expect)
+    # The grey views still keep the object apart from its background.
+    assert all(abs(int(o[5, 5, 0]) - int(o[0, 0, 0])) > 0 for o in always)
+
+
+def test_train_config_rejects_a_grayscale_share_outside_zero_to_one() -> None:
+    from training.config import TrainConfig
+
+    with pytest.raises(ValueError, match="grayscale"):
+        TrainConfig(data="x.jsonl", grayscale=1.5).validate()
