@@ -81,8 +81,10 @@ class DemoConfig:
         iterations: head training steps (the paper: 2000).
         batch_size: head batch size (the paper: 32).
         head_lr: head learning rate.
-        color_views: colour-jittered views per orientation in the head's feature cache (0: flips only; 6 000
-            images already vary in colour, and each view costs a backbone pass on the CPU).
+        color_views: colour-jittered views per orientation in the head's feature cache (each view costs a
+            backbone pass on the CPU).
+        grayscale: probability that a colour-jittered view is turned grey. Without grey views the head
+            learned to rely on colour: recall on greyscale copies of the test images was 0.36 (colour: 0.93).
         ablation: also train the no-dense ablation (needed for the localisation comparison).
         probe_images: held-out images for the patch-token linear probe (0 skips it).
         workers: processes drawing synthetic images.
@@ -112,7 +114,8 @@ class DemoConfig:
     iterations: int = 2000
     batch_size: int = 32
     head_lr: float = 5e-4
-    color_views: int = 0
+    color_views: int = 1
+    grayscale: float = 0.5
     ablation: bool = True
     probe_images: int = 200
     workers: int = 2
@@ -350,6 +353,7 @@ def stage_train(
         seed=cfg.seed,
         dense=dense,
         color_views=cfg.color_views,
+        grayscale=cfg.grayscale,
         threads=cfg.threads,
         checkpoint_every=0,
         eval_every=0,
@@ -565,6 +569,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--color-views", type=int, default=None, help=f"colour-jittered cache views (default {d.color_views})"
     )
     parser.add_argument(
+        "--grayscale", type=float, default=None, help=f"share of colour views turned grey (default {d.grayscale})"
+    )
+    parser.add_argument(
         "--global-words", action="store_true", help="pre-training: word term on the global embedding"
     )
     parser.add_argument("--no-ablation", action="store_true", help="skip the no-dense ablation run")
@@ -585,6 +592,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         "workers",
         "iterations",
         "color_views",
+        "grayscale",
     ):
         v = getattr(args, name)
         if v is not None:

@@ -705,7 +705,7 @@ def read_captions(
 SAMPLE_SEED = 9000
 """Seed of the committed demo samples: disjoint from the demo model's sets (``training.demo_model``)."""
 
-_SAMPLE_FORMATS: tuple[tuple[str, str], ...] = (
+SAMPLE_FORMATS: tuple[tuple[str, str], ...] = (
     ("jpg", "RGB"),
     ("jpg", "RGB"),
     ("png", "L"),
@@ -721,7 +721,7 @@ _SAMPLE_FORMATS: tuple[tuple[str, str], ...] = (
 non-square inputs (preprocessing turns each into RGB and centre-crops it)."""
 
 
-def _encode_sample(img: Image.Image, fmt: str, mode: str, r: np.random.Generator, path: Path) -> Path:
+def encode_sample(img: Image.Image, fmt: str, mode: str, r: np.random.Generator, path: Path) -> Path:
     if mode in ("wide", "tall"):
         # A non-square canvas: the square scene on a wider or taller strip of its own edge colour.
         w, h = img.size
@@ -781,9 +781,9 @@ def write_samples(out: str | Path, n: int = 16, seed: int = SAMPLE_SEED, size: i
             continue
         want[lab] -= 1
         k = len(rows)
-        fmt, mode = _SAMPLE_FORMATS[k % len(_SAMPLE_FORMATS)]
+        fmt, mode = SAMPLE_FORMATS[k % len(SAMPLE_FORMATS)]
         name = f"{'weapon' if lab else 'safe'}_{k:02d}"
-        path = _encode_sample(s.image, fmt, mode, np.random.default_rng([seed, k]), out / name)
+        path = encode_sample(s.image, fmt, mode, np.random.default_rng([seed, k]), out / name)
         rows.append(
             {"image": path.name, "labels": {"weapon": lab}, "caption": s.caption, "id": f"sample-{k:02d}"}
         )
