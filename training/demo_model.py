@@ -75,6 +75,7 @@ class DemoConfig:
         pretrain_lr: peak pre-training learning rate.
         pretrain_warmup: linear warm-up steps.
         mask_ratio: FLIP token masking during pre-training.
+        pretrain_grayscale: share of the pre-training images turned grey, captions without colour words.
         tag_weight: weight of the word-grounding term of pre-training.
         global_words: pre-training also matches caption words against the global embedding.
         pretrain_device: ``auto`` (CUDA when present), ``cuda`` or ``cpu``.
@@ -83,8 +84,8 @@ class DemoConfig:
         head_lr: head learning rate.
         color_views: colour-jittered views per orientation in the head's feature cache (each view costs a
             backbone pass on the CPU).
-        grayscale: probability that a colour-jittered view is turned grey. Without grey views the head
-            learned to rely on colour: recall on greyscale copies of the test images was 0.36 (colour: 0.93).
+        grayscale: probability that a colour-jittered view is turned grey. Without grey views (here or in
+            pre-training) the head relied on colour: recall on greyscale copies of the test images was 0.36.
         ablation: also train the no-dense ablation (needed for the localisation comparison).
         probe_images: held-out images for the patch-token linear probe (0 skips it).
         workers: processes drawing synthetic images.
@@ -108,6 +109,7 @@ class DemoConfig:
     pretrain_lr: float = 1e-3
     pretrain_warmup: int = 300
     mask_ratio: float = 0.25
+    pretrain_grayscale: float = 0.2
     tag_weight: float = 1.0
     global_words: bool = False
     pretrain_device: str = "auto"
@@ -157,6 +159,8 @@ class DemoConfig:
             )
         if min(self.n_head, self.n_pretrain, self.pretrain_steps, self.iterations) < 1:
             raise ValueError("n_head, n_pretrain, pretrain_steps and iterations must be >= 1")
+        if not (0.0 <= self.pretrain_grayscale <= 1.0 and 0.0 <= self.grayscale <= 1.0):
+            raise ValueError("pretrain_grayscale and grayscale must be probabilities in [0, 1]")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -253,7 +257,7 @@ def stage_pretrain(
             "model": cfg.model,
             "model_config": _model_config(cfg.model)["clip"],
             "pretrain": asdict(pretrain_config(cfg)),
-            "data": [cfg.n_pretrain, cfg.pretrain_seed, list(cfg.categories)],
+            "data": [cfg.n_pretrain, cfg.pretrain_seed, list(cfg.categories), cfg.pretrain_grayscale],
             "probe": probe_key,
         }
     weights = folder / "clip.safetensors"
@@ -277,18 +281,32 @@ def stage_pretrain(
         size = int(_model_config(cfg.model)["clip"]["vision_cfg"]["image_size"])
         clip = pt.build_clip(cfg.model, seed=cfg.seed)
         train_data = pt.synthetic_caption_data(
-            cfg.n_pretrain, cfg.pretrain_seed, size=size, categories=cfg.categories, workers=cfg.workers
+            cfg.n_pretrain,
+            cfg.pretrain_seed,
+            size=size,
+            categories=cfg.categories,
+            workers=cfg.workers,
+            grayscale=cfg.pretrain_grayscale,
         )
         res = pt.pretrain(clip, train_data, pretrain_config(cfg))
         del train_data
         info["train"] = res.summary()
         held = pt.synthetic_caption_data(
-            min(1024, cfg.n_pretrain), cfg.pretrain_seed + 1, size=size, categories=cfg.categories
+            min(1024, cfg.n_pretrain),
+            cfg.pretrain_seed + 1,
+            size=size,
+            categories=cfg.categories,
+            grayscale=cfg.pretrain_grayscale,
         )
         info["heldout"] = pt.contrastive_eval(clip, held)
         info["recipe"] = {
             "model": cfg.model,
-            "data": {"n": cfg.n_pretrain, "seed": cfg.pretrain_seed, "categories": list(cfg.categories)},
+            "data": {
+                "n": cfg.n_pretrain,
+                "seed": cfg.pretrain_seed,
+                "categories": list(cfg.categories),
+                "grayscale": cfg.pretrain_grayscale,
+            },
             "pretrain": asdict(pretrain_config(cfg)),
         }
     if cfg.probe_images:
@@ -564,6 +582,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-pretrain", type=int, default=None, help=f"pre-training set (default {d.n_pretrain})"
     )
     parser.add_argument("--pretrain-steps", type=int, default=None, help=f"default {d.pretrain_steps}")
+    parser.add_argument(
+        "--pretrain-grayscale",
+        type=float,
+        default=None,
+        help=f"share of pre-training images turned grey (default {d.pretrain_grayscale})",
+    )
     parser.add_argument("--iterations", type=int, default=None, help=f"head steps (default {d.iterations})")
     parser.add_argument(
         "--color-views", type=int, default=None, help=f"colour-jittered cache views (default {d.color_views})"
@@ -588,6 +612,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         "n_head",
         "n_pretrain",
         "pretrain_steps",
+        "pretrain_grayscale",
         "pretrain_device",
         "workers",
         "iterations",

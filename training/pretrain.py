@@ -10,7 +10,7 @@ the paper freezes ViT-B/16.
 How much it takes (measured; see the ``demo_model`` docstring): the ``tiny`` config (linear 16×16 patch
 embedding, 2 layers) barely learns shapes at all, even supervised on the weapon label (test AUROC 0.65 after
 200 000 image views, ``bench/learnability.py``), so the demo uses the ``demo`` config, a hybrid ViT with a
-convolutional stem (``dangerclip.backbone.ConvStem``). Its patch tokens reach probe AUROC 0.986 (random
+convolutional stem (``dangerclip.backbone.ConvStem``). Its patch tokens reach probe AUROC 0.984 (random
 init: 0.669) after 1.28 million image views of this pre-training (5 000 steps of 256): six minutes on an H100
 (``device="cuda"``, bfloat16 autocast), about 16 hours on 2 CPU cores (22 views/s). The images are drawn
 in memory by ``synthetic_caption_data`` (several processes), not written to disk.
@@ -242,19 +242,27 @@ _STREAM_CHUNK = 1000
 
 
 def _caption_chunk(
-    job: tuple[int, int, int, int, tuple[str, ...]],
+    job: tuple[int, int, int, int, tuple[str, ...], float],
 ) -> tuple[np.ndarray, list[str], list[str], list[list[float]]]:
-    seed, lo, hi, size, categories = job
-    from training.synth import SynthConfig, make_sample
+    seed, lo, hi, size, categories, grayscale = job
+    from training.synth import SynthConfig, caption_for, make_sample
 
     cfg = SynthConfig(n=hi, seed=seed, size=size, categories=list(categories))
     rng = random.Random(seed * 1_000_003 + lo)
+    # Its own stream, so that the colour images and hard negatives are the same whatever the grey share.
+    grey_rng = random.Random(seed * 1_000_003 + lo + 500_000_003)
     imgs, caps, hards, tags = [], [], [], []
     for i in range(lo, hi):
         s = make_sample(i, cfg)
         objects = [asdict(o) for o in s.objects]
-        imgs.append(np.asarray(s.image))
-        caps.append(s.caption)
+        image, caption = s.image, s.caption
+        if grayscale and grey_rng.random() < grayscale:
+            # A greyscale copy says nothing about colour: its captions (and hard negative) drop the colours.
+            image = image.convert("L").convert("RGB")
+            objects = [{**o, "colour": ""} for o in objects]
+            caption = caption_for([(o["colour"], o["kind"]) for o in objects if o["visible"] > 0], s.background)
+        imgs.append(np.asarray(image))
+        caps.append(caption)
         hards.append(hard_negative_caption(objects, s.background, rng))
         tags.append(caption_tags(objects))
     return np.stack(imgs), caps, hards, tags
@@ -268,17 +276,21 @@ def synthetic_caption_data(
     categories: Sequence[str] = ("weapon",),
     workers: int = 1,
     context_length: int = 77,
+    grayscale: float = 0.0,
 ) -> CaptionData:
     """Draw ``n`` synthetic images with their captions straight into memory (no files).
 
     Pre-training wants far more images than are worth writing to disk (the demo backbone saw 100 000), and
     drawing is the slow part, so it runs in ``workers`` processes. The result depends only on ``(n, seed,
-    size, categories)``, not on ``workers``.
+    size, categories, grayscale)``, not on ``workers``. A ``grayscale`` share of the images is turned grey,
+    with the colour words left out of their captions, so that the features do not stand on colour alone
+    (greyscale uploads exist); the other images are the same as with ``grayscale=0``.
     """
     from training.synth import map_in_processes
 
     jobs = [
-        (seed, lo, min(n, lo + _STREAM_CHUNK), size, tuple(categories)) for lo in range(0, n, _STREAM_CHUNK)
+        (seed, lo, min(n, lo + _STREAM_CHUNK), size, tuple(categories), grayscale)
+        for lo in range(0, n, _STREAM_CHUNK)
     ]
     parts = map_in_processes(_caption_chunk, jobs, workers)
     imgs = np.concatenate([p[0] for p in parts])

@@ -511,10 +511,11 @@ def caption_for(objects: Sequence[tuple[str, str]], background: str) -> str:
     """The caption of an image: ``a red pistol and a blue circle on a striped background``.
 
     Args:
-        objects: ``(colour, kind)`` pairs in drawing order.
+        objects: ``(colour, kind)`` pairs in drawing order; an empty colour leaves the word out (the caption
+            of a greyscale copy: ``a pistol and a circle on a striped background``).
         background: texture name from ``BACKGROUNDS``.
     """
-    phrases = [f"{_article(c)} {c} {k}" for c, k in objects]
+    phrases = [f"{_article(c)} {c} {k}" if c else f"{_article(k)} {k}" for c, k in objects]
     if len(phrases) > 1:
         body = ", ".join(phrases[:-1]) + " and " + phrases[-1]
     else:

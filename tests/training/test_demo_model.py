@@ -111,6 +111,10 @@ def test_same_seed_for_both_sets_is_refused(tmp_path: Path) -> None:
     cfg.pretrain_seed = cfg.head_seed
     with pytest.raises(ValueError, match="must differ"):
         cfg.validate()
+    cfg = DemoConfig.ci(str(tmp_path / "w"), str(tmp_path / "a"))
+    cfg.pretrain_grayscale = 1.2
+    with pytest.raises(ValueError, match="probabilities"):
+        cfg.validate()
 
 
 ASSETS = Path(__file__).resolve().parents[2] / "dangerclip" / "assets"
@@ -158,6 +162,7 @@ def test_committed_backbone_loads_into_the_demo_config_and_says_how_it_was_made(
     expect = {k: v for k, v in pretrain_config(d).__dict__.items() if k != "device"}
     assert {k: v for k, v in recipe["pretrain"].items() if k != "device"} == expect
     assert recipe["data"]["n"] == d.n_pretrain and recipe["data"]["seed"] == d.pretrain_seed
+    assert recipe["data"].get("grayscale", 0.0) == d.pretrain_grayscale
     assert made["train"]["steps"] == d.pretrain_steps
 
 

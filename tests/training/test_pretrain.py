@@ -176,6 +176,29 @@ def test_in_memory_stream_is_the_generator_and_ignores_worker_count(monkeypatch:
     assert one.captions != pt.synthetic_caption_data(25, 78).captions
 
 
+def test_grey_share_of_the_stream_is_grey_with_colourless_captions_and_leaves_the_rest_alone() -> None:
+    from training.synth import COLOURS
+
+    colour = pt.synthetic_caption_data(30, 77)
+    mixed = pt.synthetic_caption_data(30, 77, grayscale=0.5, workers=2)
+    grey = [i for i in range(30) if not torch.equal(colour.images[i], mixed.images[i])]
+    assert 5 <= len(grey) <= 25
+    for i in range(30):
+        im = mixed.images[i]
+        if i in grey:
+            # Three equal channels (what a greyscale upload decodes to), and no colour word to match.
+            assert torch.equal(im[..., 0], im[..., 1]) and torch.equal(im[..., 1], im[..., 2])
+            words = set(mixed.captions[i].replace(",", "").split())
+            assert not words & set(COLOURS), mixed.captions[i]
+            assert set(colour.captions[i].replace(",", "").split()) - words  # the colour caption had some
+        else:
+            assert mixed.captions[i] == colour.captions[i]
+            a, b = mixed.hard_tokens[i], colour.hard_tokens[i]  # padded to each set's longest caption
+            assert torch.equal(a[a != 0], b[b != 0])
+    # The nouns, and so the word-grounding targets, do not change.
+    assert torch.equal(mixed.tags, colour.tags)
+
+
 def test_pretraining_the_conv_stem_config_reduces_the_loss() -> None:
     from dangerclip.backbone import ConvStem
 
