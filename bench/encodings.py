@@ -11,14 +11,13 @@ F1 to the JPEG one.
 
 Measured on the committed demo model (593 test images, F1 / recall / false-positive rate): JPEG 0.91 / 0.90 /
 0.08; greyscale PNG 0.91 / 0.91 / 0.10; WebP 0.93, palette PNG 0.92, the non-square canvases 0.89-0.90; RGBA
-PNG with the alpha fade 0.81 / 0.80 / 0.17, the worst (the white it is composited on looks like nothing in
-training). Before grey images entered pre-training, greyscale F1 was 0.71 (0.50 with no grey views at all).
+PNG with the alpha fade 0.81 / 0.80 / 0.17, the worst (probably the white it is composited on, unlike anything
+in training). Before grey images entered pre-training, greyscale F1 was 0.71 (0.50 with no grey views at all).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import tempfile
 from pathlib import Path
@@ -27,29 +26,20 @@ import numpy as np
 
 from dangerclip.preprocess import decode_image
 from dangerclip.scorer import DangerScorer
-from training.synth import JPEG_QUALITY, SAMPLE_FORMATS, SynthConfig, encode_sample, make_sample, split_of
+from training.synth import SAMPLE_FORMATS, SynthConfig, encode_sample, jpeg_bytes, redraw_split
 
 DEMO = Path(__file__).resolve().parents[1] / "dangerclip" / "assets" / "demo"
 
 
 def encoded_test_split(n: int, seed: int, category: str, formats: list[tuple[str, str]]):
     """Yield ``(format name, decoded images, labels)`` for the test split of the synthetic set ``(n, seed)``."""
-    sc = SynthConfig(n=n, seed=seed, categories=[category])
-    samples = [make_sample(i, sc) for i in range(n) if split_of(i, sc) == "test"]
+    samples = redraw_split(SynthConfig(n=n, seed=seed, categories=[category]), "test")
     labels = np.array([s.labels[category] for s in samples], bool)
-    jpeg = []
-    for s in samples:
-        buf = io.BytesIO()
-        s.image.save(buf, "JPEG", quality=JPEG_QUALITY)  # as training.synth.generate writes the set
-        jpeg.append(decode_image(buf.getvalue()))
-    yield "jpeg (as trained)", jpeg, labels
+    yield "jpeg (as trained)", [decode_image(jpeg_bytes(s.image)) for s in samples], labels
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, mode in formats:
-            images = []
-            for k, s in enumerate(samples):
-                path = encode_sample(s.image, fmt, mode, np.random.default_rng([seed, k]), Path(tmp) / f"{k}")
-                images.append(decode_image(path.read_bytes()))
-            yield f"{fmt} {mode}", images, labels
+            paths = [encode_sample(s.image, fmt, mode, Path(tmp) / f"{k}") for k, s in enumerate(samples)]
+            yield f"{fmt} {mode}", [decode_image(p.read_bytes()) for p in paths], labels
 
 
 def main() -> None:

@@ -260,7 +260,7 @@ def _caption_chunk(
             # A greyscale copy says nothing about colour: its captions (and hard negative) drop the colours.
             image = image.convert("L").convert("RGB")
             objects = [{**o, "colour": ""} for o in objects]
-            caption = caption_for([(o["colour"], o["kind"]) for o in objects if o["visible"] > 0], s.background)
+            caption = caption_for([("", o["kind"]) for o in objects if o["visible"] > 0], s.background)
         imgs.append(np.asarray(image))
         caps.append(caption)
         hards.append(hard_negative_caption(objects, s.background, rng))

@@ -28,6 +28,7 @@ Output layout (``dangerclip synth OUT``)::
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import math
@@ -605,6 +606,18 @@ JPEG_QUALITY = 92
 """Quality of the JPEG images ``generate`` writes (tests that redraw a set encode the same way)."""
 
 
+def redraw_split(cfg: SynthConfig, split: str) -> list[SynthSample]:
+    """The samples of one split of the set ``cfg`` describes, drawn again in memory (as ``generate`` drew them)."""
+    return [make_sample(i, cfg) for i in range(cfg.n) if split_of(i, cfg) == split]
+
+
+def jpeg_bytes(img: Image.Image) -> bytes:
+    """The image encoded as ``generate`` writes it (JPEG at ``JPEG_QUALITY``)."""
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
 def map_in_processes(fn: Callable[[J], R], jobs: Sequence[J], workers: int) -> list[R]:
     """``[fn(job) for job in jobs]``, in up to ``workers`` spawned processes (here when ``workers <= 1``).
 
@@ -722,7 +735,7 @@ SAMPLE_FORMATS: tuple[tuple[str, str], ...] = (
 non-square inputs (preprocessing turns each into RGB and centre-crops it)."""
 
 
-def encode_sample(img: Image.Image, fmt: str, mode: str, r: np.random.Generator, path: Path) -> Path:
+def encode_sample(img: Image.Image, fmt: str, mode: str, path: Path) -> Path:
     if mode in ("wide", "tall"):
         # A non-square canvas: the square scene on a wider or taller strip of its own edge colour.
         w, h = img.size
@@ -784,7 +797,7 @@ def write_samples(out: str | Path, n: int = 16, seed: int = SAMPLE_SEED, size: i
         k = len(rows)
         fmt, mode = SAMPLE_FORMATS[k % len(SAMPLE_FORMATS)]
         name = f"{'weapon' if lab else 'safe'}_{k:02d}"
-        path = encode_sample(s.image, fmt, mode, np.random.default_rng([seed, k]), out / name)
+        path = encode_sample(s.image, fmt, mode, out / name)
         rows.append(
             {"image": path.name, "labels": {"weapon": lab}, "caption": s.caption, "id": f"sample-{k:02d}"}
         )

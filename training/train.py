@@ -128,12 +128,11 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(st: dict[str, Any]) -> None:
-    # The generators take their state as CPU byte tensors, wherever the checkpoint's tensors were loaded to.
-    torch.set_rng_state(st["torch"].cpu())
+    torch.set_rng_state(st["torch"])
     np.random.set_state(st["numpy"])
     random.setstate(st["python"])
     if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
+        torch.cuda.set_rng_state_all(st["cuda"])
 
 
 def seed_everything(seed: int) -> None:

@@ -169,12 +169,10 @@ def test_committed_backbone_loads_into_the_demo_config_and_says_how_it_was_made(
 @pytest.mark.slow
 def test_committed_demo_model_reproduces_its_reported_f1_and_localisation() -> None:
     """The report's test-split F1 and pointing game, recomputed: images redrawn, JPEG-encoded, scored by onnxruntime."""
-    import io
-
     from dangerclip.preprocess import decode_image, mask_to_grid
     from dangerclip.scorer import DangerScorer
     from training.metrics import pointing_hit
-    from training.synth import JPEG_QUALITY, SynthConfig, make_sample, split_of
+    from training.synth import SynthConfig, jpeg_bytes, redraw_split
 
     onnx_path = ASSETS / "demo" / "model.onnx"
     report = json.loads((ASSETS / "demo" / "report.json").read_text())
@@ -182,15 +180,10 @@ def test_committed_demo_model_reproduces_its_reported_f1_and_localisation() -> N
         pytest.skip("no committed demo model of the demo config")
     cfg = report["config"]
     sc = SynthConfig(n=cfg["n_head"], seed=cfg["head_seed"], categories=cfg["categories"])
-    test = [i for i in range(sc.n) if split_of(i, sc) == "test"]
-    images, labels, masks = [], [], []
-    for i in test:
-        s = make_sample(i, sc)
-        buf = io.BytesIO()
-        s.image.save(buf, "JPEG", quality=JPEG_QUALITY)  # as training.synth.generate writes the set
-        images.append(decode_image(buf.getvalue()))
-        labels.append(s.labels["weapon"])
-        masks.append(s.masks["weapon"])
+    test = redraw_split(sc, "test")
+    images = [decode_image(jpeg_bytes(s.image)) for s in test]  # as training.synth.generate writes the set
+    labels = [s.labels["weapon"] for s in test]
+    masks = [s.masks["weapon"] for s in test]
     scorer = DangerScorer(str(onnx_path))
     preds = scorer.score_images(images, batch_size=16)
     flagged = np.array([p.flagged["weapon"] for p in preds])
