@@ -26,9 +26,15 @@ from dangerclip.preprocess import ImageError, decode_image, preprocess
 from service.fetch import FetchError, UriFetcher
 from service.messages import (
     CONTENT_TYPE_HEADER,
+    DEAD_LETTER_CONTENT_TYPE,
+    DEAD_LETTER_SCHEMA,
     DLQ_REASON_HEADER,
     ENVELOPE_CONTENT_TYPES,
+    RESERVED_HEADER_PREFIX,
+    RESULT_CONTENT_TYPE,
     RESULT_SCHEMA,
+    SCHEMA_HEADER,
+    SOURCE_HEADER,
     DangerMap,
     DeadLetter,
     HeaderValue,
@@ -116,7 +122,24 @@ class Rejected:
 
 
 class ModelError(RuntimeError):
-    """The model failed on every record of a batch: the model, not the input, is broken."""
+    """The model failed on every record of a batch and on a blank probe image: the model, not the input, is
+    broken. The batch must be kept and retried, not dead-lettered."""
+
+
+RECORD_OVERHEAD_BYTES = 256
+"""Bytes a record adds to its key, value and headers in a Kafka request (record batch header, varints),
+rounded up: what ``fits`` leaves free under ``max_message_bytes``."""
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """An upper bound of a record's size in a produce request, as the broker's size limit counts it."""
+    size = len(key or b"") + len(value or b"") + RECORD_OVERHEAD_BYTES
+    return size + sum(len(k.encode("utf-8", "replace")) + len(v or b"") + 8 for k, v in headers)
+
+
+def source_tag(rec: InputRecord) -> bytes:
+    """``topic/partition/offset`` of an input: the dedup key every output carries."""
+    return f"{rec.topic}/{rec.partition}/{rec.offset}".encode()
 
 
 def header(headers: Headers, name: str) -> bytes | None:
@@ -141,6 +164,20 @@ def default_id(rec: InputRecord) -> str:
     if rec.key:
         return rec.key.decode("utf-8", errors="replace")
     return f"{rec.topic}/{rec.partition}/{rec.offset}"
+
+
+def passthrough_headers(headers: Headers, max_bytes: int) -> Headers:
+    """The input headers an output carries: none of ``dangerclip-*`` or ``content-type`` (the worker writes
+    those), and none at all when together they exceed ``max_bytes`` (an input cannot make its outputs too
+    large to produce)."""
+    kept = [
+        (k, v)
+        for k, v in headers
+        if not k.lower().startswith(RESERVED_HEADER_PREFIX) and k.lower() != CONTENT_TYPE_HEADER
+    ]
+    if sum(len(k.encode("utf-8", "replace")) + len(v or b"") for k, v in kept) > max_bytes:
+        return []
+    return kept
 
 
 class Handler:
@@ -182,7 +219,15 @@ class Handler:
 
     # ------------------------------------------------------------------ stage 1: decode (in the pool)
     def prepare(self, rec: InputRecord) -> Prepared | Rejected:
-        """Decode and preprocess one record. Never raises for bad input: returns a ``Rejected`` instead."""
+        """Decode and preprocess one record. Never raises: bad input, and anything nobody foresaw, returns a
+        ``Rejected`` (the latter as ``internal_error``, logged with the record's coordinates)."""
+        try:
+            return self._prepare(rec)
+        except Exception as e:  # noqa: BLE001 - one record's surprise must not stop its partition
+            log.exception("internal error preparing %s/%d@%d", rec.topic, rec.partition, rec.offset)
+            return Rejected(rec, default_id(rec), "internal_error", f"{type(e).__name__}: {e}"[:2000])
+
+    def _prepare(self, rec: InputRecord) -> Prepared | Rejected:
         taken = self.clock()
         t0 = time.perf_counter()
         queue_s = None if rec.timestamp_ms is None else max(0.0, taken - rec.timestamp_ms / 1000.0)
@@ -228,8 +273,10 @@ class Handler:
             )
         try:
             doc = json.loads(value)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise _Reject(default_id(rec), "bad_envelope", f"envelope is not JSON: {e}") from None
+        except RecursionError:
+            raise _Reject(default_id(rec), "bad_envelope", "envelope is nested too deeply") from None
+        except ValueError as e:  # not JSON, not UTF-8, or an integer past Python's digit limit
+            raise _Reject(default_id(rec), "bad_envelope", f"envelope is not JSON: {str(e)[:300]}") from None
         try:
             env = ImageEnvelope.model_validate(doc)
         except ValidationError as e:
@@ -238,6 +285,18 @@ class Handler:
                 f"{'.'.join(str(p) for p in err['loc']) or 'envelope'}: {err['msg']}" for err in e.errors()
             )
             raise _Reject(rid or default_id(rec), "bad_envelope", f"invalid envelope: {errors}") from None
+        if not _encodable(env.id):
+            raise _Reject(None, "bad_envelope", "id is not valid Unicode (lone surrogate)")
+        try:
+            metadata_size = len(json.dumps(env.metadata, ensure_ascii=False).encode("utf-8"))
+        except (RecursionError, ValueError) as e:
+            raise _Reject(env.id, "bad_envelope", f"metadata cannot be carried: {type(e).__name__}") from None
+        if metadata_size > self.settings.max_metadata_bytes:
+            raise _Reject(
+                env.id,
+                "bad_envelope",
+                f"metadata is {metadata_size} bytes as JSON, limit is {self.settings.max_metadata_bytes}",
+            )
         if env.image_b64 is not None:
             if len(env.image_b64) > max_bytes * 4 // 3 + 4:
                 raise _Reject(env.id, "too_large", f"image_b64 decodes to more than {max_bytes} bytes")
@@ -257,9 +316,12 @@ class Handler:
     def score(self, items: Sequence[Prepared | Rejected]) -> list[OutputRecord]:
         """Score the prepared items as one batch; one output record per item, in order.
 
+        When the batch fails in the model, each record is scored alone: the records the model still fails on
+        are dead-lettered (``inference_error``) only if the model answers a blank probe image, so a broken
+        model (or GPU) never empties the stream into the dead letters.
+
         Raises:
-            ModelError: when the model fails on every record of a batch of two or more (the model is
-                broken, the batch must not be dead-lettered).
+            ModelError: the model failed on every record and on the probe. Nothing of the batch is produced.
         """
         good = [it for it in items if isinstance(it, Prepared)]
         scored: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -269,7 +331,7 @@ class Handler:
             batch = np.stack([p.pixels for p in good])
             t0 = time.perf_counter()
             try:
-                scores, maps = self.scorer.predict(batch)
+                scores, maps = self._predict(batch)
                 inference_s = time.perf_counter() - t0
                 for i, p in enumerate(good):
                     scored[id(p)] = (scores[i], maps[i])
@@ -277,24 +339,39 @@ class Handler:
                 log.warning("batch of %d failed in the model (%s); scoring one by one", len(good), e)
                 scored, failed = self._score_singly(good)
                 inference_s = time.perf_counter() - t0
-                if len(good) > 1 and not scored:
-                    raise ModelError(f"model failed on all {len(good)} records: {e}") from e
+                if not scored and not self._model_answers(good[0].pixels.shape):
+                    raise ModelError(f"model failed on all {len(good)} records and on a blank probe: {e}") from e
             if self.metrics is not None:
                 self.metrics.batch_size.observe(len(good))
                 self.metrics.inference_duration.observe(inference_s)
         now_ms = int(self.clock() * 1000)
         out = []
         for it in items:
-            if isinstance(it, Rejected):
-                out.append(self.dead_letter(it, now_ms))
-            elif id(it) in failed:
-                out.append(
-                    self.dead_letter(Rejected(it.record, it.id, "inference_error", failed[id(it)]), now_ms)
-                )
-            else:
-                s, m = scored[id(it)]
-                out.append(self._result(it, s, m, inference_s, len(good), now_ms))
+            try:
+                if isinstance(it, Rejected):
+                    out.append(self.dead_letter(it, now_ms))
+                elif id(it) in failed:
+                    out.append(
+                        self.dead_letter(Rejected(it.record, it.id, "inference_error", failed[id(it)]), now_ms)
+                    )
+                else:
+                    s, m = scored[id(it)]
+                    out.append(self._result(it, s, m, inference_s, len(good), now_ms))
+            except Exception as e:  # noqa: BLE001 - one record's surprise must not stop its partition
+                r = it.record
+                log.exception("internal error building the output of %s/%d@%d", r.topic, r.partition, r.offset)
+                out.append(self.dead_letter(Rejected(r, it.id, "internal_error", f"{type(e).__name__}: {e}"), now_ms))
         return out
+
+    def _predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The model on ``[B, 3, S, S]``; a score or map that is not a finite probability is a model failure."""
+        scores, maps = self.scorer.predict(batch)
+        scores, maps = np.asarray(scores), np.asarray(maps)
+        if scores.shape[0] != batch.shape[0] or maps.shape[0] != batch.shape[0]:
+            raise RuntimeError(f"model returned {scores.shape[0]} scores for {batch.shape[0]} images")
+        if not (np.isfinite(scores).all() and np.isfinite(maps).all()):
+            raise FloatingPointError("model returned non-finite scores or maps")
+        return scores, maps
 
     def _score_singly(
         self, good: Sequence[Prepared]
@@ -302,11 +379,20 @@ class Handler:
         scored, failed = {}, {}
         for p in good:
             try:
-                s, m = self.scorer.predict(p.pixels[None])
+                s, m = self._predict(p.pixels[None])
                 scored[id(p)] = (s[0], m[0])
             except Exception as e:  # noqa: BLE001 - this record's failure, recorded on its dead letter
                 failed[id(p)] = f"model failed on this record: {type(e).__name__}: {e}"
         return scored, failed
+
+    def _model_answers(self, shape: tuple[int, ...]) -> bool:
+        """Whether the model scores a blank image: tells a broken model from records that break it."""
+        try:
+            self._predict(np.zeros((1, *shape), np.float32))
+            return True
+        except Exception as e:  # noqa: BLE001 - any failure means the model is not usable
+            log.error("the model fails on a blank probe image: %s", e)
+            return False
 
     def handle(self, records: Sequence[InputRecord], pool: Executor | None = None) -> list[OutputRecord]:
         """Prepare (in ``pool`` when given) and score a batch: the whole handler in one call."""
@@ -355,12 +441,23 @@ class Handler:
             metadata=p.metadata,
             scored_at_ms=now_ms,
         )
-        headers: Headers = [(k, v) for k, v in rec.headers if k.lower() != CONTENT_TYPE_HEADER]
-        headers += [(CONTENT_TYPE_HEADER, b"application/json"), ("dangerclip-schema", RESULT_SCHEMA.encode())]
+        headers = passthrough_headers(rec.headers, self.settings.max_passthrough_header_bytes)
+        headers += [
+            (CONTENT_TYPE_HEADER, RESULT_CONTENT_TYPE.encode()),
+            (SCHEMA_HEADER, RESULT_SCHEMA.encode()),
+            (SOURCE_HEADER, source_tag(rec)),
+        ]
+        value = result.model_dump_json(by_alias=True).encode()
+        if record_size(rec.key, value, headers) > self.settings.max_message_bytes:
+            message = (
+                f"result is {len(value)} bytes, over max_message_bytes ({self.settings.max_message_bytes}); "
+                f"scores {json.dumps(score_d)}, flagged {sorted(c for c, f in flagged.items() if f)}"
+            )
+            return self.dead_letter(Rejected(rec, p.id, "result_too_large", message), now_ms)
         return OutputRecord(
             topic=self.settings.output_topic,
             key=rec.key,
-            value=result.model_dump_json(by_alias=True).encode(),
+            value=value,
             headers=headers,
             kind="result",
             id=p.id,
@@ -391,24 +488,12 @@ class Handler:
         )
 
     def dead_letter(self, r: Rejected, now_ms: int | None = None) -> OutputRecord:
-        """The dead-letter record for a rejected input: original bytes and headers, reason, message."""
+        """The dead-letter record for a rejected input: original bytes and headers, reason, message.
+
+        It always fits ``max_message_bytes``: the original value goes when it is over
+        ``dead_letter_max_value_bytes`` or does not fit, then the original headers, then the key.
+        """
         rec = r.record
-        omit = rec.value is not None and len(rec.value) > self.settings.dead_letter_max_value_bytes
-        doc = DeadLetter(
-            id=r.id,
-            reason=r.reason,  # type: ignore[arg-type]
-            message=r.message[:2000],
-            source=Source(
-                topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp_ms
-            ),
-            key_b64=b64(rec.key),
-            value_b64=None if omit else b64(rec.value),
-            value_size=None if rec.value is None else len(rec.value),
-            value_sha256=None if rec.value is None else hashlib.sha256(rec.value).hexdigest(),
-            value_omitted=omit,
-            headers=[HeaderValue(key=k, value_b64=b64(v)) for k, v in rec.headers],
-            failed_at_ms=int(self.clock() * 1000) if now_ms is None else now_ms,
-        )
         log.info(
             "dead letter %s/%d@%d id=%s reason=%s: %s",
             rec.topic,
@@ -418,24 +503,85 @@ class Handler:
             r.reason,
             r.message[:200],
         )
-        return OutputRecord(
+        omit_value = rec.value is not None and len(rec.value) > self.settings.dead_letter_max_value_bytes
+        doc = DeadLetter(
+            id=None if r.id is None else _clean(r.id[:1024]),
+            reason=r.reason,  # type: ignore[arg-type]
+            message=_clean(r.message[:2000]),
+            source=Source(
+                topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp_ms
+            ),
+            key_b64=b64(rec.key),
+            value_b64=None if omit_value else b64(rec.value),
+            value_size=None if rec.value is None else len(rec.value),
+            value_sha256=None if rec.value is None else hashlib.sha256(rec.value).hexdigest(),
+            value_omitted=omit_value,
+            headers=[HeaderValue(key=k, value_b64=b64(v)) for k, v in rec.headers],
+            failed_at_ms=int(self.clock() * 1000) if now_ms is None else now_ms,
+        )
+        out = OutputRecord(
             topic=self.settings.dead_letter_topic,
             key=rec.key,
-            value=doc.model_dump_json(by_alias=True).encode(),
-            headers=list(rec.headers) + [(DLQ_REASON_HEADER, r.reason.encode())],
+            value=b"",
+            headers=[],
             kind="dead_letter",
             id=r.id,
             source=rec,
             reason=r.reason,
         )
+        return self._fit(out, doc, self.settings.max_message_bytes)
 
-    def slim_dead_letter(self, o: OutputRecord) -> OutputRecord:
-        """The same dead letter without the original value (for one the broker refused as too large)."""
+    def _fit(self, out: OutputRecord, doc: DeadLetter, limit: int) -> OutputRecord:
+        """Set ``out``'s value and headers from ``doc``, slimmed step by step until the record fits ``limit``."""
+        rec = out.source
+        own = [
+            (CONTENT_TYPE_HEADER, DEAD_LETTER_CONTENT_TYPE.encode()),
+            (SCHEMA_HEADER, DEAD_LETTER_SCHEMA.encode()),
+            (SOURCE_HEADER, source_tag(rec)),
+            (DLQ_REASON_HEADER, (out.reason or "").encode()),
+        ]
+        passthrough = passthrough_headers(rec.headers, self.settings.max_passthrough_header_bytes)
+        for step in range(4):
+            if step == 1:  # the original value
+                doc.value_b64, doc.value_omitted = None, rec.value is not None
+            elif step == 2:  # the original headers, in the body and on the record
+                doc.headers, doc.headers_omitted, passthrough = [], bool(rec.headers), []
+            elif step == 3:  # the key, and a long message
+                doc.key_b64, doc.key_omitted, out.key = None, rec.key is not None, None
+                doc.message = doc.message[:500]
+            out.value = doc.model_dump_json(by_alias=True).encode()
+            out.headers = passthrough + own
+            if record_size(out.key, out.value, out.headers) <= limit:
+                break
+        return out
+
+    def shrink_dead_letter(self, o: OutputRecord, limit: int) -> OutputRecord:
+        """The same dead letter slimmed to ``limit`` bytes (for one the broker refused as too large)."""
         doc = DeadLetter.model_validate_json(o.value)
-        doc.value_b64 = None
-        doc.value_omitted = True
-        o.value = doc.model_dump_json(by_alias=True).encode()
-        return o
+        return self._fit(o, doc, limit)
+
+    def demote_result(self, o: OutputRecord, why: str) -> OutputRecord:
+        """A result the broker refused for good (too large for the topic) → its ``result_too_large`` dead letter."""
+        scores = ""
+        try:
+            doc = ScoreResult.model_validate_json(o.value)
+            scores = f"; scores {json.dumps(doc.scores)}, flagged {sorted(c for c, f in doc.flagged.items() if f)}"
+        except ValueError:
+            pass
+        return self.dead_letter(Rejected(o.source, o.id, "result_too_large", f"{why}{scores}"))
+
+
+def _encodable(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _clean(s: str) -> str:
+    """``s`` with anything UTF-8 cannot carry (lone surrogates) replaced, so JSON output never fails."""
+    return s if _encodable(s) else s.encode("utf-8", "replace").decode("utf-8")
 
 
 class _Reject(Exception):

@@ -37,6 +37,18 @@ ENVELOPE_CONTENT_TYPES = ("application/json", "application/vnd.dangerclip.envelo
 DLQ_REASON_HEADER = "dangerclip-dlq-reason"
 """Header added to dead-letter records so consumers can filter by reason without parsing the value."""
 
+SCHEMA_HEADER = "dangerclip-schema"
+"""Header naming the value's schema (``dangerclip.result/v1`` or ``dangerclip.dead-letter/v1``)."""
+
+SOURCE_HEADER = "dangerclip-source"
+"""Header ``topic/partition/offset`` of the input record: a dedup key for consumers of at-least-once output."""
+
+RESERVED_HEADER_PREFIX = "dangerclip-"
+"""Headers with this prefix are written only by the worker: an input's own are never copied to its outputs."""
+
+RESULT_CONTENT_TYPE = "application/json"
+DEAD_LETTER_CONTENT_TYPE = "application/vnd.dangerclip.dead-letter+json"
+
 Reason = Literal[
     "not_an_image",
     "too_many_pixels",
@@ -47,6 +59,8 @@ Reason = Literal[
     "uri_not_allowed",
     "uri_fetch_failed",
     "inference_error",
+    "result_too_large",
+    "internal_error",
 ]
 """Why a record went to the dead-letter topic.
 
@@ -58,7 +72,12 @@ Reason = Literal[
 - ``bad_base64``: ``image_b64`` is not valid base64.
 - ``uri_not_allowed``: fetching is off, the scheme is not http(s), or the host is not on the allow-list.
 - ``uri_fetch_failed``: an allowed ``uri`` could not be fetched (status, timeout, connection).
-- ``inference_error``: the model failed on this one record (the rest of its batch was scored).
+- ``inference_error``: the model failed on this one record (the rest of its batch was scored, and the model
+  answered a health probe, so the model itself is fine).
+- ``result_too_large``: the record was scored but its result exceeds ``max_message_bytes``; the dead letter
+  carries the scores in its message.
+- ``internal_error``: anything unexpected while handling this record (a bug or an input nobody foresaw); the
+  worker logs it with topic, partition and offset and goes on.
 """
 
 REASONS: tuple[str, ...] = Reason.__args__  # type: ignore[attr-defined]
@@ -201,6 +220,12 @@ class DeadLetter(BaseModel):
         False, description="True when the value was too large to carry (see dead_letter_max_value_bytes)."
     )
     headers: list[HeaderValue] = Field(default_factory=list, description="The original headers, in order.")
+    headers_omitted: bool = Field(
+        False, description="True when the original headers were too large to carry (``headers`` is empty)."
+    )
+    key_omitted: bool = Field(
+        False, description="True when the original key was too large to carry (``key_b64`` is null)."
+    )
     failed_at_ms: int
 
     def original_value(self) -> bytes | None:

@@ -28,6 +28,20 @@ def _split_list(v: Any) -> Any:
     return v
 
 
+def file_token_provider(path: Path) -> Any:
+    """A kafka-python OAUTHBEARER token provider that reads the token from ``path`` on every call."""
+    from kafka.net.sasl.oauth import AbstractTokenProvider
+
+    class FileTokenProvider(AbstractTokenProvider):
+        def token(self) -> str:
+            token = Path(path).read_text(encoding="utf-8").strip()
+            if not token:
+                raise ValueError(f"OAUTHBEARER token file {path} is empty")
+            return token
+
+    return FileTokenProvider()
+
+
 class Settings(BaseSettings):
     """Everything a scoring worker needs to know. Environment variables: ``DANGERCLIP_<FIELD>``."""
 
@@ -56,6 +70,11 @@ class Settings(BaseSettings):
 
     group_id: str = "dangerclip-workers"
     """Consumer group id. Every worker with the same id shares the input topic's partitions."""
+
+    group_instance_id: str | None = None
+    """Static group membership (``group.instance.id``, Kafka >= 2.3): a stable, unique name per worker (a
+    StatefulSet pod name) lets a restart within ``session_timeout_ms`` keep its partitions without a
+    rebalance of the whole group. Unset: dynamic membership."""
 
     client_id: str = "dangerclip-worker"
     """Kafka client id prefix (the host name and process id are appended), shown in broker logs and quotas."""
@@ -107,9 +126,34 @@ class Settings(BaseSettings):
     """Largest accepted image width × height, checked from the header before decoding (decompression
     bombs go to the dead-letter topic as ``too_many_pixels``)."""
 
-    dead_letter_max_value_bytes: int = Field(768 * 1024, ge=0)
-    """Dead letters carry the original value (base64) up to this size; a larger one is replaced by its size
-    and sha256 so the dead letter still fits the broker's message size limit (1 MiB by default)."""
+    dead_letter_max_value_bytes: int = Field(512 * 1024, ge=0)
+    """Dead letters carry the original value (base64, 4/3 larger) up to this size; a larger one is replaced
+    by its size and sha256. Whatever this says, a dead letter is slimmed further until it fits
+    ``max_message_bytes``: a dead letter is never refused for its size."""
+
+    image_formats: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"]
+    )
+    """Image formats (Pillow names) the decoder accepts; anything else is ``not_an_image``. Every format is
+    a parser exposed to untrusted bytes: list only what your producers send."""
+
+    decode_budget_pixels: int = Field(80_000_000, ge=1)
+    """Pixels being decoded at once across all decode threads. A decode waits until its image fits, so the
+    decoders' memory stays bounded whatever arrives (an image above the budget is decoded alone)."""
+
+    max_metadata_bytes: int = Field(16 * 1024, ge=0)
+    """Largest envelope ``metadata`` (as JSON) copied to the result; a larger one makes the envelope a
+    ``bad_envelope`` dead letter, so no input can make its result too large to produce."""
+
+    max_passthrough_header_bytes: int = Field(16 * 1024, ge=0)
+    """Input headers are copied onto the result and dead-letter records up to this many bytes in all (keys
+    plus values); past it none are copied (the dead letter's body still holds them all, within its size
+    limit). ``dangerclip-*`` headers of an input are never copied: only the worker writes those."""
+
+    max_message_bytes: int = Field(1_000_000, ge=16 * 1024, le=100 * 1024 * 1024)
+    """Largest record the worker produces (the producer's ``max_request_size``); keep it at or below the
+    output and dead-letter topics' ``max.message.bytes`` (Kafka's default is 1 048 588). A result larger than
+    this becomes a ``result_too_large`` dead letter; dead letters are slimmed to fit."""
 
     # ---------------------------------------------------------------- image by reference
     uri_fetch_enabled: bool = False
@@ -123,7 +167,8 @@ class Settings(BaseSettings):
     """Largest body fetched for a ``uri`` (bytes); the download stops there (``too_large``)."""
 
     uri_timeout_s: float = Field(5.0, gt=0, le=120)
-    """Connect + read timeout for a ``uri`` fetch, in seconds."""
+    """Total deadline of a ``uri`` fetch in seconds: DNS, connect, redirects, headers and body together. A
+    slower upstream gives a ``uri_fetch_failed`` dead letter, never a held partition."""
 
     # ---------------------------------------------------------------- Kafka: behaviour
     session_timeout_ms: int = Field(10_000, ge=1000)
@@ -158,7 +203,30 @@ class Settings(BaseSettings):
     """Longest back-off (ms) between retries while the broker is unreachable."""
 
     shutdown_timeout_s: float = Field(30.0, gt=0)
-    """On SIGTERM/SIGINT, how long to keep trying to flush and commit the batch in flight before exiting."""
+    """On SIGTERM/SIGINT, the process exits within this many seconds whatever is stuck: it finishes, flushes
+    and commits the batch in flight if it can, and leaves anything else uncommitted for the next owner. Keep
+    it below the pod's ``terminationGracePeriodSeconds``."""
+
+    max_buffered_bytes: int = Field(128 * 1024 * 1024, ge=1)
+    """Input bytes held by the worker at once (records waiting for a batch plus the batch being scored).
+    Above it the worker pauses its partitions until a batch is done: memory stays bounded, the consumer keeps
+    heartbeating."""
+
+    circuit_breaker_threshold: int = Field(3, ge=1)
+    """Consecutive batches the model fails on (a health probe with a blank image failing too) before the
+    worker stops consuming: readiness goes false and ``dangerclip_circuit_open`` is 1. Such batches are kept
+    and retried, never dead-lettered: a broken model or GPU must not empty the stream into the dead letters."""
+
+    circuit_breaker_reset_s: float = Field(30.0, gt=0)
+    """First wait before a broken model is tried again; it doubles up to ten times this."""
+
+    circuit_open_restart_s: float = Field(900.0, gt=0)
+    """After the circuit has been open this long, ``/healthz`` fails so the orchestrator restarts the worker
+    (a fresh process and GPU context); its uncommitted batch goes to another worker."""
+
+    fault_injection: str | None = None
+    """Chaos testing only; never set in production. ``exit_after_flush:N`` makes the process exit at once
+    (``os._exit(137)``, as a kill -9 would) right after its N-th flushed batch, before committing it."""
 
     consumer_options: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments passed verbatim to ``kafka.KafkaConsumer`` (JSON object)."""
@@ -170,8 +238,11 @@ class Settings(BaseSettings):
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     """Protocol used to talk to brokers."""
 
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER"] | None = None
-    """SASL mechanism, for ``SASL_PLAINTEXT`` / ``SASL_SSL``."""
+    sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "GSSAPI", "OAUTHBEARER", "AWS_MSK_IAM"] | None
+    ) = None
+    """SASL mechanism, for ``SASL_PLAINTEXT`` / ``SASL_SSL``. ``OAUTHBEARER`` needs ``sasl_oauth_token_file``;
+    ``AWS_MSK_IAM`` needs ``SASL_SSL`` and botocore, and takes its credentials from the AWS environment."""
 
     sasl_plain_username: str | None = None
     """SASL user name (PLAIN and SCRAM)."""
@@ -181,6 +252,10 @@ class Settings(BaseSettings):
 
     sasl_kerberos_service_name: str = "kafka"
     """Kerberos service name, for GSSAPI."""
+
+    sasl_oauth_token_file: Path | None = None
+    """OAUTHBEARER: a file holding the bearer token, read again on every (re)authentication, so a token that a
+    sidecar or a projected service-account volume rotates is picked up."""
 
     ssl_cafile: Path | None = None
     """CA bundle (PEM) to verify the brokers' certificates."""
@@ -246,6 +321,22 @@ class Settings(BaseSettings):
         v = _split_list(v)
         return [str(h).strip().lower() for h in v] if isinstance(v, list) else v
 
+    @field_validator("image_formats", mode="before")
+    @classmethod
+    def _parse_formats(cls, v: Any) -> Any:
+        v = _split_list(v)
+        return [str(f).strip().upper() for f in v] if isinstance(v, list) else v
+
+    @field_validator("fault_injection")
+    @classmethod
+    def _check_fault(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        name, _, n = v.partition(":")
+        if name != "exit_after_flush" or not n.isdigit() or int(n) < 1:
+            raise ValueError(f"fault_injection {v!r}: expected exit_after_flush:N with N >= 1")
+        return v
+
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:
         if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
@@ -255,6 +346,12 @@ class Settings(BaseSettings):
             )
         if self.retry_backoff_max_ms < self.retry_backoff_ms:
             raise ValueError("retry_backoff_max_ms must be >= retry_backoff_ms")
+        if self.sasl_mechanism == "OAUTHBEARER" and self.sasl_oauth_token_file is None:
+            raise ValueError("sasl_mechanism OAUTHBEARER needs sasl_oauth_token_file (a file holding the token)")
+        if self.sasl_mechanism == "AWS_MSK_IAM" and self.security_protocol != "SASL_SSL":
+            raise ValueError("sasl_mechanism AWS_MSK_IAM needs security_protocol SASL_SSL")
+        if self.sasl_mechanism and not self.security_protocol.startswith("SASL_"):
+            raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs security_protocol SASL_SSL or SASL_PLAINTEXT")
         if len({self.input_topic, self.output_topic, self.dead_letter_topic}) != 3:
             raise ValueError("input_topic, output_topic and dead_letter_topic must be three different topics")
         return self
@@ -282,6 +379,8 @@ class Settings(BaseSettings):
             out["sasl_plain_password"] = self.sasl_plain_password.get_secret_value()
         if self.sasl_mechanism == "GSSAPI":
             out["sasl_kerberos_service_name"] = self.sasl_kerberos_service_name
+        if self.sasl_mechanism == "OAUTHBEARER" and self.sasl_oauth_token_file is not None:
+            out["sasl_oauth_token_provider"] = file_token_provider(self.sasl_oauth_token_file)
         if self.security_protocol in ("SSL", "SASL_SSL"):
             out["ssl_check_hostname"] = self.ssl_check_hostname
             for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):

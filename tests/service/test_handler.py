@@ -157,9 +157,42 @@ def test_a_broken_model_raises_instead_of_dead_lettering_everything() -> None:
     h, _, _ = make_handler(fail_always=True)
     with pytest.raises(ModelError):
         h.handle([rec(jpeg_bytes(i), offset=i) for i in range(2)])
-    # a single record the model fails on is that record's problem
-    out = h.handle([rec(jpeg_bytes(0))])
+    # one-record batches too: at low traffic a broken model must not dead-letter every input
+    with pytest.raises(ModelError):
+        h.handle([rec(jpeg_bytes(0))])
+
+
+def _white_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_a_record_the_model_fails_on_alone_is_dead_lettered_when_the_model_answers_a_probe() -> None:
+    h, scorer, _ = make_handler()
+    real = scorer.predict
+
+    def fails_on_white(batch: np.ndarray):  # noqa: ANN202 - a record that breaks the model, nothing else
+        if (batch.reshape(batch.shape[0], -1).min(axis=1) > 1.5).any():
+            raise RuntimeError("kernel fault on this input")
+        return real(batch)
+
+    scorer.predict = fails_on_white
+    out = h.handle([rec(_white_jpeg(), b"white")])
     assert out[0].kind == "dead_letter" and out[0].reason == "inference_error"
+    out = h.handle([rec(jpeg_bytes(1), b"a", 0), rec(_white_jpeg(), b"white", 1), rec(jpeg_bytes(2), b"b", 2)])
+    assert [o.reason for o in out] == [None, "inference_error", None]
+
+
+def test_non_finite_model_output_is_a_model_failure() -> None:
+    h, scorer, _ = make_handler()
+    scorer.predict = lambda b: (np.full((b.shape[0], 2), np.nan, np.float32), np.zeros((b.shape[0], 2, 14, 14)))
+    with pytest.raises(ModelError):
+        h.handle([rec(jpeg_bytes(0))])
 
 
 def test_large_dead_letter_values_are_replaced_by_size_and_hash() -> None:
@@ -183,3 +216,95 @@ def test_metrics_are_recorded() -> None:
     assert reg.get_sample_value("dangerclip_inference_duration_seconds_count") == 1
     assert reg.get_sample_value("dangerclip_score_count", {"category": "knife"}) == 4
     assert reg.get_sample_value("dangerclip_queue_duration_seconds_count") == 4
+
+
+# ---------------------------------------------------------------------------- hostile inputs and sizes
+from service.handler import record_size  # noqa: E402
+from service.messages import REASONS  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"[" * 100_000 + b"]" * 100_000,  # RecursionError inside json
+        b'{"id": "x", "image_b64": "AA==", "metadata": {"n": ' + b"9" * 5000 + b"}}",  # int past the digit limit
+        b'{"id": "x", "image_b64": "AA==", "metadata": ' + b'{"a": ' * 900 + b"1" + b"}" * 900 + b"}",
+        b'{"id": "\\ud800", "image_b64": "AA=="}',  # a lone surrogate
+    ],
+    ids=["nested-100000", "int-5000-digits", "metadata-nested-900", "lone-surrogate"],
+)
+def test_hostile_envelopes_get_a_dead_letter_not_an_exception(value: bytes) -> None:
+    h, _, _ = make_handler()
+    out = h.handle([rec(value, b"hostile", headers=ENVELOPE)])
+    assert len(out) == 1 and out[0].kind == "dead_letter" and out[0].reason in REASONS
+    assert record_size(out[0].key, out[0].value, out[0].headers) <= h.settings.max_message_bytes
+
+
+def test_an_unforeseen_failure_is_that_records_internal_error() -> None:
+    h, _, _ = make_handler()
+
+    def explode(*_a, **_k):  # noqa: ANN202
+        raise ZeroDivisionError("nobody foresaw this")
+
+    h.fetcher.fetch = explode
+    h.settings.uri_fetch_enabled = True
+    env = json.dumps({"id": "u", "uri": "http://example.com/a.jpg"}).encode()
+    out = h.handle([rec(env, b"u", 0, ENVELOPE), rec(jpeg_bytes(1), b"ok", 1)])
+    assert [o.reason for o in out] == ["internal_error", None]
+    assert "ZeroDivisionError" in DeadLetter.model_validate_json(out[0].value).message
+
+
+def test_dead_letters_always_fit_the_message_limit() -> None:
+    # 786 400 bytes that are not an image: with the value inline the dead letter would pass 1 MiB
+    h, _, _ = make_handler(dead_letter_max_value_bytes=10 * 1024 * 1024)
+    big_headers = [(f"h{i}", b"v" * 1000) for i in range(20)]
+    out = h.handle([rec(b"\x00" * 786_400, b"k" * 300_000, headers=big_headers)])
+    o = out[0]
+    assert o.kind == "dead_letter" and o.reason == "not_an_image"
+    assert record_size(o.key, o.value, o.headers) <= h.settings.max_message_bytes
+    dl = DeadLetter.model_validate_json(o.value)
+    assert dl.value_omitted and dl.value_size == 786_400 and dl.value_sha256
+    # a small one keeps everything
+    o = h.handle([rec(b"not an image", b"k", headers=[("trace", b"1")])])[0]
+    dl = DeadLetter.model_validate_json(o.value)
+    assert dl.original_value() == b"not an image" and not dl.headers_omitted and not dl.key_omitted
+
+
+def test_metadata_over_the_cap_is_a_bad_envelope() -> None:
+    h, _, _ = make_handler(max_metadata_bytes=1000)
+    b64img = base64.b64encode(jpeg_bytes(1)).decode()
+    out = h.handle([
+        rec(json.dumps({"id": "big", "image_b64": b64img, "metadata": {"x": "y" * 2000}}).encode(), b"big", 0,
+            ENVELOPE),
+        rec(json.dumps({"id": "ok", "image_b64": b64img, "metadata": {"x": "y" * 100}}).encode(), b"ok", 1,
+            ENVELOPE),
+    ])
+    assert [o.reason for o in out] == ["bad_envelope", None]
+
+
+def test_a_result_over_the_message_limit_becomes_result_too_large() -> None:
+    h, _, _ = make_handler(max_message_bytes=16 * 1024, max_passthrough_header_bytes=64 * 1024)
+    o = h.handle([rec(jpeg_bytes(1), b"k", headers=[("big", b"x" * 20_000)])])[0]
+    assert o.kind == "dead_letter" and o.reason == "result_too_large"
+    assert '"weapon"' in DeadLetter.model_validate_json(o.value).message  # the scores travel in the message
+    assert record_size(o.key, o.value, o.headers) <= 16 * 1024
+
+
+def test_outputs_carry_safe_headers_only() -> None:
+    h, _, _ = make_handler(max_passthrough_header_bytes=100)
+    planted = [("trace", b"abc"), ("DangerCLIP-Schema", b"forged"), ("dangerclip-dlq-reason", b"forged"),
+               ("content-type", b"image/jpeg")]
+    result = h.handle([rec(jpeg_bytes(1), b"k", offset=7, headers=planted)])[0]
+    names = [k.lower() for k, _ in result.headers]
+    assert ("trace", b"abc") in result.headers and b"forged" not in [v for _, v in result.headers]
+    assert names.count("content-type") == 1 and dict(result.headers)["content-type"] == b"application/json"
+    assert dict(result.headers)["dangerclip-source"] == b"in/0/7"
+    dl = h.handle([rec(b"nope", b"k", offset=8, headers=planted)])[0]
+    hd = dict(dl.headers)
+    assert hd["content-type"] == b"application/vnd.dangerclip.dead-letter+json"
+    assert hd["dangerclip-schema"] == b"dangerclip.dead-letter/v1" and hd["dangerclip-dlq-reason"] == b"not_an_image"
+    # the dead letter's body still has the original headers byte for byte
+    assert [x.key for x in DeadLetter.model_validate_json(dl.value).headers] == [k for k, _ in planted]
+    # over the cap, none pass through
+    many = h.handle([rec(jpeg_bytes(1), b"k", headers=[("a", b"x" * 200)])])[0]
+    assert "a" not in [k for k, _ in many.headers]
