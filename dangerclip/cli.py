@@ -25,7 +25,7 @@ COMMANDS: dict[str, Command] = {
     "models": Command("dangerclip.factory", "train", "list the model configs"),
     "create": Command("dangerclip.checkpoint", "train", "build a checkpoint (zero-shot or untrained head)"),
     "export": Command("dangerclip.export", "train", "export a checkpoint to ONNX (fp32/fp16/int8)"),
-    "serve": Command("service.worker", "serve", "run a Kafka scoring worker"),
+    "serve": Command("service.serve", "serve", "run a Kafka scoring worker"),
     "demo": Command("service.demo", "serve", "stream the sample images through an embedded broker"),
     "schema": Command("service.messages", "serve", "write the JSON Schemas of the Kafka messages"),
     "synth": Command("training.synth", "train", "generate the synthetic weapon/distractor dataset"),

@@ -32,7 +32,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "dangerclip"
 DEMO_MODEL = PACKAGE_ROOT / "assets" / "demo" / "model.onnx"
 SAMPLES = PACKAGE_ROOT / "assets" / "samples"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
-RUN_HEADER = "dangerclip-demo-run"
+RUN_HEADER = "demo-run"
 
 
 def _say(msg: str = "") -> None:
@@ -160,9 +160,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, tmp: Path) -> int:
     from service.embedded import EmbeddedBroker, free_port
     from service.http import HealthServer
+    from service.serve import build
     from service.settings import Settings
     from service.topics import ensure_topics
-    from service.worker import build
 
     model_path = resolve_model(args.model)
     images, source = resolve_images(args.images, tmp)

@@ -14,7 +14,9 @@ Counters
     - ``dangerclip_dead_letters_total`` {topic, reason}: dead-letter records written, by reason code.
     - ``dangerclip_flagged_total`` {category}: results flagged, per category.
     - ``dangerclip_records_abandoned_total`` {reason}: in-flight records dropped without committing
-      (``revoked``, ``shutdown``, ``produce_failed``); Kafka delivers them again.
+      (``revoked``: not yet in a batch when their partition moved; ``shutdown``: not yet in a batch at
+      shutdown; ``produce_failed``: their batch was not acknowledged before the shutdown deadline). Kafka
+      delivers them again.
     - ``dangerclip_offset_commits_total`` {outcome}: offset commits, ``ok`` or ``failed``.
     - ``dangerclip_broker_errors_total`` {operation}: broker errors (``poll``, ``produce``, ``commit``,
       ``connect``).
@@ -32,7 +34,16 @@ Histograms (base units)
     - ``dangerclip_score`` {category}: score distribution (for drift).
 
 Gauges
-    - ``dangerclip_consumer_lag_records`` {topic, partition}: fetch high watermark − position.
+    - ``dangerclip_consumer_lag_records`` {topic, partition}: high watermark − committed offset, for every
+      assigned partition (records not yet safely done; refreshed while a batch is being scored, too).
+    - ``dangerclip_last_commit_timestamp_seconds`` {topic, partition}: Unix time of the partition's last
+      offset commit (its assignment time until the first): with lag > 0, a stalled partition.
+    - ``dangerclip_last_poll_timestamp_seconds``: Unix time of the last successful poll.
+    - ``dangerclip_records_pending``: records polled and not yet in a batch.
+    - ``dangerclip_records_in_flight``: records of the batch being scored and produced.
+    - ``dangerclip_buffered_bytes``: input bytes held (pending + in flight); capped by ``max_buffered_bytes``.
+    - ``dangerclip_topic_partitions`` {topic}: partitions the input topic has (from the client's metadata).
+    - ``dangerclip_circuit_open``: 1 while a failing model has stopped consumption.
     - ``dangerclip_assigned_partitions``: partitions this worker owns.
     - ``dangerclip_ready``: 1 when the model is loaded and the consumer has partitions.
     - ``dangerclip_model_info`` {name, version, sha256, provider, mode, trained}: always 1.
@@ -68,6 +79,13 @@ END_TO_END_DURATION = "dangerclip_end_to_end_duration_seconds"
 INPUT_SIZE = "dangerclip_input_size_bytes"
 SCORE = "dangerclip_score"
 CONSUMER_LAG = "dangerclip_consumer_lag_records"
+LAST_COMMIT = "dangerclip_last_commit_timestamp_seconds"
+LAST_POLL = "dangerclip_last_poll_timestamp_seconds"
+RECORDS_PENDING = "dangerclip_records_pending"
+RECORDS_IN_FLIGHT = "dangerclip_records_in_flight"
+BUFFERED_BYTES = "dangerclip_buffered_bytes"
+TOPIC_PARTITIONS = "dangerclip_topic_partitions"
+CIRCUIT_OPEN = "dangerclip_circuit_open"
 ASSIGNED_PARTITIONS = "dangerclip_assigned_partitions"
 READY = "dangerclip_ready"
 MODEL_INFO = "dangerclip_model_info"
@@ -92,6 +110,13 @@ METRIC_NAMES: tuple[str, ...] = (
     INPUT_SIZE,
     SCORE,
     CONSUMER_LAG,
+    LAST_COMMIT,
+    LAST_POLL,
+    RECORDS_PENDING,
+    RECORDS_IN_FLIGHT,
+    BUFFERED_BYTES,
+    TOPIC_PARTITIONS,
+    CIRCUIT_OPEN,
     ASSIGNED_PARTITIONS,
     READY,
     MODEL_INFO,
@@ -221,10 +246,28 @@ class Metrics:
         )
         self.consumer_lag = Gauge(
             CONSUMER_LAG,
-            "Records behind the fetch high watermark, per assigned partition.",
+            "Records between the committed offset and the high watermark, per assigned partition.",
             ["topic", "partition"],
             registry=r,
         )
+        self.last_commit = Gauge(
+            LAST_COMMIT,
+            "Unix time of the partition's last offset commit (its assignment time until the first).",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.last_poll = Gauge(LAST_POLL, "Unix time of the last successful poll.", registry=r)
+        self.records_pending = Gauge(RECORDS_PENDING, "Records polled and not yet in a batch.", registry=r)
+        self.records_in_flight = Gauge(
+            RECORDS_IN_FLIGHT, "Records of the batch being scored and produced.", registry=r
+        )
+        self.buffered_bytes = Gauge(
+            BUFFERED_BYTES, "Input bytes held by the worker (pending and in flight).", registry=r
+        )
+        self.topic_partitions = Gauge(
+            TOPIC_PARTITIONS, "Partitions the input topic has, from the client's metadata.", ["topic"], registry=r
+        )
+        self.circuit_open = Gauge(CIRCUIT_OPEN, "1 while a failing model has stopped consumption.", registry=r)
         self.assigned_partitions = Gauge(
             ASSIGNED_PARTITIONS, "Input partitions currently assigned to this worker.", registry=r
         )
@@ -259,9 +302,10 @@ class Metrics:
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
         self.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(0, lag))
 
-    def drop_lag(self, topic: str, partition: int) -> None:
-        """Forget a partition's lag when it is revoked, so a stale value never lingers."""
-        try:
-            self.consumer_lag.remove(topic, str(partition))
-        except KeyError:
-            pass
+    def drop_partition(self, topic: str, partition: int) -> None:
+        """Forget a partition's series when it is revoked, so a stale value never lingers."""
+        for gauge in (self.consumer_lag, self.last_commit):
+            try:
+                gauge.remove(topic, str(partition))
+            except KeyError:
+                pass

@@ -1,30 +1,33 @@
-"""The Kafka transport and the ``dangerclip serve`` entry point.
+"""The Kafka transport: one consumer in the group, its loop, and the promise it keeps.
 
-One worker is one consumer in a group. Its loop, on the consumer's thread:
+The promise: every input record gets at least one result or dead letter; its offset is committed only
+after that output is acknowledged; memory stays bounded; a stop ends the process within
+``shutdown_timeout_s``. The loop, on the consumer's thread, never blocks longer than a short poll:
 
-1. poll records (at most what the open micro-batch still has room for) and hand each to the decode pool
-   at once, so decoding overlaps the batch filling up and the previous batch's inference;
+1. poll records (at most what the open micro-batch has room for) and hand each to the decode pool at once,
+   so decoding overlaps the batch filling up and the previous batch's inference;
 2. close the batch when it holds ``max_batch_size`` records or ``max_batch_wait_ms`` has passed since its
    first record, and hand it to the inference thread — at most one batch is in flight;
-3. the inference thread waits for the decodes, scores, produces every result and dead letter
-   (``acks=all``, idempotent) and flushes, retrying with back-off while the broker is away;
-4. back on the consumer thread, the batch's offsets are committed — only after its records are safe.
+3. the inference thread waits for the decodes, scores, and delivers every output (``service.delivery``);
+4. back on the consumer thread, once the batch is done, its records are finished in the ``Checkpoint``
+   and what it allows is committed. While a batch is in flight the loop keeps polling: partitions are
+   paused when the next batch is full or ``max_buffered_bytes`` is held, so the client keeps its
+   membership, and lag and liveness keep being reported.
 
-On partition revocation the batch in flight is finished and committed (its results are already on the way)
-and records not yet in a batch are dropped uncommitted, so the partition's next owner reads them again and
-nothing is produced twice. SIGTERM/SIGINT: finish the batch in flight, flush, commit, close, exit 0.
+Rebalances: the listener runs on the client's IO thread and never blocks: records of revoked partitions
+that are not yet in a batch are dropped, and a partition that comes straight back is sought back to the
+first dropped record (see ``service.checkpoint``); the batch in flight finishes and commits what its
+partitions still owned allow. A model that fails (and fails a blank probe) keeps its batch: the batch is
+retried with back-off and, after ``circuit_breaker_threshold`` failures in a row, the circuit opens:
+consumption stops and readiness goes false until the model answers again.
 """
 
 from __future__ import annotations
 
-import argparse
-import collections
 import concurrent.futures
 import logging
 import os
-import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,47 +35,51 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.checkpoint import Checkpoint, PartitionState, TopicPartition
+from service.delivery import Aborted, Backoff, Delivery
 from service.handler import Handler, InputRecord, ModelError, OutputRecord
 from service.metrics import Metrics
 from service.settings import Settings
 
+__all__ = ["Backoff", "Worker", "to_input_record"]
+
 log = logging.getLogger(__name__)
 
 IDLE_POLL_MS = 200
-"""Longest a poll blocks when no batch is open: bounds how fast a stop request is noticed."""
+"""Longest a poll blocks: bounds how fast a finished batch, a stop or a timer is noticed."""
+
+RETRIABLE_CONNECT_ERRORS = ("NoBrokersAvailable", "KafkaConnectionError", "KafkaTimeoutError")
+"""Client errors at start that mean "the brokers are not reachable yet": retried. Anything else is fatal."""
+
+CLOSE_RESERVE_S = 3.0
+"""Of ``shutdown_timeout_s``, what is kept for closing the clients (leaving the group, closing the producer)."""
+
+FATAL_POLL_ERRORS = ("UnsupportedCodecError", "CorruptRecordError", "KafkaConfigurationError")
+"""Poll errors that retrying cannot fix: after a few in a row the worker exits loudly."""
 
 
-class Backoff:
-    """Exponential back-off between ``first_s`` and ``max_s`` (doubling, reset on success)."""
+@dataclass
+class _Item:
+    """A polled record, the future of its decode, and the partition state it was polled under."""
 
-    def __init__(self, first_s: float, max_s: float) -> None:
-        self.first_s = first_s
-        self.max_s = max_s
-        self.current = first_s
+    record: InputRecord
+    future: Future[Any]
+    state: PartitionState
 
-    def next(self) -> float:
-        delay = self.current
-        self.current = min(self.max_s, self.current * 2)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.first_s
+    @property
+    def size(self) -> int:
+        return len(self.record.value or b"")
 
 
 @dataclass
 class _Batch:
-    records: list[InputRecord]
-    futures: list[Future[Any]]
+    items: list[_Item]
     outputs: list[OutputRecord] = field(default_factory=list)
-    done_at: float = 0.0
+    attempts: int = 0
 
-    def offsets(self) -> dict[tuple[str, int], int]:
-        """The next offset to commit per ``(topic, partition)``: the batch's highest offset + 1."""
-        out: dict[tuple[str, int], int] = {}
-        for r in self.records:
-            tp = (r.topic, r.partition)
-            out[tp] = max(out.get(tp, -1), r.offset + 1)
-        return out
+    @property
+    def size(self) -> int:
+        return sum(it.size for it in self.items)
 
 
 def to_input_record(r: Any) -> InputRecord:
@@ -112,23 +119,28 @@ class Worker:
         self.handler = handler
         self.metrics = metrics
         self._consumer_factory = consumer_factory or self._make_consumer
-        self._producer_factory = producer_factory or self._make_producer
         self.consumer: Any = None
-        self.producer: Any = None
         self._stop = threading.Event()
-        self._hard_stop = threading.Event()
-        self._assigned: frozenset[tuple[str, int]] = frozenset()
-        self._revocations: collections.deque[set[tuple[str, int]]] = collections.deque()
-        self._pending: list[InputRecord] = []
-        self._pending_futures: list[Future[Any]] = []
+        self._abort = threading.Event()
+        self.delivery = Delivery(settings, handler, metrics, producer_factory or self._make_producer, self._abort)
+        # The rebalance listener runs on the client's IO thread; this lock guards what it shares with the loop.
+        self._lock = threading.Lock()
+        self.checkpoint = Checkpoint()
+        self._pending: list[_Item] = []
         self._batch_opened: float | None = None
         self._inflight: Future[_Batch] | None = None
-        self._inflight_size = 0
-        self._next_offset: dict[tuple[str, int], int] = {}
+        self._inflight_batch: _Batch | None = None
+        self._retry: tuple[_Batch, float] | None = None
+        self._new_partitions: list[TopicPartition] = []
+        self._failures = 0
+        self._circuit_since: float | None = None
+        self._poll_errors = 0
+        self._flushes = 0
         self._last_tick = time.monotonic()
-        self._last_lag = 0.0
+        self._last_metrics = 0.0
+        self._last_topic_check = 0.0
         self._running = False
-        self._out_partitions: int | None = None
+        self._stopped_at: float | None = None
         self.consumed = 0
         self.produced = 0
         self._decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="dangerclip-decode")
@@ -157,6 +169,8 @@ class Worker:
             reconnect_backoff_max_ms=s.retry_backoff_max_ms,
             **s.kafka_security(),
         )
+        if s.group_instance_id:
+            kwargs["group_instance_id"] = s.group_instance_id
         kwargs.update(s.consumer_options)
         return KafkaConsumer(**kwargs)
 
@@ -171,6 +185,7 @@ class Worker:
             enable_idempotence=s.enable_idempotence,
             linger_ms=5,
             compression_type=s.compression_type,
+            max_request_size=s.max_message_bytes,
             reconnect_backoff_ms=min(s.retry_backoff_ms, 1000),
             reconnect_backoff_max_ms=s.retry_backoff_max_ms,
             # A batch's flush should fail (and be retried by us, with the batch intact) rather than hang.
@@ -182,8 +197,25 @@ class Worker:
         kwargs.update(s.producer_options)
         return KafkaProducer(**kwargs)
 
+    def check_codecs(self) -> None:
+        """Fail at start, with a clear message, when the produce codec's library is missing."""
+        from kafka import codec
+
+        have = {"gzip": codec.has_gzip, "snappy": codec.has_snappy, "lz4": codec.has_lz4, "zstd": codec.has_zstd}
+        missing = sorted(name for name, ok in have.items() if not ok())
+        if self.settings.compression_type in missing:
+            raise ValueError(
+                f"compression_type {self.settings.compression_type} needs its library, which is not installed"
+            )
+        if missing:
+            log.warning("no library for the %s codecs: records compressed with them cannot be read", missing)
+
     def _connect(self) -> bool:
-        """Create the clients and subscribe, retrying with back-off until the broker answers or stop."""
+        """Create the clients and subscribe, retrying with back-off until the broker answers or stop.
+
+        Raises:
+            ValueError: a setting that no retry can fix (a bad option, a missing codec library, ...).
+        """
         from kafka import ConsumerRebalanceListener
 
         worker = self
@@ -198,12 +230,12 @@ class Worker:
             def on_partitions_lost(self, lost: Any) -> None:
                 worker._on_revoked([(tp.topic, tp.partition) for tp in lost], lost=True)
 
+        self.check_codecs()
         backoff = Backoff(self.settings.retry_backoff_ms / 1000, self.settings.retry_backoff_max_ms / 1000)
         while not self._stop.is_set():
             self._tick()
             try:
-                if self.producer is None:
-                    self.producer = self._producer_factory()
+                self.delivery.connect()
                 if self.consumer is None:
                     self.consumer = self._consumer_factory()
                     self.consumer.subscribe([self.settings.input_topic], listener=_Listener())
@@ -214,125 +246,117 @@ class Worker:
                     self.settings.group_id,
                 )
                 return True
-            except Exception as e:  # noqa: BLE001 - NoBrokersAvailable, DNS, TLS: all mean "try again"
-                if type(e).__name__ in ("KafkaConfigurationError", "TypeError", "ValueError"):
-                    raise  # a mistake in the settings: retrying cannot help
+            except Exception as e:  # noqa: BLE001 - sorted into "try again" and "cannot work"
+                retriable = isinstance(e, OSError) or type(e).__name__ in RETRIABLE_CONNECT_ERRORS
+                if not retriable:
+                    raise ValueError(f"cannot create the Kafka clients: {type(e).__name__}: {e}") from e
                 self.metrics.broker_errors.labels(operation="connect").inc()
                 delay = backoff.next()
                 log.warning("cannot connect to %s (%s); retrying in %.1fs", self.settings.bootstrap_servers, e, delay)
                 self._stop.wait(delay)
         return False
 
-    # ------------------------------------------------------------------ rebalance
-    # kafka-python 3 calls these on its IO thread: they must not call blocking consumer APIs (commit,
-    # position), and they hand the rest of the work to the consumer thread through ``_revocations``.
-    def _on_assigned(self, tps: list[tuple[str, int]]) -> None:
+    # ------------------------------------------------------------------ rebalance (client IO thread)
+    def _on_assigned(self, tps: list[TopicPartition]) -> None:
+        from kafka import TopicPartition as KafkaTP
+
+        with self._lock:
+            seeks = self.checkpoint.assign(tps)
+            self._new_partitions.extend(tps)
+            for tp, offset in seeks.items():
+                try:
+                    self.consumer.seek(KafkaTP(*tp), offset)
+                    self.checkpoint.resumed(tp)
+                    log.info("partition %d resumes at %d (records dropped at revocation come again)", tp[1], offset)
+                except Exception as e:  # noqa: BLE001 - the commit point stays below the dropped records
+                    log.error("cannot seek partition %d back to %d: %s", tp[1], offset, e)
+            owned = len(self.checkpoint.owned)
         self.metrics.rebalances.labels(event="assigned").inc()
-        self._assigned = frozenset(tps)
-        self.metrics.assigned_partitions.set(len(self._assigned))
-        self.metrics.ready.set(1 if self._assigned else 0)
+        self.metrics.assigned_partitions.set(owned)
+        self._set_ready()
         log.info("assigned partitions %s", sorted(p for _, p in tps))
 
-    def _on_revoked(self, tps: list[tuple[str, int]], lost: bool = False) -> None:
-        """Commit the batch in flight for the revoked partitions if it finishes in time; queue the rest.
-
-        Its results are already being produced, so committing them spares the partition's next owner
-        from producing them again. When the membership was lost (``lost``) nothing can be committed.
-        """
+    def _on_revoked(self, tps: list[TopicPartition], lost: bool = False) -> None:
+        """Drop the records of ``tps`` not yet in a batch; never block (this is the client's IO thread)."""
         revoked = set(tps)
-        self.metrics.rebalances.labels(event="revoked").inc()
-        log.info("partitions %s %s", sorted(p for _, p in tps), "lost" if lost else "revoked")
-        self._assigned = frozenset(self._assigned - revoked)
-        self.metrics.assigned_partitions.set(len(self._assigned))
-        self.metrics.ready.set(1 if self._assigned else 0)
-        fut = self._inflight
-        if fut is not None and not lost and revoked:
-            try:
-                batch = fut.result(timeout=self.settings.produce_timeout_s)
-                self._commit_async({tp: o for tp, o in batch.offsets().items() if tp in revoked})
-            except Exception as e:  # noqa: BLE001 - not done in time or failed: the next owner redoes it
-                log.warning("batch in flight not committed on revocation (%s); its records may be redone", e)
-        self._revocations.append(revoked)
-
-    def _commit_async(self, offsets: dict[tuple[str, int], int]) -> None:
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
-
-        if not offsets:
-            return
-
-        def _done(_offsets: Any, response: Any) -> None:
-            outcome = "failed" if isinstance(response, Exception) else "ok"
-            self.metrics.offset_commits.labels(outcome=outcome).inc()
-
-        payload = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
-        self.consumer.commit_async(payload, callback=_done)
-
-    def _apply_revocations(self) -> None:
-        """On the consumer thread: drop records of revoked partitions that are not yet in a batch.
-
-        They were never produced and are not committed, so their next owner reads them again and nothing
-        is produced twice.
-        """
-        while self._revocations:
-            # Even partitions assigned again are dropped: the new assignment restarts them from the
-            # committed offset, so these records will be fetched again.
-            revoked = self._revocations.popleft()
-            keep = [
-                (r, f)
-                for r, f in zip(self._pending, self._pending_futures, strict=True)
-                if (r.topic, r.partition) not in revoked
-            ]
-            dropped = len(self._pending) - len(keep)
-            if dropped:
-                self.metrics.records_abandoned.labels(reason="revoked").inc(dropped)
-                for r, f in zip(self._pending, self._pending_futures, strict=True):
-                    if (r.topic, r.partition) in revoked:
-                        f.cancel()
-                log.info("dropped %d uncommitted records of revoked partitions (their next owner reads them)", dropped)
-            self._pending = [r for r, _ in keep]
-            self._pending_futures = [f for _, f in keep]
-            if not self._pending:
+        with self._lock:
+            keep, dropped = [], 0
+            for it in self._pending:
+                if (it.record.topic, it.record.partition) in revoked:
+                    it.future.cancel()
+                    it.state.dropped(it.record.offset)
+                    dropped += 1
+                else:
+                    keep.append(it)
+            self._pending = keep
+            if not keep:
                 self._batch_opened = None
-            for tp in revoked:
-                self._next_offset.pop(tp, None)
-                self.metrics.drop_lag(*tp)
+            self.checkpoint.revoke(revoked, lost=lost)
+            owned = len(self.checkpoint.owned)
+        if dropped:
+            self.metrics.records_abandoned.labels(reason="revoked").inc(dropped)
+            log.info("dropped %d records of revoked partitions not yet in a batch; they will be read again", dropped)
+        for tp in revoked:
+            self.metrics.drop_partition(*tp)
+        self.metrics.rebalances.labels(event="revoked").inc()
+        self.metrics.assigned_partitions.set(owned)
+        self._set_ready()
+        log.info("partitions %s %s", sorted(p for _, p in tps), "lost" if lost else "revoked")
 
     # ------------------------------------------------------------------ probes
     def _tick(self) -> None:
         self._last_tick = time.monotonic()
 
+    def _set_ready(self) -> None:
+        self.metrics.ready.set(1 if self.ready()[0] else 0)
+
     def alive(self) -> tuple[bool, str]:
-        """Alive while the loop makes progress (polls, retries) within ``max_poll_interval_ms``."""
+        """Alive while the loop makes progress within ``max_poll_interval_ms`` and the circuit has not been
+        open for ``circuit_open_restart_s`` (a restart may bring a broken GPU context back)."""
         age = time.monotonic() - self._last_tick
         limit = self.settings.max_poll_interval_ms / 1000
         if self._running and age > limit:
             return False, f"worker loop stalled for {age:.0f}s (limit {limit:.0f}s)"
+        since = self._circuit_since
+        if since is not None and time.monotonic() - since > self.settings.circuit_open_restart_s:
+            return False, f"model circuit open for {time.monotonic() - since:.0f}s: restart me"
         return True, f"ok (loop ticked {age:.1f}s ago)"
 
     def ready(self) -> tuple[bool, str]:
-        """Ready when the model is loaded and the consumer owns at least one partition."""
+        """Ready when running, the model works (circuit closed) and the consumer owns a partition."""
         if not self._running:
             return False, "worker not running"
-        if not self._assigned:
+        if self._circuit_since is not None:
+            return False, "model failing: circuit open, consumption stopped"
+        if not self.checkpoint.owned:
             return False, "no partitions assigned"
-        return True, f"ok ({len(self._assigned)} partitions)"
+        return True, f"ok ({len(self.checkpoint.owned)} partitions)"
 
     # ------------------------------------------------------------------ the loop
     def stop(self) -> None:
-        """Ask the loop to finish the batch in flight and exit (safe from a signal handler)."""
+        """Ask the loop to finish the batch in flight and exit within ``shutdown_timeout_s`` (safe from a
+        signal handler)."""
+        if self._stopped_at is None:
+            self._stopped_at = time.monotonic()
         self._stop.set()
+
+    def _shutdown_deadline(self) -> float:
+        start = self._stopped_at if self._stopped_at is not None else time.monotonic()
+        return start + self.settings.shutdown_timeout_s
 
     def hard_stop(self) -> None:
-        """Give up retrying a batch that cannot be produced (a second signal): exit without committing it."""
+        """Stop retrying the batch in flight: exit without committing it."""
         self._stop.set()
-        self._hard_stop.set()
+        self._abort.set()
 
     def run(self, max_records: int | None = None, timeout_s: float | None = None) -> int:
-        """Consume until stopped (or ``max_records`` results/dead letters, or ``timeout_s``), then drain.
+        """Consume until stopped (or ``max_records`` outputs, or ``timeout_s``), then drain.
 
         Returns:
-            0 on a clean stop; 1 when the model failed (nothing of the failing batch was committed).
+            0 on a clean stop; 1 when the worker cannot go on (a poll error no retry can fix).
+
+        Raises:
+            ValueError: the settings cannot work (raised before anything is consumed).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._running = True
@@ -345,151 +369,158 @@ class Worker:
                     break
                 if max_records is not None and self.produced >= max_records:
                     break
-                self._step()
-            self._drain()
+                if not self._step():
+                    return 1
+            if self._stopped_at is None:
+                self._stopped_at = time.monotonic()
+            self._drain(self._shutdown_deadline() - CLOSE_RESERVE_S)
             return 0
-        except ModelError as e:
-            log.error("the model is failing; exiting without committing the batch: %s", e)
-            return 1
+        except ValueError:
+            raise
         except Exception:  # noqa: BLE001 - exit non-zero, uncommitted work is redone by the next worker
             log.exception("worker failed; exiting without committing the batch in flight")
             return 1
         finally:
             self._running = False
             self.metrics.ready.set(0)
-            self._close()
+            self._close(max(self._shutdown_deadline(), time.monotonic() + 1.0))
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One turn of the loop. Returns False when the worker must exit."""
         s = self.settings
-        wait_s = s.max_batch_wait_ms / 1000
-        room = s.max_batch_size - len(self._pending)
-        if room > 0:
-            if self._batch_opened is not None:
-                timeout_ms = max(0, int((self._batch_opened + wait_s - time.monotonic()) * 1000))
-            else:
-                timeout_ms = IDLE_POLL_MS
-            self._poll(timeout_ms, room)
-        self._apply_revocations()
-        if self._inflight is not None and self._inflight.done():
-            self._complete(self._inflight)
-            self._inflight = None
-        full = len(self._pending) >= s.max_batch_size
-        expired = self._batch_opened is not None and time.monotonic() - self._batch_opened >= wait_s
-        if self._pending and (full or expired):
-            if self._inflight is not None:
-                self._complete(self._inflight)
-                self._inflight = None
-            batch = _Batch(self._pending, self._pending_futures)
-            self._pending, self._pending_futures, self._batch_opened = [], [], None
-            self._inflight_size = len(batch.records)
-            self._inflight = self._infer_pool.submit(self._process, batch)
-        self._update_lag()
+        self._finish_inflight()
+        self._maybe_retry()
+        if not self._poll():
+            return False
+        self._init_new_partitions()
+        self._maybe_dispatch(s.max_batch_wait_ms / 1000)
+        self._update_metrics()
+        return True
 
-    def _poll(self, timeout_ms: int, max_records: int) -> None:
+    def _buffered(self) -> int:
+        held = sum(it.size for it in self._pending)
+        if self._inflight_batch is not None:
+            held += self._inflight_batch.size
+        return held
+
+    def _poll(self) -> bool:
+        """Poll once (paused when there is no room), queue the records for decoding."""
+        s = self.settings
+        with self._lock:
+            room = s.max_batch_size - len(self._pending)
+            full = room <= 0 or self._buffered() >= s.max_buffered_bytes or self._circuit_since is not None
+            opened = self._batch_opened
+        self._set_paused(full)
+        if opened is not None and not full:
+            timeout_ms = max(0, min(IDLE_POLL_MS, int((opened + s.max_batch_wait_ms / 1000 - time.monotonic()) * 1000)))
+        else:
+            timeout_ms = IDLE_POLL_MS if self._inflight is None else 20
         try:
-            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
-        except Exception as e:  # noqa: BLE001 - poll errors are transient broker trouble; back off a little
+            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max(1, room))
+        except Exception as e:  # noqa: BLE001 - transient broker trouble unless it keeps being a fatal kind
             self.metrics.broker_errors.labels(operation="poll").inc()
-            log.warning("poll failed: %s", e)
-            self._stop.wait(self.settings.retry_backoff_ms / 1000)
+            self._poll_errors += 1
+            if type(e).__name__ in FATAL_POLL_ERRORS and self._poll_errors >= 3:
+                log.error("poll keeps failing with %s: %s; exiting so that it is seen", type(e).__name__, e)
+                return False
+            log.warning("poll failed: %s: %s", type(e).__name__, e)
+            self._stop.wait(min(2.0, s.retry_backoff_ms / 1000 * self._poll_errors))
+            return True
+        self._poll_errors = 0
+        self.metrics.last_poll.set(time.time())
+        n = 0
+        with self._lock:
+            for tp, records in polled.items():
+                st = self.checkpoint.state((tp.topic, tp.partition))
+                if st is None:  # revoked while this poll returned: not ours to process
+                    continue
+                for r in records:
+                    rec = to_input_record(r)
+                    st.polled(rec.offset)
+                    self._pending.append(_Item(rec, self._decode_pool.submit(self.handler.prepare, rec), st))
+                    n += 1
+                self.metrics.records_consumed.labels(topic=tp.topic).inc(len(records))
+            if self._pending and self._batch_opened is None:
+                self._batch_opened = time.monotonic()
+        self.consumed += n
+        return True
+
+    def _set_paused(self, paused: bool) -> None:
+        """Pause every assigned partition (or resume them): idempotent, so partitions assigned since the last
+        turn get the same treatment."""
+        try:
+            if paused:
+                self.consumer.pause(*self.consumer.assignment())
+            elif self.consumer.paused():
+                self.consumer.resume(*self.consumer.paused())
+        except Exception as e:  # noqa: BLE001 - a rebalance in between; tried again next turn
+            log.debug("pause/resume: %s", e)
+
+    def _maybe_dispatch(self, wait_s: float) -> None:
+        if self._inflight is not None or self._retry is not None or self._circuit_since is not None:
             return
-        for tp, records in polled.items():
-            key = (tp.topic, tp.partition)
-            for r in records:
-                rec = to_input_record(r)
-                self._pending.append(rec)
-                self._pending_futures.append(self._decode_pool.submit(self.handler.prepare, rec))
-                self._next_offset[key] = r.offset + 1
-            self.metrics.records_consumed.labels(topic=tp.topic).inc(len(records))
-            self.consumed += len(records)
-        if self._pending and self._batch_opened is None:
-            self._batch_opened = time.monotonic()
+        with self._lock:
+            if not self._pending or self._batch_opened is None:
+                return
+            full = len(self._pending) >= self.settings.max_batch_size
+            if not full and time.monotonic() - self._batch_opened < wait_s:
+                return
+            batch = _Batch(self._pending)
+            self._pending, self._batch_opened = [], None
+        self._submit(batch)
+
+    def _submit(self, batch: _Batch) -> None:
+        self._inflight_batch = batch
+        self._inflight = self._infer_pool.submit(self._process, batch)
 
     # ------------------------------------------------------------------ inference thread
     def _process(self, batch: _Batch) -> _Batch:
-        """Score and produce a batch; returns once every output record is acknowledged by the broker."""
-        items = [f.result() for f in batch.futures]
-        batch.outputs = self.handler.score(items)
-        self._produce(batch.outputs)
-        batch.done_at = time.time()
+        """Score and deliver a batch; returns once every output is acknowledged (see ``service.delivery``)."""
+        items = [it.future.result() for it in batch.items]
+        outputs = self.handler.score(items)
+        batch.outputs = self.delivery.deliver(outputs)
+        self._flushes += 1
+        self._fault_after_flush()
         return batch
 
-    def _produce(self, outputs: list[OutputRecord]) -> None:
-        """Send and flush, resending what failed with back-off until everything is acknowledged.
-
-        Stops retrying only on a hard stop (a second signal) — never drops a result silently.
-        """
-        backoff = Backoff(self.settings.retry_backoff_ms / 1000, self.settings.retry_backoff_max_ms / 1000)
-        todo = list(outputs)
-        t0 = time.perf_counter()
-        attempts = 0
-        while todo:
-            self._tick()
-            sent = []
-            try:
-                for o in todo:
-                    fut = self.producer.send(
-                        o.topic, value=o.value, key=o.key, headers=o.headers, partition=self._partition_for(o)
-                    )
-                    sent.append((o, fut))
-            except Exception as e:  # noqa: BLE001 - metadata timeouts and friends: retry the unsent ones
-                log.warning("produce failed (%s); will retry", e)
-            try:
-                self.producer.flush(timeout=self.settings.produce_timeout_s)
-            except Exception as e:  # noqa: BLE001 - a flush timeout: the unacknowledged ones are retried
-                log.warning("flush failed (%s); will retry", e)
-            failed = []
-            for o, fut in sent:
-                if fut.is_done and fut.succeeded():
-                    continue
-                err = fut.exception if fut.is_done else None
-                if o.kind == "dead_letter" and type(err).__name__ == "MessageSizeTooLargeError":
-                    o = self.handler.slim_dead_letter(o)
-                failed.append(o)
-            failed += todo[len(sent) :]
-            if not failed:
-                break
-            self.metrics.broker_errors.labels(operation="produce").inc()
-            self._out_partitions = None  # topic metadata may have changed (broker restart)
-            attempts += 1
-            delay = backoff.next()
-            log.warning("%d of %d records not acknowledged; retrying in %.1fs", len(failed), len(todo), delay)
-            todo = failed
-            if self._hard_stop.wait(delay):
-                raise RuntimeError("hard stop while producing")
-            if attempts % 3 == 0:
-                # An idempotent producer whose broker lost its state (a restarted or failed-over cluster) can
-                # stay in a fatal error state for good; a fresh producer gets a new producer id.
-                self._reset_producer()
-        self.metrics.produce_duration.observe(time.perf_counter() - t0)
-
-    def _reset_producer(self) -> None:
-        log.warning("recreating the producer")
-        old, self.producer = self.producer, None
-        try:
-            old.close(timeout=0)
-        except Exception as e:  # noqa: BLE001 - the old producer is broken; closing is best effort
-            log.debug("closing the old producer: %s", e)
-        try:
-            self.producer = self._producer_factory()
-        except Exception as e:  # noqa: BLE001 - broker still away: keep the old one, retry later
-            log.warning("cannot create a producer yet: %s", e)
-            self.producer = old
-
-    def _partition_for(self, o: OutputRecord) -> int | None:
-        if o.kind != "result" or self.settings.output_partitioning != "same":
-            return None
-        if self._out_partitions is None:
-            parts = self.producer.partitions_for(self.settings.output_topic)
-            self._out_partitions = len(parts) if parts else None
-        if not self._out_partitions:
-            return None
-        return o.source.partition % self._out_partitions
+    def _fault_after_flush(self) -> None:
+        fault = self.settings.fault_injection
+        if fault and fault.startswith("exit_after_flush:") and self._flushes == int(fault.split(":")[1]):
+            log.warning("fault injection: exiting after flush #%d, before its commit", self._flushes)
+            logging.shutdown()
+            os._exit(137)
 
     # ------------------------------------------------------------------ back on the consumer thread
-    def _complete(self, fut: Future[_Batch]) -> None:
-        """Wait for a batch, account for it, and commit its offsets (only after its results are flushed)."""
-        batch = fut.result()  # re-raises ModelError
+    def _finish_inflight(self, wait_s: float = 0.0) -> None:
+        fut = self._inflight
+        if fut is None:
+            return
+        if not fut.done():
+            if wait_s <= 0:
+                return
+            concurrent.futures.wait([fut], timeout=wait_s)
+            if not fut.done():
+                return
+        batch = self._inflight_batch
+        assert batch is not None
+        self._inflight, self._inflight_batch = None, None
+        try:
+            fut.result()
+        except Aborted as e:
+            log.warning("batch of %d abandoned uncommitted: %s", len(batch.items), e)
+            self.metrics.records_abandoned.labels(reason="produce_failed").inc(len(batch.items))
+            return
+        except Exception as e:  # noqa: BLE001 - ModelError, or a surprise: keep the batch, retry it
+            self._failed(batch, e)
+            return
+        self._succeeded(batch)
+
+    def _succeeded(self, batch: _Batch) -> None:
+        if self._circuit_since is not None:
+            log.warning("the model answers again: circuit closed, consuming again")
+        self._failures, self._circuit_since = 0, None
+        self.metrics.circuit_open.set(0)
+        self._set_ready()
         now = time.time()
         for o in batch.outputs:
             if o.kind == "result":
@@ -501,238 +532,160 @@ class Worker:
             if o.source.timestamp_ms is not None:
                 self.metrics.end_to_end_duration.observe(max(0.0, now - o.source.timestamp_ms / 1000))
         self.produced += len(batch.outputs)
-        owned = self._assigned
-        mine = {tp: o for tp, o in batch.offsets().items() if tp in owned}
-        if len(mine) < len(batch.offsets()):
-            log.info("not committing %d partitions of this batch: no longer assigned", len(batch.offsets()) - len(mine))
-        self._commit(mine)
+        with self._lock:
+            for it in batch.items:
+                it.state.finished(it.record.offset)
+            offsets = self.checkpoint.to_commit()
+        self._commit(offsets)
 
-    def _commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        from kafka import TopicPartition
+    def _failed(self, batch: _Batch, e: BaseException) -> None:
+        """Keep a batch the model (or something unforeseen) failed on; retry it after a back-off."""
+        self._failures += 1
+        batch.attempts += 1
+        s = self.settings
+        if self._failures >= s.circuit_breaker_threshold:
+            if self._circuit_since is None:
+                self._circuit_since = time.monotonic()
+                self.metrics.circuit_open.set(1)
+                self._set_ready()
+                log.error(
+                    "%d batches in a row failed (%s); circuit open: consumption stopped until the model answers",
+                    self._failures,
+                    e,
+                )
+            k = self._failures - s.circuit_breaker_threshold
+            delay = min(s.circuit_breaker_reset_s * (2**k), 10 * s.circuit_breaker_reset_s)
+        else:
+            delay = min(s.retry_backoff_max_ms, s.retry_backoff_ms * (2 ** (self._failures - 1))) / 1000
+        if isinstance(e, ModelError):
+            log.warning("the model failed on a batch of %d (%s); retrying it in %.1fs", len(batch.items), e, delay)
+        else:
+            log.error("batch of %d failed unexpectedly; retrying it in %.1fs", len(batch.items), delay, exc_info=e)
+        self._retry = (batch, time.monotonic() + delay)
+
+    def _maybe_retry(self) -> None:
+        if self._retry is None or self._inflight is not None:
+            return
+        batch, at = self._retry
+        if time.monotonic() >= at:
+            self._retry = None
+            self._submit(batch)
+
+    def _commit(self, offsets: dict[TopicPartition, int], timeout_s: float | None = None) -> None:
+        """Commit ``offsets`` (already safe); a failure is logged and left to the next commit."""
+        from kafka import TopicPartition as KafkaTP
         from kafka.structs import OffsetAndMetadata
 
         if not offsets:
             return
         t0 = time.perf_counter()
-        backoff = Backoff(self.settings.retry_backoff_ms / 1000, self.settings.retry_backoff_max_ms / 1000)
-        payload = {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
-        for attempt in range(5):
-            self._tick()
-            try:
-                self.consumer.commit(payload)
-                self.metrics.offset_commits.labels(outcome="ok").inc()
-                self.metrics.commit_duration.observe(time.perf_counter() - t0)
-                return
-            except Exception as e:  # noqa: BLE001 - CommitFailedError after a rebalance is not retriable
-                self.metrics.offset_commits.labels(outcome="failed").inc()
-                self.metrics.broker_errors.labels(operation="commit").inc()
-                retriable = bool(getattr(e, "retriable", False))
-                log.warning(
-                    "commit of %s failed (attempt %d, %s): %s",
-                    offsets,
-                    attempt + 1,
-                    "retrying" if retriable else "giving up",
-                    e,
-                )
-                if not retriable:
-                    break
-                self._stop.wait(backoff.next())
-        # The results are out; the records will be read again after a restart or rebalance (duplicates
-        # with the same ids), which at-least-once allows. A later commit also covers these offsets.
+        payload = {KafkaTP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
+        timeout_ms = int(1000 * (timeout_s if timeout_s is not None else self.settings.session_timeout_ms / 1000))
+        try:
+            self.consumer.commit(payload, timeout_ms=max(1, timeout_ms))
+        except Exception as e:  # noqa: BLE001 - a rebalance or the coordinator away: the next commit covers it
+            self.metrics.offset_commits.labels(outcome="failed").inc()
+            self.metrics.broker_errors.labels(operation="commit").inc()
+            log.warning("commit of %s failed: %s: %s", offsets, type(e).__name__, e)
+            return
+        self.metrics.offset_commits.labels(outcome="ok").inc()
+        self.metrics.commit_duration.observe(time.perf_counter() - t0)
+        now = time.time()
+        with self._lock:
+            self.checkpoint.committed(offsets)
+        for t, p in offsets:
+            self.metrics.last_commit.labels(topic=t, partition=str(p)).set(now)
 
-    def _update_lag(self, every_s: float = 1.0) -> None:
-        from kafka import TopicPartition
+    def _init_new_partitions(self) -> None:
+        """For newly assigned partitions: the group's committed offset (for lag) and the commit clock."""
+        from kafka import TopicPartition as KafkaTP
+
+        with self._lock:
+            new, self._new_partitions = self._new_partitions, []
+        now = time.time()
+        for tp in new:
+            self.metrics.last_commit.labels(topic=tp[0], partition=str(tp[1])).set(now)
+            try:
+                committed = self.consumer.committed(KafkaTP(*tp), timeout_ms=2000)
+            except Exception as e:  # noqa: BLE001 - lag waits for our first commit then
+                log.debug("committed offset of %s: %s", tp, e)
+                continue
+            with self._lock:
+                st = self.checkpoint.state(tp)
+                if st is not None and st.committed is None and committed is not None:
+                    st.committed = int(committed)
+
+    def _update_metrics(self, every_s: float = 1.0) -> None:
+        from kafka import TopicPartition as KafkaTP
 
         now = time.monotonic()
-        if now - self._last_lag < every_s:
+        if now - self._last_metrics < every_s:
             return
-        self._last_lag = now
-        for topic, part in list(self._assigned):
-            hw = self.consumer.highwater(TopicPartition(topic, part))
-            pos = self._next_offset.get((topic, part))
-            if hw is not None and pos is not None:
-                self.metrics.set_lag(topic, part, hw - pos)
+        self._last_metrics = now
+        with self._lock:
+            states = list(self.checkpoint.owned.values())
+            self.metrics.records_pending.set(len(self._pending))
+            self.metrics.records_in_flight.set(0 if self._inflight_batch is None else len(self._inflight_batch.items))
+            self.metrics.buffered_bytes.set(self._buffered())
+        for st in states:
+            try:
+                hw = self.consumer.highwater(KafkaTP(*st.tp))
+            except Exception:  # noqa: BLE001 - revoked meanwhile
+                continue
+            base = st.committed if st.committed is not None else st.commit_point()
+            if hw is not None and base is not None:
+                self.metrics.set_lag(st.tp[0], st.tp[1], hw - base)
+        if now - self._last_topic_check >= 30.0:
+            self._last_topic_check = now
+            try:
+                parts = self.consumer.partitions_for_topic(self.settings.input_topic)
+                if parts:
+                    self.metrics.topic_partitions.labels(topic=self.settings.input_topic).set(len(parts))
+            except Exception as e:  # noqa: BLE001 - metadata not there yet
+                log.debug("partitions of %s: %s", self.settings.input_topic, e)
 
     # ------------------------------------------------------------------ shutdown
-    def _drain(self) -> None:
-        """Finish the batch in flight, commit it; records not yet in a batch stay uncommitted."""
+    def _drain(self, deadline: float) -> None:
+        """Finish the batch in flight and commit it, all before ``deadline``; leave the rest uncommitted."""
         if self._inflight is not None:
             log.info("draining: finishing the batch in flight")
-            done, _ = concurrent.futures.wait([self._inflight], timeout=self.settings.shutdown_timeout_s)
-            if done:
-                self._complete(self._inflight)
-            else:
-                # Broker still away after the grace period: stop retrying, leave the batch uncommitted.
-                log.warning(
-                    "batch in flight not flushed within %.0fs; exiting without committing it",
-                    self.settings.shutdown_timeout_s,
+            self._finish_inflight(wait_s=max(0.0, deadline - time.monotonic() - 1.0))
+            if self._inflight is not None:
+                log.warning("batch in flight not delivered before the shutdown deadline; exiting without committing it")
+                self._abort.set()
+                self.metrics.records_abandoned.labels(reason="produce_failed").inc(
+                    0 if self._inflight_batch is None else len(self._inflight_batch.items)
                 )
-                self._hard_stop.set()
-                self.metrics.records_abandoned.labels(reason="shutdown").inc(self._inflight_size)
-            self._inflight = None
-        if self._pending:
-            self.metrics.records_abandoned.labels(reason="shutdown").inc(len(self._pending))
-            for f in self._pending_futures:
-                f.cancel()
-            log.info("left %d records not yet in a batch uncommitted (they will be read again)", len(self._pending))
-            self._pending, self._pending_futures = [], []
+        with self._lock:
+            pending, self._pending = self._pending, []
+        if self._retry is not None:
+            pending += self._retry[0].items
+            self._retry = None
+        if pending:
+            self.metrics.records_abandoned.labels(reason="shutdown").inc(len(pending))
+            for it in pending:
+                it.future.cancel()
+            log.info("left %d records not yet delivered uncommitted (they will be read again)", len(pending))
 
-    def _close(self) -> None:
+    def _close(self, deadline: float) -> None:
+        self._abort.set()
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
         self._infer_pool.shutdown(wait=False, cancel_futures=True)
         if self.consumer is not None:
             try:
-                self.consumer.close(autocommit=False)
+                self.consumer.close(autocommit=False, timeout_ms=int(max(0.0, deadline - time.monotonic()) * 1000))
             except Exception as e:  # noqa: BLE001 - closing is best effort
                 log.warning("closing the consumer: %s", e)
             self.consumer = None
-        if self.producer is not None:
-            try:
-                self.producer.close(timeout=5)
-            except Exception as e:  # noqa: BLE001 - closing is best effort
-                log.warning("closing the producer: %s", e)
-            self.producer = None
+        self.delivery.close(deadline - time.monotonic())
         log.info(
-            "worker stopped: %d records consumed, %d results and dead letters produced",
-            self.consumed,
-            self.produced,
+            "worker stopped: %d records consumed, %d results and dead letters produced", self.consumed, self.produced
         )
 
 
-# ---------------------------------------------------------------------------- building a worker
-def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Worker, Metrics]:
-    """Load the model and assemble a worker from settings."""
-    from dangerclip.scorer import DangerScorer
-
-    if settings.model_path is None:
-        raise ValueError("no model: set DANGERCLIP_MODEL_PATH or pass --model")
-    metrics = metrics or Metrics()
-    scorer = DangerScorer(
-        settings.model_path,
-        providers=settings.provider_list,
-        intra_op_threads=settings.intra_op_threads,
-        thresholds=settings.thresholds or None,
-    )
-    card = scorer.card
-    metrics.set_model(
-        name=card.name,
-        version=card.version,
-        sha256=scorer.sha256,
-        provider=scorer.provider,
-        mode=card.mode,
-        trained=card.trained,
-    )
-    if not card.trained:
-        log.warning("model %s %s is UNTRAINED: its scores are meaningless", card.name, card.version)
-    handler = Handler(scorer, settings, metrics)
-    return Worker(settings, handler, metrics), metrics
-
-
-def serve(settings: Settings, max_records: int | None = None, timeout_s: float | None = None) -> int:
-    """Run one worker with its HTTP server until SIGTERM/SIGINT. Returns the process exit code."""
-    from service.http import HealthServer
-
-    # kafka-python logs every connection at INFO; its warnings and errors are what an operator needs.
-    logging.getLogger("kafka").setLevel(logging.WARNING)
-    worker, metrics = build(settings)
-    server = None
-    if settings.metrics_enabled:
-        server = HealthServer(
-            metrics.registry, settings.metrics_host, settings.metrics_port, worker.alive, worker.ready
-        ).start()
-    signals_seen = []
-
-    def _on_signal(signum: int, _frame: Any) -> None:
-        signals_seen.append(signum)
-        if len(signals_seen) == 1:
-            log.info("received %s: finishing the batch in flight, then exiting", signal.Signals(signum).name)
-            worker.stop()
-        else:
-            log.warning("second signal: stopping retries now")
-            worker.hard_stop()
-
-    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return worker.run(max_records=max_records, timeout_s=timeout_s)
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if server is not None:
-            server.stop()
-
-
-# ---------------------------------------------------------------------------- dangerclip serve
-_CLI_FIELDS = {
-    "model": "model_path",
-    "bootstrap_servers": "bootstrap_servers",
-    "input_topic": "input_topic",
-    "output_topic": "output_topic",
-    "dead_letter_topic": "dead_letter_topic",
-    "group_id": "group_id",
-    "max_batch_size": "max_batch_size",
-    "max_batch_wait_ms": "max_batch_wait_ms",
-    "metrics_host": "metrics_host",
-    "metrics_port": "metrics_port",
-    "providers": "providers",
-}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Run a Kafka scoring worker. Every setting comes from DANGERCLIP_* environment variables "
-        "(see --env-help); the options below override them."
-    )
-    parser.add_argument("--model", help="the exported .onnx model (DANGERCLIP_MODEL_PATH)")
-    parser.add_argument("--bootstrap-servers", help="host:port[,host:port] (DANGERCLIP_BOOTSTRAP_SERVERS)")
-    parser.add_argument("--input-topic")
-    parser.add_argument("--output-topic")
-    parser.add_argument("--dead-letter-topic")
-    parser.add_argument("--group-id")
-    parser.add_argument("--max-batch-size", type=int)
-    parser.add_argument("--max-batch-wait-ms", type=int)
-    parser.add_argument("--metrics-host")
-    parser.add_argument("--metrics-port", type=int)
-    parser.add_argument("--providers", help="auto, cpu, cuda, tensorrt")
-    parser.add_argument(
-        "--max-records",
-        type=int,
-        default=None,
-        help="exit after this many results and dead letters (for tests and benchmarks)",
-    )
-    parser.add_argument("--max-seconds", type=float, default=None, help="exit after this long")
-    parser.add_argument("--json-logs", action="store_true", help="log JSON lines (DANGERCLIP_LOG_JSON)")
-    parser.add_argument("--env-help", action="store_true", help="list every DANGERCLIP_* variable and exit")
-
-
-def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
-    """Settings from the environment, overridden by the command-line options that were given."""
-    overrides = {f: getattr(args, a) for a, f in _CLI_FIELDS.items() if getattr(args, a, None) is not None}
-    overrides.update(extra)
-    return Settings(**overrides)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.env_help:
-        for name, doc in Settings.model_construct().env_help():
-            sys.stdout.write(f"{name:<42} {doc}\n")
-        return 0
-    try:
-        settings = settings_from_args(args)
-    except Exception as e:  # noqa: BLE001 - pydantic's message names the bad variable
-        sys.stderr.write(f"dangerclip serve: invalid settings: {e}\n")
-        return 2
-    if settings.log_json and not args.json_logs:
-        from dangerclip.cli import setup_logging
-
-        setup_logging(json_logs=True)
-    try:
-        return serve(settings, max_records=args.max_records, timeout_s=args.max_seconds)
-    except (FileNotFoundError, ValueError) as e:
-        sys.stderr.write(f"dangerclip serve: {e}\n")
-        return 2
-
-
 if __name__ == "__main__":
+    import sys
+
     from dangerclip.cli import main
 
     sys.exit(main(["serve", *sys.argv[1:]]))

@@ -57,9 +57,9 @@ def test_metric_names_follow_conventions() -> None:
 def test_service_never_imports_torch() -> None:
     code = (
         "import sys\n"
-        "import service.worker, service.demo, service.messages, service.handler, service.http\n"
+        "import service.worker, service.serve, service.delivery, service.checkpoint, service.demo, service.messages, service.handler, service.http\n"
         "import service.settings, service.metrics, service.fetch, service.topics, service.embedded\n"
-        "from service.worker import build\n"
+        "from service.serve import build\n"
         "import dangerclip.scorer\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'open_clip',"
         " 'torchvision', 'pseudomask'))\n"

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from service.handler import InputRecord
-from service.worker import Backoff, _Batch
+from service.worker import Backoff
 
 
 def test_backoff_doubles_up_to_the_cap_and_resets() -> None:
@@ -11,11 +10,6 @@ def test_backoff_doubles_up_to_the_cap_and_resets() -> None:
     assert [b.next() for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     b.reset()
     assert b.next() == 0.5
-
-
-def test_batch_commits_the_next_offset_per_partition() -> None:
-    recs = [InputRecord("t", p, o, None, None, b"") for p, o in [(0, 5), (1, 2), (0, 7), (0, 6)]]
-    assert _Batch(recs, []).offsets() == {("t", 0): 8, ("t", 1): 3}
 
 
 # ---------------------------------------------------------------------------- the loop with fake clients
@@ -40,6 +34,30 @@ class FakeConsumer:
 
     def subscribe(self, topics, listener=None):  # noqa: ANN001, ANN201
         self.listener = listener
+        self.assigned: set = set()
+        self.paused_set: set = set()
+        self.seeks: list = []
+
+    def assignment(self):  # noqa: ANN201
+        return set(self.assigned)
+
+    def pause(self, *tps):  # noqa: ANN002, ANN201
+        self.paused_set |= set(tps)
+
+    def resume(self, *tps):  # noqa: ANN002, ANN201
+        self.paused_set -= set(tps)
+
+    def paused(self):  # noqa: ANN201
+        return set(self.paused_set)
+
+    def seek(self, tp, offset):  # noqa: ANN001, ANN201
+        self.seeks.append(((tp.topic, tp.partition), offset))
+
+    def committed(self, tp, timeout_ms=None):  # noqa: ANN001, ANN201
+        return None
+
+    def partitions_for_topic(self, topic):  # noqa: ANN001, ANN201
+        return {0, 1, 2, 3}
 
     def poll(self, timeout_ms=0, max_records=None):  # noqa: ANN001, ANN201
         if not self.script:
@@ -55,7 +73,7 @@ class FakeConsumer:
             self.script.insert(0, step[max_records:])
         return out
 
-    def commit(self, offsets):  # noqa: ANN001, ANN201
+    def commit(self, offsets, timeout_ms=None):  # noqa: ANN001, ANN201
         self.events.append("commit")
         self.commits.append({(tp.topic, tp.partition): o.offset for tp, o in offsets.items()})
 
@@ -65,7 +83,7 @@ class FakeConsumer:
     def highwater(self, tp):  # noqa: ANN001, ANN201
         return 10
 
-    def close(self, autocommit=False):  # noqa: ANN001, ANN201
+    def close(self, autocommit=False, timeout_ms=None):  # noqa: ANN001, ANN201
         pass
 
 
@@ -114,7 +132,11 @@ def _worker(script: list, fail_first: int = 0, **settings):  # noqa: ANN202
 
 
 def _assign(tps):  # noqa: ANN001, ANN202
-    return lambda c: c.listener.on_partitions_assigned([TopicPartition("in", p) for p in tps])
+    def step(c):  # noqa: ANN001, ANN202
+        c.assigned = {TopicPartition("in", p) for p in tps}
+        c.listener.on_partitions_assigned([TopicPartition("in", p) for p in tps])
+
+    return step
 
 
 def test_batches_are_flushed_before_their_offsets_are_committed() -> None:
@@ -136,7 +158,9 @@ def test_batches_are_flushed_before_their_offsets_are_committed() -> None:
 def test_unacknowledged_results_are_retried_not_dropped() -> None:
     w, consumer, producer, _ = _worker([_assign([0]), _records(3)], fail_first=2, max_batch_size=3)
     assert w.run(max_records=3, timeout_s=20) == 0
-    assert sorted(k for _, k, _ in producer.sent) == [b"k0-0", b"k0-1", b"k0-2"]
+    keys = [k for _, k, _ in producer.sent]
+    # the failed records and everything after them are resent in order: the last copies keep input order
+    assert keys[-3:] == [b"k0-0", b"k0-1", b"k0-2"]
     assert consumer.commits[-1] == {("in", 0): 3}
     assert w.metrics.registry.get_sample_value("dangerclip_broker_errors_total", {"operation": "produce"}) >= 1
 
@@ -144,6 +168,7 @@ def test_unacknowledged_results_are_retried_not_dropped() -> None:
 def test_revoked_partitions_pending_records_are_dropped_uncommitted() -> None:
     def revoke(c):  # noqa: ANN001, ANN202
         c.listener.on_partitions_revoked([TopicPartition("in", 0)])
+        c.assigned = {TopicPartition("in", 1)}
         c.listener.on_partitions_assigned([TopicPartition("in", 1)])
 
     # a long batch window: the records of partition 0 are still pending when it is revoked
@@ -168,3 +193,91 @@ def _slow(predict, worker):  # noqa: ANN001, ANN202
         return predict(batch)
 
     return wrapped
+
+
+def test_a_partition_handed_straight_back_is_sought_back_to_its_dropped_records() -> None:
+    # kafka-python keeps the fetch position of a partition the member owned before the rebalance: without a
+    # seek the dropped records would be skipped and the next commit would pass them (the reported loss)
+    def rebalance(c):  # noqa: ANN001, ANN202
+        c.listener.on_partitions_revoked([TopicPartition("in", 0)])
+        c.listener.on_partitions_assigned([TopicPartition("in", 0)])
+
+    w, consumer, producer, _ = _worker([_assign([0]), _records(3, 0), rebalance, _records(3, 0)],
+                                       max_batch_size=16, max_batch_wait_ms=2000)
+    assert w.run(max_records=3, timeout_s=20) == 0
+    assert consumer.seeks == [(("in", 0), 0)]
+    assert consumer.commits[-1] == {("in", 0): 3}
+
+
+def test_a_broken_model_keeps_its_batch_opens_the_circuit_and_recovers() -> None:
+    w, consumer, producer, _ = _worker([_assign([0]), _records(2)], max_batch_size=2,
+                                       circuit_breaker_threshold=2, circuit_breaker_reset_s=0.05)
+    scorer = w.handler.scorer
+    real, calls = scorer.predict, {"n": 0}
+    states: list = []
+
+    def broken_then_fixed(batch):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        states.append((w.ready()[0], w.metrics.registry.get_sample_value("dangerclip_circuit_open")))
+        if calls["n"] <= 12:  # batch, one by one, probe: three calls per failed attempt
+            raise RuntimeError("CUDA error: device lost")
+        return real(batch)
+
+    scorer.predict = broken_then_fixed
+    assert w.run(max_records=2, timeout_s=20) == 0
+    assert sorted(k for _, k, _ in producer.sent) == [b"k0-0", b"k0-1"]  # scored, not dead-lettered
+    assert all(t == w.settings.output_topic for t, _, _ in producer.sent)
+    assert (False, 1.0) in states  # the circuit was open (not ready) while it failed
+    assert w.metrics.registry.get_sample_value("dangerclip_circuit_open") == 0
+    assert consumer.commits[-1] == {("in", 0): 2}
+
+
+class _Refusing(FakeProducer):
+    """Refuses any record over ``limit`` bytes at send(), as kafka-python does past max_request_size."""
+
+    def __init__(self, events: list, limit: int) -> None:
+        super().__init__(events)
+        self.limit = limit
+
+    def send(self, topic, value=None, key=None, headers=None, partition=None):  # noqa: ANN001, ANN201
+        from kafka.errors import MessageSizeTooLargeError
+
+        if len(value or b"") + len(key or b"") > self.limit:
+            raise MessageSizeTooLargeError(f"{len(value)} bytes")
+        return super().send(topic, value, key, headers, partition)
+
+
+def test_a_record_the_broker_refuses_as_too_large_gets_a_terminal_outcome_and_the_partition_flows() -> None:
+    events: list = []
+    big = CR("in", 0, 0, None, b"big", b"\x00" * 300_000, [])
+    script = [_assign([0]), [big] + _records(2, 0, start=1)]
+    consumer = FakeConsumer(script, events)
+    producer = _Refusing(events, limit=50_000)
+    handler, _, _ = make_handler(dead_letter_max_value_bytes=10_000_000)
+    s = Settings(_env_file=None, input_topic="in", retry_backoff_ms=1, retry_backoff_max_ms=2, max_batch_size=3)
+    w = Worker(s, handler, Metrics(), consumer_factory=lambda: consumer, producer_factory=lambda: producer)
+    assert w.run(max_records=3, timeout_s=20) == 0
+    assert [(t, k) for t, k, _ in producer.sent] == [
+        (s.dead_letter_topic, b"big"), (s.output_topic, b"k0-1"), (s.output_topic, b"k0-2")]
+    assert consumer.commits[-1] == {("in", 0): 3}
+
+
+def test_shutdown_is_bounded_while_a_produce_is_stuck() -> None:
+    import threading
+    import time
+
+    class Stuck(FakeProducer):
+        def flush(self, timeout=None):  # noqa: ANN001, ANN201
+            time.sleep(min(timeout or 60, 60))
+
+    events: list = []
+    consumer = FakeConsumer([_assign([0]), _records(2)], events)
+    handler, _, _ = make_handler()
+    s = Settings(_env_file=None, input_topic="in", max_batch_size=2, produce_timeout_s=60, shutdown_timeout_s=4)
+    w = Worker(s, handler, Metrics(), consumer_factory=lambda: consumer, producer_factory=lambda: Stuck(events))
+    threading.Timer(1.0, w.stop).start()
+    t0 = time.monotonic()
+    assert w.run(timeout_s=30) == 0
+    assert time.monotonic() - t0 < 1.0 + 4 + 1.5
+    assert consumer.commits == []  # nothing acknowledged, nothing committed
+    assert w.metrics.registry.get_sample_value("dangerclip_records_abandoned_total", {"reason": "produce_failed"}) == 2

@@ -1,0 +1,183 @@
+"""``dangerclip serve``: settings → model → worker, the HTTP probes, signals and a bounded exit.
+
+The worker (``service.worker``) knows nothing of processes; this module owns the process: it loads the model,
+serves ``/metrics``, ``/healthz`` and ``/readyz``, turns SIGTERM/SIGINT into a stop, and guarantees the exit
+within ``shutdown_timeout_s`` of the first signal whatever is stuck (a watchdog ends the process; what was
+not committed is read again by the partition's next owner). Kubernetes sends SIGKILL after its grace period,
+not a second SIGTERM, so the bound must hold on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from service.handler import Handler
+from service.metrics import Metrics
+from service.settings import Settings
+from service.worker import Worker
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_GRACE_S = 2.0
+"""How long past ``shutdown_timeout_s`` the watchdog waits for a clean exit before ending the process."""
+
+
+def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Worker, Metrics]:
+    """Load the model and assemble a worker from settings."""
+    from dangerclip.scorer import DangerScorer
+
+    if settings.model_path is None:
+        raise ValueError("no model: set DANGERCLIP_MODEL_PATH or pass --model")
+    metrics = metrics or Metrics()
+    scorer = DangerScorer(
+        settings.model_path,
+        providers=settings.provider_list,
+        intra_op_threads=settings.intra_op_threads,
+        thresholds=settings.thresholds or None,
+    )
+    card = scorer.card
+    metrics.set_model(
+        name=card.name,
+        version=card.version,
+        sha256=scorer.sha256,
+        provider=scorer.provider,
+        mode=card.mode,
+        trained=card.trained,
+    )
+    if not card.trained:
+        log.warning("model %s %s is UNTRAINED: its scores are meaningless", card.name, card.version)
+    handler = Handler(scorer, settings, metrics)
+    return Worker(settings, handler, metrics), metrics
+
+
+def _start_watchdog(after_s: float) -> None:
+    """End the process ``after_s`` from now if it has not exited by itself (a produce or close stuck)."""
+
+    def _expire() -> None:
+        log.error("shutdown took longer than %.0fs: exiting now, uncommitted records will be read again", after_s)
+        logging.shutdown()
+        os._exit(1)
+
+    t = threading.Timer(after_s, _expire)
+    t.daemon = True
+    t.start()
+
+
+def serve(settings: Settings, max_records: int | None = None, timeout_s: float | None = None) -> int:
+    """Run one worker with its HTTP server until SIGTERM/SIGINT. Returns the process exit code."""
+    from service.http import HealthServer
+
+    # kafka-python logs every connection at INFO; its warnings and errors are what an operator needs.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    worker, metrics = build(settings)
+    server = None
+    if settings.metrics_enabled:
+        server = HealthServer(
+            metrics.registry, settings.metrics_host, settings.metrics_port, worker.alive, worker.ready
+        ).start()
+    signals_seen = []
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        signals_seen.append(signum)
+        if len(signals_seen) == 1:
+            log.info("received %s: finishing the batch in flight, then exiting", signal.Signals(signum).name)
+            worker.stop()
+            _start_watchdog(settings.shutdown_timeout_s + WATCHDOG_GRACE_S)
+        else:
+            log.warning("second signal: stopping retries now")
+            worker.hard_stop()
+
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return worker.run(max_records=max_records, timeout_s=timeout_s)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if server is not None:
+            server.stop()
+
+
+# ---------------------------------------------------------------------------- dangerclip serve
+_CLI_FIELDS = {
+    "model": "model_path",
+    "bootstrap_servers": "bootstrap_servers",
+    "input_topic": "input_topic",
+    "output_topic": "output_topic",
+    "dead_letter_topic": "dead_letter_topic",
+    "group_id": "group_id",
+    "max_batch_size": "max_batch_size",
+    "max_batch_wait_ms": "max_batch_wait_ms",
+    "metrics_host": "metrics_host",
+    "metrics_port": "metrics_port",
+    "providers": "providers",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run a Kafka scoring worker. Every setting comes from DANGERCLIP_* environment variables "
+        "(see --env-help); the options below override them."
+    )
+    parser.add_argument("--model", help="the exported .onnx model (DANGERCLIP_MODEL_PATH)")
+    parser.add_argument("--bootstrap-servers", help="host:port[,host:port] (DANGERCLIP_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--input-topic")
+    parser.add_argument("--output-topic")
+    parser.add_argument("--dead-letter-topic")
+    parser.add_argument("--group-id")
+    parser.add_argument("--max-batch-size", type=int)
+    parser.add_argument("--max-batch-wait-ms", type=int)
+    parser.add_argument("--metrics-host")
+    parser.add_argument("--metrics-port", type=int)
+    parser.add_argument("--providers", help="auto, cpu, cuda, tensorrt")
+    parser.add_argument(
+        "--max-records",
+        type=int,
+        default=None,
+        help="exit after this many results and dead letters (for tests and benchmarks)",
+    )
+    parser.add_argument("--max-seconds", type=float, default=None, help="exit after this long")
+    parser.add_argument("--json-logs", action="store_true", help="log JSON lines (DANGERCLIP_LOG_JSON)")
+    parser.add_argument("--env-help", action="store_true", help="list every DANGERCLIP_* variable and exit")
+
+
+def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
+    """Settings from the environment, overridden by the command-line options that were given."""
+    overrides = {f: getattr(args, a) for a, f in _CLI_FIELDS.items() if getattr(args, a, None) is not None}
+    overrides.update(extra)
+    return Settings(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.env_help:
+        for name, doc in Settings.model_construct().env_help():
+            sys.stdout.write(f"{name:<42} {doc}\n")
+        return 0
+    try:
+        settings = settings_from_args(args)
+    except Exception as e:  # noqa: BLE001 - pydantic's message names the bad variable
+        sys.stderr.write(f"dangerclip serve: invalid settings: {e}\n")
+        return 2
+    if settings.log_json and not args.json_logs:
+        from dangerclip.cli import setup_logging
+
+        setup_logging(json_logs=True)
+    try:
+        code = serve(settings, max_records=args.max_records, timeout_s=args.max_seconds)
+    except (FileNotFoundError, ValueError) as e:
+        sys.stderr.write(f"dangerclip serve: {e}\n")
+        return 2
+    stuck = [
+        t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()
+    ]
+    if stuck:
+        # A produce or decode thread that will not end must not hold the process past its shutdown bound.
+        log.warning("exiting with threads still busy: %s", stuck)
+        logging.shutdown()
+        os._exit(code)
+    return code
