@@ -238,3 +238,44 @@ def test_env_help_lists_every_setting():
     assert r.returncode == 0
     for name in Settings.model_fields:
         assert f"DANGERCLIP_{name.upper()}" in r.stdout
+
+
+def test_sigterm_exits_within_the_shutdown_bound_while_the_broker_hangs(model_path, workers, tmp_path):
+    import os
+    import signal
+    import time
+
+    b = EmbeddedBroker(log_path=tmp_path / "tansu.log").start()
+    assert b.proc is not None
+    try:
+        topics = make_topics(b.bootstrap_servers, partitions=1)
+        w = WorkerProcess(b.bootstrap_servers, topics, model_path, tmp_path, max_batch_size="64",
+                          max_batch_wait_ms="3000", produce_timeout_s="30", shutdown_timeout_s="4")
+        workers.append(w)
+        w.wait_ready()
+        produce(b.bootstrap_servers, topics.input, [(f"s-{i}".encode(), jpeg_bytes(i), []) for i in range(6)])
+        consumed = f'dangerclip_records_consumed_total{{topic="{topics.input}"}}'
+        assert wait_for(lambda: w.metrics().get(consumed), 20)
+        os.kill(b.proc.pid, signal.SIGSTOP)  # the broker stops answering: the batch's produce hangs
+        time.sleep(4)
+        t0 = time.monotonic()
+        w.proc.send_signal(signal.SIGTERM)
+        w.proc.wait(30)
+        took = time.monotonic() - t0
+        assert took < 4 + 3, f"exit took {took:.1f}s:\n{w.log()[-3000:]}"
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)
+        b.stop()
+
+
+def test_a_setting_the_client_refuses_is_fatal_at_start_not_retried(tmp_path, model_path):
+    import subprocess
+    import sys
+
+    from tests.service.conftest import REPO
+
+    env = {"DANGERCLIP_MODEL_PATH": str(model_path), "PATH": "/usr/bin", "DANGERCLIP_METRICS_PORT": "0",
+           "DANGERCLIP_BOOTSTRAP_SERVERS": "127.0.0.1:9", "DANGERCLIP_PRODUCER_OPTIONS": '{"no_such_option": 1}'}
+    r = subprocess.run([sys.executable, "-m", "service.worker"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "no_such_option" in r.stderr, r.stderr[-2000:]
