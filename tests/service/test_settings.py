@@ -66,3 +66,46 @@ def test_security_options_pass_through() -> None:
         "sasl_plain_password": "p", "ssl_check_hostname": True, "ssl_cafile": "/etc/ca.pem",
     }
     assert Settings(_env_file=None).kafka_security() == {"security_protocol": "PLAINTEXT"}
+
+
+def test_sasl_mechanisms_need_what_they_use(tmp_path) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    with pytest.raises(ValidationError, match="sasl_oauth_token_file"):
+        Settings(_env_file=None, security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER")
+    with pytest.raises(ValidationError, match="SASL_SSL"):
+        Settings(_env_file=None, security_protocol="SASL_PLAINTEXT", sasl_mechanism="AWS_MSK_IAM")
+    with pytest.raises(ValidationError, match="security_protocol"):
+        Settings(_env_file=None, sasl_mechanism="PLAIN")
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    s = Settings(_env_file=None, security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER",
+                 sasl_oauth_token_file=token)
+    provider = s.kafka_security()["sasl_oauth_token_provider"]
+    assert provider.token() == "first"
+    token.write_text("rotated")  # a sidecar or a projected volume rotates it: read again on every call
+    assert provider.token() == "rotated"
+    assert Settings(_env_file=None, security_protocol="SASL_SSL", sasl_mechanism="AWS_MSK_IAM").kafka_security()[
+        "sasl_mechanism"] == "AWS_MSK_IAM"
+
+
+def test_fault_injection_accepts_only_what_the_worker_knows() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from service.settings import Settings
+
+    assert Settings(_env_file=None, fault_injection="exit_after_flush:3").fault_injection == "exit_after_flush:3"
+    for bad in ("exit_after_flush:0", "exit_after_flush", "crash:1"):
+        with pytest.raises(ValidationError):
+            Settings(_env_file=None, fault_injection=bad)
+
+
+def test_image_formats_parse_from_the_environment(monkeypatch) -> None:
+    from service.settings import Settings
+
+    monkeypatch.setenv("DANGERCLIP_IMAGE_FORMATS", "jpeg, png")
+    assert Settings(_env_file=None).image_formats == ["JPEG", "PNG"]
