@@ -6,21 +6,37 @@ trained on. No torch, no torchvision: the service imports this module.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from dangerclip.card import PreprocessConfig
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Refuse images above this many pixels before decoding them (decompression bombs)."""
 
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+"""Pillow formats ``decode_image`` parses unless told otherwise. Every format is a parser exposed to untrusted
+bytes, so the list is what cameras, phones, browsers and scanners actually produce. Left out: formats no uploader
+sends, whose plugins see little use and little fuzzing (EPS hands the file to Ghostscript; PSD, ICNS, ICO, FITS,
+SPIDER, PCX, TGA, XPM, ...), and AVIF and JPEG 2000, large native decoders worth adding only when producers send
+them."""
+
+IMAGE_ERROR_REASONS = frozenset({"not_an_image", "too_many_pixels", "too_large", "decode_error"})
+"""Every ``ImageError.reason``."""
+
 IMAGE_SUFFIXES_FOR_SCAN = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 """File suffixes picked up when a folder is given instead of files."""
+
+_TILE_PIXELS = 1 << 20
+"""Pixels converted to RGB at a time: every intermediate copy (float, RGBA, white background) is a tile of at
+most this many pixels (8 MiB as float64), never the whole image."""
 
 _RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -28,6 +44,27 @@ _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
 }
+
+_I16_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+# 16-bit greyscale → 8 bits, the full range scaled rather than clipped: the float formula evaluated once for
+# each of the 65536 values, so a lookup gives the same bytes as evaluating it per pixel without a float copy.
+_LUT16 = np.clip(np.arange(65536, dtype=np.float64) / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""EXIF orientation → the transposition that displays the image upright (as ``ImageOps.exif_transpose``)."""
+
+_SWAPS_SIDES = (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
+                Image.Transpose.ROTATE_90)
 
 
 class ImageError(ValueError):
@@ -43,93 +80,262 @@ class ImageError(ValueError):
         self.reason = reason
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int | None = None) -> Image.Image:
-    """Decode encoded image bytes into an 8-bit RGB image, safely.
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = None,
+    formats: Sequence[str] | None = ALLOWED_FORMATS,
+    min_side: int | None = None,
+    reserve: Callable[[int], AbstractContextManager[object]] | None = None,
+) -> Image.Image:
+    """Decode encoded image bytes into an 8-bit RGB image, safely and in bounded memory.
 
-    The pixel count is checked from the header before any pixel is decoded. EXIF orientation is applied;
-    CMYK, greyscale, palette, 16-bit and alpha images become RGB (alpha composited on white); animations
-    give their first frame.
+    The format is checked against ``formats`` and the pixel count against ``max_pixels`` from the header, before
+    any pixel is decoded. EXIF orientation is applied; CMYK, greyscale, palette, 16-bit, 32-bit and alpha images
+    become RGB (alpha composited on white); animations give their first frame.
+
+    Memory: the decoded image in its own mode (1 to 4 bytes a pixel) plus, when the result is full size, the RGB
+    result (4 bytes a pixel); conversions run a tile of at most ~1 M pixels at a time, so no full-size float,
+    RGBA or background copy is ever made. With ``min_side`` a JPEG is decoded at 1/2, 1/4 or 1/8 scale by libjpeg
+    itself, and other formats are box-reduced tile by tile, so the result is small too.
 
     Args:
-        data: the encoded file (JPEG, PNG, GIF, WebP, BMP, TIFF, ...).
+        data: the encoded file.
         max_pixels: largest width × height accepted.
         max_bytes: largest encoded size accepted, if set.
+        formats: Pillow format names accepted (``ALLOWED_FORMATS`` by default); anything else is
+            ``not_an_image`` without its parser ever running. None accepts every format Pillow knows.
+        min_side: if set, the image may be decoded at a reduced scale (an integer factor; for JPEG 2, 4 or 8) as
+            long as its shortest side stays at least ``min_side``. None decodes at full size, pixel for pixel as
+            before this option existed.
+        reserve: if set, called as ``reserve(width * height)`` with the header's pixel count once the image is
+            accepted and before any pixel is decoded; the context manager it returns is held for the whole
+            decode (e.g. ``service.budget.PixelBudget.reserve``). Whatever it raises propagates unchanged.
 
     Returns:
-        A loaded RGB ``PIL.Image``.
+        A loaded RGB ``PIL.Image``; ``format`` is the source's format and ``info["source_size"]`` its
+        ``(width, height)`` as displayed (after orientation), before any reduction.
 
     Raises:
-        ImageError: with ``reason`` set, for anything that is not a usable image.
+        ImageError: with ``reason`` one of ``IMAGE_ERROR_REASONS``, for anything that is not a usable image.
+        ValueError: ``formats`` names a format Pillow does not know, or ``min_side`` is below 1.
     """
     if max_bytes is not None and len(data) > max_bytes:
         raise ImageError("too_large", f"encoded image is {len(data)} bytes, limit is {max_bytes}")
     if not data:
         raise ImageError("not_an_image", "empty input")
-    return _open_checked(io.BytesIO(data), max_pixels=max_pixels)
+    if min_side is not None and min_side < 1:
+        raise ValueError(f"min_side must be at least 1, got {min_side}")
+    allowed = None if formats is None else check_formats(formats)
+    img = _open(data, allowed)
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        raise ImageError("decode_error", f"image has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageError("too_many_pixels", f"image is {w}x{h} = {w * h} pixels, limit is {max_pixels}")
+    # Pillow's own bomb limit: above it Pillow only warns, and images between it and max_pixels were refused
+    # before (its warning was turned into an error, with warnings.catch_warnings, which is not thread-safe).
+    bomb = Image.MAX_IMAGE_PIXELS
+    if bomb is not None and w * h > bomb:
+        raise ImageError("too_many_pixels", f"image is {w}x{h} = {w * h} pixels, Pillow's limit is {bomb}")
+    with reserve(w * h) if reserve is not None else contextlib.nullcontext():
+        return _decode(img, min_side)
 
 
-def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(
+    path: str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Sequence[str] | None = ALLOWED_FORMATS,
+    min_side: int | None = None,
+) -> Image.Image:
     """``decode_image`` for a file on disk."""
     with open(path, "rb") as f:
-        return decode_image(f.read(), max_pixels=max_pixels)
+        return decode_image(f.read(), max_pixels=max_pixels, formats=formats, min_side=min_side)
 
 
-def _open_checked(fp: io.BytesIO, *, max_pixels: int) -> Image.Image:
-    # Pillow's own bomb check only warns below 2x its limit; we check the header ourselves and turn
-    # its warning into an error so nothing large is ever decoded.
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+@functools.lru_cache(maxsize=32)
+def _checked_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    Image.init()
+    names = tuple(dict.fromkeys(str(f).strip().upper() for f in formats))
+    unknown = [f for f in names if f not in Image.OPEN]
+    if unknown:
+        raise ValueError(f"unknown image format(s) {unknown}; Pillow reads {sorted(Image.OPEN)}")
+    return names
+
+
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """Upper-cased, de-duplicated Pillow format names.
+
+    Raises:
+        ValueError: a name Pillow cannot read (the message lists those it can). Call it at start-up to fail
+            fast on a misspelt setting.
+    """
+    return _checked_formats(tuple(formats))
+
+
+def _open(data: bytes, allowed: tuple[str, ...] | None) -> Image.Image:
+    """Parse the header only (``Image.open`` is lazy)."""
+    try:
+        return Image.open(io.BytesIO(data), formats=allowed)
+    except UnidentifiedImageError as e:
+        raise ImageError("not_an_image", _unidentified(data, allowed)) from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError("too_many_pixels", str(e)) from e
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types for broken headers
+        raise ImageError("decode_error", f"cannot read image header: {e}") from e
+
+
+def _unidentified(data: bytes, allowed: tuple[str, ...] | None) -> str:
+    if allowed is None:
+        return "not a recognised image format"
+    message = f"not an accepted image format (accepted: {', '.join(allowed)})"
+    # Only the plugins' signature checks look at the bytes (16 of them, what Image.open reads); no parser runs.
+    prefix = data[:16]
+    for name, (_, accept) in sorted(Image.OPEN.items()):
+        if name in allowed or accept is None:
+            continue
         try:
-            img = Image.open(fp)
-        except UnidentifiedImageError as e:
-            raise ImageError("not_an_image", "not a recognised image format") from e
-        except Image.DecompressionBombError as e:
-            raise ImageError("too_many_pixels", str(e)) from e
-        except Image.DecompressionBombWarning as e:
-            raise ImageError("too_many_pixels", str(e)) from e
-        except Exception as e:  # noqa: BLE001 - Pillow raises many types for broken headers
-            raise ImageError("decode_error", f"cannot read image header: {e}") from e
-        w, h = img.size
-        if w <= 0 or h <= 0:
-            raise ImageError("decode_error", f"image has no pixels ({w}x{h})")
-        if w * h > max_pixels:
-            raise ImageError("too_many_pixels", f"image is {w}x{h} = {w * h} pixels, limit is {max_pixels}")
-        try:
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
-        except ImageError:
-            raise
-        except Image.DecompressionBombWarning as e:
-            raise ImageError("too_many_pixels", str(e)) from e
-        except Exception as e:  # noqa: BLE001 - truncated or corrupt data surfaces as many types
-            raise ImageError("decode_error", f"cannot decode image: {e}") from e
+            looks = accept(prefix) is True
+        except Exception:  # noqa: BLE001 - a signature check that trips on a short prefix just does not match
+            looks = False
+        if looks:
+            return f"{message}; its signature is {name}'s"
+    return message
+
+
+def _decode(img: Image.Image, min_side: int | None) -> Image.Image:
+    fmt, (w, h) = img.format, img.size
+    try:
+        if min_side is not None:
+            # libjpeg's DCT scaling (a no-op for other formats): it never builds the full-size image at all.
+            img.draft("RGB", (min_side, min_side))
+        # An animation is opened at its first frame, which is the one used: nothing to seek.
+        img.load()
+        method = _TRANSPOSE.get(img.getexif().get(ExifTags.Base.Orientation, 1))
+        k = 1 if min_side is None else max(1, min(img.size) // min_side)
+        out = _rgb(img, k, method)
+    except ImageError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt data surfaces as many types
+        raise ImageError("decode_error", f"cannot decode image: {e}") from e
+    out.format = fmt
+    out.info["source_size"] = (h, w) if method in _SWAPS_SIDES else (w, h)
+    return out
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any Pillow mode → 8-bit RGB. Transparent pixels are composited on white."""
-    if img.mode == "RGB":
-        return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: scale the full range down to 8 bits rather than clipping.
-        a = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
-        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(a).convert("RGB")
-    if img.mode == "F":
-        a = np.asarray(img, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
-        return Image.fromarray(a.astype(np.uint8)).convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
+    """Any Pillow mode → 8-bit RGB. Transparent pixels are composited on white; 16- and 32-bit greyscale is
+    scaled from its full range. An RGB image is returned as it is; anything else is converted a tile at a time,
+    never through a full-size float or RGBA copy."""
+    return _rgb(img, 1, None)
+
+
+def _rgb(img: Image.Image, k: int, method: Image.Transpose | None) -> Image.Image:
+    """``img`` → RGB, box-reduced ``k`` times and transposed by ``method``, one tile at a time.
+
+    Each tile is converted (a per-pixel operation, except for the range of 32-bit images, measured first), then
+    reduced, then transposed and pasted where it lands in the result: with ``k == 1`` the result is the same,
+    byte for byte, as converting the whole image at once.
+    """
+    if k == 1 and img.mode == "RGB":
+        return img if method is None else img.transpose(method)
+    w, h = img.size
+    stats = _range(img)
+    ow, oh = -(-w // k), -(-h // k)
+    out = Image.new("RGB", (oh, ow) if method in _SWAPS_SIDES else (ow, oh))
+    tw, th = _tile_shape(w, h, k)
+    for y0 in range(0, h, th):
+        for x0 in range(0, w, tw):
+            tile = _tile_rgb(img, (x0, y0, min(x0 + tw, w), min(y0 + th, h)), k, stats)
+            x, y = x0 // k, y0 // k
+            if method is not None:
+                x, y = _transposed_origin(method, x, y, tile.width, tile.height, ow, oh)
+                tile = tile.transpose(method)
+            out.paste(tile, (x, y))
+    return out
+
+
+def _tile_shape(w: int, h: int, k: int) -> tuple[int, int]:
+    """(columns, rows) of a tile: whole rows when they fit in ``_TILE_PIXELS``, and multiples of ``k`` so each
+    tile reduces to whole output pixels."""
+    rows = max(k, _TILE_PIXELS // w // k * k)
+    if rows >= h:
+        return (w, h) if w * h <= _TILE_PIXELS else (max(k, _TILE_PIXELS // h // k * k), h)
+    return (w, rows) if w * rows <= _TILE_PIXELS else (max(k, _TILE_PIXELS // rows // k * k), rows)
+
+
+def _range(img: Image.Image) -> tuple[float, float]:
+    """The value range that 32-bit images are scaled from (the only conversion that looks beyond a pixel)."""
+    if img.mode == "I":
+        lo, hi = img.getextrema()
+        return 0.0, 65535.0 if float(hi) > 255 else 255.0  # type: ignore[arg-type]
+    if img.mode != "F":
+        return 0.0, 255.0
+    lo, hi = np.inf, -np.inf
+    w, h = img.size
+    tw, th = _tile_shape(w, h, 1)
+    for y0 in range(0, h, th):
+        for x0 in range(0, w, tw):
+            a = np.asarray(img.crop((x0, y0, min(x0 + tw, w), min(y0 + th, h))), dtype=np.float32)
+            a = a[np.isfinite(a)]
+            if a.size:
+                lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
+    return (0.0, 0.0) if lo > hi else (lo, hi)
+
+
+def _tile_rgb(img: Image.Image, box: tuple[int, int, int, int], k: int, stats: tuple[float, float]) -> Image.Image:
+    if k > 1 and img.mode in ("RGB", "L"):
+        t = img.reduce(k, box)
+    else:
+        t = _tile_convert(img.crop(box), stats)
+        if k > 1:
+            t = t.reduce(k)
+    return t if t.mode == "RGB" else t.convert("RGB")
+
+
+def _tile_convert(t: Image.Image, stats: tuple[float, float]) -> Image.Image:
+    """One tile in any mode → ``RGB``, or ``L`` when it is grey (expanded to RGB after reducing)."""
+    mode = t.mode
+    if mode in ("RGB", "L"):
+        return t
+    if mode in _I16_MODES:
+        return Image.fromarray(_LUT16[np.asarray(t)])
+    if mode in ("I", "F"):
+        lo, hi = stats
+        a = np.asarray(t, dtype=np.float64)
+        if mode == "I":
+            a = np.clip(a / hi * 255.0 + 0.5, 0, 255)
+        elif hi > lo:
+            # NaN and infinities (which have no place in the range) go to black and white.
+            a = np.nan_to_num((a - lo) / (hi - lo) * 255.0, nan=0.0, posinf=255.0, neginf=0.0).clip(0, 255)
+        else:
+            a = np.zeros_like(a)
+        return Image.fromarray(a.astype(np.uint8))
+    if mode == "P" and "transparency" in t.info:
+        t, mode = t.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = t.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+    return t.convert("RGB")
+
+
+def _transposed_origin(
+    method: Image.Transpose, x: int, y: int, tw: int, th: int, ow: int, oh: int
+) -> tuple[int, int]:
+    """Where a ``tw`` × ``th`` tile at ``(x, y)`` of a ``ow`` × ``oh`` image lands once the image is transposed."""
+    T = Image.Transpose
+    return {
+        T.FLIP_LEFT_RIGHT: (ow - x - tw, y),
+        T.ROTATE_180: (ow - x - tw, oh - y - th),
+        T.FLIP_TOP_BOTTOM: (x, oh - y - th),
+        T.TRANSPOSE: (y, x),
+        T.ROTATE_270: (oh - y - th, x),
+        T.TRANSVERSE: (oh - y - th, ow - x - tw),
+        T.ROTATE_90: (y, ow - x - tw),
+    }[method]
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
