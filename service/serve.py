@@ -50,6 +50,14 @@ def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Worker, M
         mode=card.mode,
         trained=card.trained,
     )
+    log.info(
+        "model %s %s loaded from %s on %s (categories %s)",
+        card.name,
+        card.version,
+        settings.model_path,
+        scorer.provider,
+        list(card.prompts),
+    )
     if not card.trained:
         log.warning("model %s %s is UNTRAINED: its scores are meaningless", card.name, card.version)
     handler = Handler(scorer, settings, metrics)
@@ -70,31 +78,55 @@ def _start_watchdog(after_s: float) -> None:
 
 
 def serve(settings: Settings, max_records: int | None = None, timeout_s: float | None = None) -> int:
-    """Run one worker with its HTTP server until SIGTERM/SIGINT. Returns the process exit code."""
+    """Run one worker with its HTTP server until SIGTERM/SIGINT. Returns the process exit code.
+
+    The probes listen before the model loads (``/healthz`` alive, ``/readyz`` says "loading the model"), so
+    a slow model load is visible and never looks like a dead worker; a signal during the load ends the
+    process as soon as the load returns, before anything is consumed.
+    """
     from service.http import HealthServer
 
     # kafka-python logs every connection at INFO; its warnings and errors are what an operator needs.
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    worker, metrics = build(settings)
+    if not log.isEnabledFor(logging.DEBUG):
+        # Each failed connection attempt is logged there as an ERROR; the worker says it once per retry instead.
+        for name in ("kafka.net.manager", "kafka.net.connection"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+    metrics = Metrics()
+    holder: dict[str, Worker] = {}
+
+    def alive() -> tuple[bool, str]:
+        w = holder.get("worker")
+        return w.alive() if w is not None else (True, "starting: loading the model")
+
+    def ready() -> tuple[bool, str]:
+        w = holder.get("worker")
+        return w.ready() if w is not None else (False, "starting: loading the model")
+
     server = None
     if settings.metrics_enabled:
-        server = HealthServer(
-            metrics.registry, settings.metrics_host, settings.metrics_port, worker.alive, worker.ready
-        ).start()
-    signals_seen = []
+        server = HealthServer(metrics.registry, settings.metrics_host, settings.metrics_port, alive, ready).start()
+    signals_seen: list[int] = []
 
     def _on_signal(signum: int, _frame: Any) -> None:
         signals_seen.append(signum)
+        worker = holder.get("worker")
         if len(signals_seen) == 1:
             log.info("received %s: finishing the batch in flight, then exiting", signal.Signals(signum).name)
-            worker.stop()
+            if worker is not None:
+                worker.stop()
             _start_watchdog(settings.shutdown_timeout_s + WATCHDOG_GRACE_S)
-        else:
+        elif worker is not None:
             log.warning("second signal: stopping retries now")
             worker.hard_stop()
 
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
+        worker, _ = build(settings, metrics)
+        holder["worker"] = worker
+        if signals_seen:
+            log.info("stopped while loading the model: exiting before consuming anything")
+            return 0
         return worker.run(max_records=max_records, timeout_s=timeout_s)
     finally:
         for s, h in old.items():

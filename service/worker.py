@@ -51,6 +51,9 @@ IDLE_POLL_MS = 200
 RETRIABLE_CONNECT_ERRORS = ("NoBrokersAvailable", "KafkaConnectionError", "KafkaTimeoutError")
 """Client errors at start that mean "the brokers are not reachable yet": retried. Anything else is fatal."""
 
+BOOTSTRAP_TIMEOUT_MS = 5000
+"""How long one attempt to reach the bootstrap servers may block: our own back-off and deadline take over."""
+
 CLOSE_RESERVE_S = 3.0
 """Of ``shutdown_timeout_s``, what is kept for closing the clients (leaving the group, closing the producer)."""
 
@@ -141,6 +144,7 @@ class Worker:
         self._last_topic_check = 0.0
         self._running = False
         self._stopped_at: float | None = None
+        self._not_ready_because = "not connected to the brokers yet"
         self.consumed = 0
         self.produced = 0
         self._decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="dangerclip-decode")
@@ -167,6 +171,7 @@ class Worker:
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             reconnect_backoff_ms=min(s.retry_backoff_ms, 1000),
             reconnect_backoff_max_ms=s.retry_backoff_max_ms,
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
             **s.kafka_security(),
         )
         if s.group_instance_id:
@@ -192,6 +197,7 @@ class Worker:
             delivery_timeout_ms=int(s.produce_timeout_s * 1000),
             request_timeout_ms=max(1000, min(30_000, int(s.produce_timeout_s * 1000) // 2)),
             max_block_ms=int(s.produce_timeout_s * 1000),
+            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
             **s.kafka_security(),
         )
         kwargs.update(s.producer_options)
@@ -210,7 +216,7 @@ class Worker:
         if missing:
             log.warning("no library for the %s codecs: records compressed with them cannot be read", missing)
 
-    def _connect(self) -> bool:
+    def _connect(self, deadline: float | None = None) -> bool:
         """Create the clients and subscribe, retrying with back-off until the broker answers or stop.
 
         Raises:
@@ -232,19 +238,30 @@ class Worker:
 
         self.check_codecs()
         backoff = Backoff(self.settings.retry_backoff_ms / 1000, self.settings.retry_backoff_max_ms / 1000)
+        log.info(
+            "connecting to %s (%s) as group %s",
+            self.settings.bootstrap_servers,
+            self.settings.security_protocol,
+            self.settings.group_id,
+        )
+        since = time.monotonic()
         while not self._stop.is_set():
             self._tick()
+            if deadline is not None and time.monotonic() >= deadline:
+                log.warning("gave up connecting to %s: time is up", self.settings.bootstrap_servers)
+                return False
             try:
                 self.delivery.connect()
                 if self.consumer is None:
                     self.consumer = self._consumer_factory()
                     self.consumer.subscribe([self.settings.input_topic], listener=_Listener())
                 log.info(
-                    "connected to %s; consuming %s as group %s",
+                    "connected to %s; joining group %s for %s",
                     self.settings.bootstrap_servers,
-                    self.settings.input_topic,
                     self.settings.group_id,
+                    self.settings.input_topic,
                 )
+                self._not_ready_because = f"joining group {self.settings.group_id}: no partitions assigned yet"
                 return True
             except Exception as e:  # noqa: BLE001 - sorted into "try again" and "cannot work"
                 retriable = isinstance(e, OSError) or type(e).__name__ in RETRIABLE_CONNECT_ERRORS
@@ -252,7 +269,13 @@ class Worker:
                     raise ValueError(f"cannot create the Kafka clients: {type(e).__name__}: {e}") from e
                 self.metrics.broker_errors.labels(operation="connect").inc()
                 delay = backoff.next()
-                log.warning("cannot connect to %s (%s); retrying in %.1fs", self.settings.bootstrap_servers, e, delay)
+                self._not_ready_because = (
+                    f"cannot reach the brokers at {self.settings.bootstrap_servers} for "
+                    f"{time.monotonic() - since:.0f}s: {type(e).__name__}: {e}"
+                )
+                log.warning("%s; retrying in %.1fs", self._not_ready_because, delay)
+                if deadline is not None:
+                    delay = max(0.0, min(delay, deadline - time.monotonic()))
                 self._stop.wait(delay)
         return False
 
@@ -274,7 +297,10 @@ class Worker:
         self.metrics.rebalances.labels(event="assigned").inc()
         self.metrics.assigned_partitions.set(owned)
         self._set_ready()
-        log.info("assigned partitions %s", sorted(p for _, p in tps))
+        log.info("assigned partitions %s of %s; ready", sorted(p for _, p in tps), self.settings.input_topic)
+        with self._lock:
+            if not self.checkpoint.owned:
+                self._not_ready_because = "in the group, but no partition assigned (more workers than partitions?)"
 
     def _on_revoked(self, tps: list[TopicPartition], lost: bool = False) -> None:
         """Drop the records of ``tps`` not yet in a batch; never block (this is the client's IO thread)."""
@@ -329,7 +355,7 @@ class Worker:
         if self._circuit_since is not None:
             return False, "model failing: circuit open, consumption stopped"
         if not self.checkpoint.owned:
-            return False, "no partitions assigned"
+            return False, self._not_ready_because
         return True, f"ok ({len(self.checkpoint.owned)} partitions)"
 
     # ------------------------------------------------------------------ the loop
@@ -361,7 +387,7 @@ class Worker:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._running = True
         try:
-            if not self._connect():
+            if not self._connect(deadline):
                 return 0
             while not self._stop.is_set():
                 self._tick()
