@@ -26,6 +26,13 @@ INPUT_NAME = "images"
 OUTPUT_NAMES = ("scores", "maps")
 
 _PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+_CPU = "CPUExecutionProvider"
+_ALIASES = {
+    "cpu": _CPU,
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
 
 
 @dataclass
@@ -68,46 +75,61 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def choose_providers(requested: str | Sequence[str] | None = "auto") -> list[str]:
-    """The execution providers to ask for, best first, among those this onnxruntime build has.
+class ProviderError(ValueError):
+    """Execution providers that were asked for by name cannot run here.
 
-    ``auto`` (or None) means TensorRT → CUDA → CPU; a string names one provider or a short alias
-    (``cpu``, ``cuda``, ``tensorrt``); a list is taken as given (unknown names are dropped with a warning).
-    CPU is always appended so a session can always be made.
+    A ``ValueError`` because it comes from a setting (``providers``): the caller asked for a provider this
+    onnxruntime build or this machine cannot give. Nothing falls back to the CPU in that case; only
+    ``auto`` does.
+    """
+
+
+def _is_auto(requested: str | Sequence[str] | None) -> bool:
+    return requested is None or (isinstance(requested, str) and requested.strip().lower() == "auto")
+
+
+def choose_providers(requested: str | Sequence[str] | None = "auto") -> list[str]:
+    """The execution providers to ask onnxruntime for, best first.
+
+    ``auto`` (or None) means TensorRT → CUDA → CPU, keeping those this onnxruntime build has. A string names
+    one provider or a short alias (``cpu``, ``cuda``, ``tensorrt``), a list several; explicit names must all
+    be in this build, or :class:`ProviderError` says which are missing. The CPU provider is appended to an
+    explicit list (onnxruntime places the few nodes a GPU provider cannot run on it); that never lets a
+    whole session fall back to the CPU: :class:`DangerScorer` checks the session really uses what was asked.
+
+    Raises:
+        ProviderError: an explicitly named provider is not in this onnxruntime build.
     """
     import onnxruntime as ort
 
-    available = set(ort.get_available_providers())
-    aliases = {
-        "cpu": "CPUExecutionProvider",
-        "cuda": "CUDAExecutionProvider",
-        "tensorrt": "TensorrtExecutionProvider",
-        "trt": "TensorrtExecutionProvider",
-    }
-    if requested in (None, "auto"):
-        wanted: list[str] = list(_PREFERRED)
-    elif isinstance(requested, str):
-        wanted = [aliases.get(requested.lower(), requested)]
-    else:
-        wanted = [aliases.get(p.lower(), p) for p in requested]
-    chosen = []
-    for p in wanted:
-        if p in available:
-            chosen.append(p)
-        elif requested not in (None, "auto"):
-            log.warning("execution provider %s is not in this onnxruntime build (have %s)", p, sorted(available))
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
+    available = list(ort.get_available_providers())
+    if _is_auto(requested):
+        return [p for p in _PREFERRED if p in available]
+    names = [requested] if isinstance(requested, str) else list(requested)
+    wanted = [_ALIASES.get(p.strip().lower(), p.strip()) for p in names if p.strip()]
+    if not wanted:
+        raise ProviderError("no execution provider named; use auto, cpu, cuda, tensorrt or onnxruntime names")
+    missing = [p for p in wanted if p not in available]
+    if missing:
+        raise ProviderError(
+            f"execution provider(s) {missing} not in this onnxruntime build (it has {available}); "
+            "install the GPU build (onnxruntime-gpu) or ask for providers=auto or cpu"
+        )
+    return list(dict.fromkeys([*wanted, _CPU]))
 
 
 class DangerScorer:
     """Scores images with an exported DangerCLIP model.
 
+    ``provider`` is the execution provider the session actually runs on (exported by the service as
+    ``dangerclip_model_info{provider=...}``).
+
     Args:
         model_path: the ``.onnx`` file written by ``dangerclip export``.
-        providers: ``auto`` (TensorRT → CUDA → CPU, whichever this build and machine can run), an alias or
-            a list of onnxruntime provider names.
+        providers: ``auto`` (TensorRT → CUDA → CPU, the best this build and machine can start; a GPU
+            provider that fails is logged as a WARNING and the next one is used), an alias (``cpu``, ``cuda``,
+            ``tensorrt``) or a list of onnxruntime provider names, which must start or the constructor
+            raises :class:`ProviderError`: a named GPU provider never falls back to the CPU.
         intra_op_threads: onnxruntime intra-op threads (default: onnxruntime's choice).
         thresholds: per-category overrides of the card's thresholds.
     """
@@ -123,19 +145,16 @@ class DangerScorer:
 
         self.model_path = str(model_path)
         if not os.path.isfile(self.model_path):
-            raise FileNotFoundError(f"ONNX model not found: {self.model_path}")
+            raise FileNotFoundError(
+                f"no ONNX model at {self.model_path}: export one (`dangerclip export ... --out model.onnx`) "
+                "and mount it or bake it into the image at that path"
+            )
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             opts.intra_op_num_threads = int(intra_op_threads)
-        wanted = choose_providers(providers)
-        try:
-            self.session = ort.InferenceSession(self.model_path, sess_options=opts, providers=wanted)
-        except Exception as e:  # noqa: BLE001 - a GPU provider whose libraries are missing may raise here
-            if wanted == ["CPUExecutionProvider"]:
-                raise
-            log.warning("could not create a session with %s (%s); falling back to CPU", wanted, e)
-            self.session = ort.InferenceSession(self.model_path, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.session = _start_session(self.model_path, opts, providers)
+        # What the session really runs on: onnxruntime drops a provider that fails to start.
         self.provider = self.session.get_providers()[0]
         meta = self.session.get_modelmeta().custom_metadata_map
         if CARD_KEY not in meta:
@@ -202,3 +221,57 @@ class DangerScorer:
             )
             for s, f, m in zip(scores, flags, maps, strict=True)
         ]
+
+
+def _start_session(model_path: str, opts: object, requested: str | Sequence[str] | None) -> object:
+    """An ``InferenceSession`` on the providers asked for, or the reason it cannot have them.
+
+    onnxruntime's own fallback is off: it would retry a failing GPU session on the CPU, or silently drop a
+    provider it cannot load, and a GPU worker would hold a GPU while scoring on the CPU. Here ``auto`` walks
+    down TensorRT → CUDA → CPU itself, logging each failure as a WARNING; explicit providers that do not
+    start raise :class:`ProviderError`. Run-time fallback (``session.run`` retrying on the CPU after a GPU
+    error) is off too, so ``provider`` stays true: a GPU failing later raises to the caller.
+    """
+    import onnxruntime as ort
+
+    def start(providers: list[str]) -> object:
+        session = ort.InferenceSession(model_path, sess_options=opts, providers=providers, enable_fallback=0)
+        session.disable_fallback()
+        return session
+
+    wanted = choose_providers(requested)
+    if not _is_auto(requested):
+        try:
+            session = start(wanted)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises RuntimeError, Fail, EPFail, ...
+            raise ProviderError(f"execution provider(s) {wanted[:-1] or wanted} failed to start: {e}") from e
+        got = session.get_providers()
+        dropped = [p for p in wanted if p != _CPU and p not in got]
+        if dropped:
+            raise ProviderError(
+                f"execution provider(s) {dropped} did not start (onnxruntime's log says why; the session had "
+                f"only {got}): missing CUDA/cuDNN/TensorRT libraries, no GPU visible, or a driver too old"
+            )
+        return session
+    # auto: the best chain that starts, each failure named.
+    chains = [wanted[i:] for i in range(len(wanted)) if wanted[i] != _CPU] + [[_CPU]]
+    for chain in chains:
+        try:
+            session = start(chain)
+        except Exception as e:  # noqa: BLE001 - see above
+            if chain == [_CPU]:
+                raise
+            log.warning("execution provider %s failed to start (%s); trying %s", chain[0], e, chain[1])
+            continue
+        got = session.get_providers()
+        if chain[0] != _CPU and chain[0] not in got:
+            log.warning(
+                "execution provider %s did not start (onnxruntime dropped it; its log says why); trying %s",
+                chain[0],
+                chain[1],
+            )
+            continue
+        if chain[0] == _CPU and len(wanted) > 1:
+            log.warning("providers=auto: no GPU provider started (%s); SCORING ON THE CPU", wanted[:-1])
+        return session
+    raise AssertionError("unreachable: the CPU chain either returns or raises")
