@@ -4,16 +4,20 @@
 #
 #   docker build -f deploy/docker/serve-gpu.Dockerfile -t dangerclip/serve-gpu:0.1.0 .
 #
-# CUDA_IMAGE and ORT_GPU_VERSION must agree: onnxruntime-gpu names the CUDA and cuDNN majors each release
-# is built for (its "CUDA execution provider requirements" table). Run with the NVIDIA container runtime
-# (`docker run --gpus all`, or `nvidia.com/gpu` limits in Kubernetes).
+# CUDA_IMAGE and ORT_GPU_VERSION are pinned together. onnxruntime-gpu on PyPI is built for CUDA 13 from 1.27
+# (`readelf -d onnxruntime/capi/libonnxruntime_providers_cuda.so` of 1.31.1: libcudart.so.13, libcublas.so.13,
+# libcublasLt.so.13, libcurand.so.10; its [cudnn] extra: cuDNN 9) and for CUDA 12 up to 1.26. It stops at
+# 1.31.1 while the CPU image runs onnxruntime 1.32.0 (requirements-serve.txt), so the version is its own pin,
+# not the CPU one. check_image.py fails the build when the CUDA provider cannot load here: a library `ldd`
+# cannot find, a cuDNN/cuFFT/NVRTC that does not dlopen, or a CUDA major that is not the wheel's.
+# Run with the NVIDIA container runtime (`docker run --gpus all`, or `nvidia.com/gpu` limits in Kubernetes),
+# which mounts the driver (libcuda.so.1) from the host.
 
-ARG CUDA_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 # ---------------------------------------------------------------------------- build: a venv with .[serve]
 FROM ${CUDA_IMAGE} AS build
-# Empty: the onnxruntime version pinned for the CPU image, so both images run the same runtime.
-ARG ORT_GPU_VERSION=""
+ARG ORT_GPU_VERSION=1.31.1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -27,17 +31,17 @@ WORKDIR /src
 # The CPU image's pins, with onnxruntime-gpu in place of onnxruntime: both provide the `onnxruntime`
 # module and must never sit side by side (whichever installed last would win the import).
 COPY deploy/docker/requirements-serve.txt /tmp/requirements-serve.txt
-RUN ort="${ORT_GPU_VERSION:-$(sed -n 's/^onnxruntime==//p' /tmp/requirements-serve.txt)}" \
-    && sed '/^onnxruntime==/d' /tmp/requirements-serve.txt > /tmp/requirements-gpu.txt \
-    && pip install --no-cache-dir -r /tmp/requirements-gpu.txt "onnxruntime-gpu==${ort}"
+RUN sed '/^onnxruntime==/d' /tmp/requirements-serve.txt > /tmp/requirements-gpu.txt \
+    && pip install --no-cache-dir -r /tmp/requirements-gpu.txt "onnxruntime-gpu==${ORT_GPU_VERSION}"
 COPY pyproject.toml README.md ./
 COPY dangerclip/ dangerclip/
 COPY service/ service/
+COPY deploy/docker/check_image.py /tmp/check_image.py
+# The build stage is the runtime stage's base image, so what loads here loads at run time.
 RUN pip install --no-cache-dir --no-deps . \
-    && python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()" \
-    && python -m compileall -q /opt/venv/lib \
-    && if pip list --format=freeze | grep -iE '^(torch|torchvision|open.clip)'; then \
-         echo "torch leaked into the serving image" >&2; exit 1; fi
+    && pip check \
+    && python /tmp/check_image.py --gpu \
+    && python -m compileall -q /opt/venv/lib
 
 # ---------------------------------------------------------------------------- runtime
 FROM ${CUDA_IMAGE} AS runtime
@@ -64,7 +68,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     DANGERCLIP_METRICS_HOST=0.0.0.0 \
     DANGERCLIP_METRICS_PORT=9108 \
     DANGERCLIP_MODEL_PATH=/models/model.onnx \
-    DANGERCLIP_PROVIDERS=auto \
+    DANGERCLIP_PROVIDERS=cuda \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 WORKDIR /tmp

@@ -172,12 +172,121 @@ def test_serving_images(dockerfile: Path) -> None:
     assert any(s.startswith("deploy/models") for s in sources)
 
 
-def test_gpu_image_swaps_onnxruntime_for_onnxruntime_gpu() -> None:
-    text = (DOCKER / "serve-gpu.Dockerfile").read_text()
-    assert re.search(r"FROM \$\{CUDA_IMAGE\} AS runtime", text)
-    assert "sed '/^onnxruntime==/d'" in text and '"onnxruntime-gpu==${ort}"' in text
-    assert "s/^onnxruntime==//p" in text, "by default the GPU image runs the CPU image's onnxruntime version"
-    assert "CUDAExecutionProvider" in text
+def _check_image():
+    sys.path.insert(0, str(DOCKER))
+    import check_image
+
+    return check_image
+
+
+# onnxruntime-gpu on PyPI, by the CUDA major its CUDA provider links (`readelf -d
+# onnxruntime/capi/libonnxruntime_providers_cuda.so`): 1.26.0 needs libcudart.so.12, 1.27 onwards
+# libcudart.so.13 (1.31.1: libcudart/libcublas/libcublasLt .so.13, libcurand.so.10). check_image.py checks the
+# same thing inside the build from the installed wheel; this catches a one-sided bump before any build.
+def _ort_gpu_cuda_major(version: str) -> int:
+    major, minor = (int(x) for x in version.split(".")[:2])
+    return 13 if (major, minor) >= (1, 27) else 12
+
+
+def test_gpu_image_pins_onnxruntime_gpu_and_a_matching_cuda() -> None:
+    path = DOCKER / "serve-gpu.Dockerfile"
+    text = path.read_text()
+    args = arg_defaults(path)
+    assert re.fullmatch(r"\d+\.\d+\.\d+", args["ORT_GPU_VERSION"]), "onnxruntime-gpu is pinned explicitly"
+    assert re.search(r"FROM \$\{CUDA_IMAGE\} AS runtime", text) and re.search(r"FROM \$\{CUDA_IMAGE\} AS build", text)
+    m = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.(\d+)-cudnn-runtime-ubuntu\d+\.\d+", args["CUDA_IMAGE"])
+    assert m, f"a pinned CUDA runtime image with cuDNN: {args['CUDA_IMAGE']}"
+    assert int(m.group(1)) == _ort_gpu_cuda_major(args["ORT_GPU_VERSION"]), (
+        f"onnxruntime-gpu {args['ORT_GPU_VERSION']} needs CUDA {_ort_gpu_cuda_major(args['ORT_GPU_VERSION'])}, "
+        f"the image is {args['CUDA_IMAGE']}"
+    )
+    # The CPU image's pins, with onnxruntime-gpu in place of onnxruntime (both own the `onnxruntime` module).
+    assert "sed '/^onnxruntime==/d'" in text and '"onnxruntime-gpu==${ORT_GPU_VERSION}"' in text
+    runs = " ".join(rest for i, rest in instructions(path) if i == "RUN")
+    assert "python /tmp/check_image.py --gpu" in runs and "pip check" in runs
+    assert "deploy/docker/check_image.py" in copies_from_context(path)
+    # The GPU image's own default fails loudly rather than scoring on the CPU.
+    assert "DANGERCLIP_PROVIDERS=cuda" in text
+
+
+def test_cpu_image_checks_codecs_and_torch_at_build_time() -> None:
+    path = DOCKER / "serve-cpu.Dockerfile"
+    runs = " ".join(rest for i, rest in instructions(path) if i == "RUN")
+    assert "python /tmp/check_image.py" in runs and "--gpu" not in runs and "pip check" in runs
+    assert "deploy/docker/check_image.py" in copies_from_context(path)
+
+
+def test_image_check_finds_codecs_here_and_names_a_missing_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    check_image = _check_image()
+    import kafka.codec
+
+    assert check_image.codec_problems() == [], "this environment has every codec the serving images pin"
+    monkeypatch.setattr(kafka.codec, "has_zstd", lambda: False)
+    (problem,) = check_image.codec_problems()
+    assert "zstd" in problem
+
+
+def test_image_check_detects_torch_and_a_cpu_onnxruntime() -> None:
+    check_image = _check_image()
+    pytest.importorskip("torch")  # the dev environment has it: the check must say so
+    assert any("torch" in p for p in check_image.torch_problems())
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        (problem,) = check_image.gpu_problems()
+        assert "no CUDAExecutionProvider" in problem
+    out = subprocess.run(
+        [sys.executable, str(DOCKER / "check_image.py"), "--gpu"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 1 and "check_image:" in out.stderr
+
+
+# Requires-Dist of onnxruntime-gpu 1.31.1 (its METADATA), the input check_image.py reads in the GPU build.
+ORT_GPU_1_31_1_REQUIRES = [
+    "flatbuffers",
+    "numpy>=1.21.6",
+    "packaging",
+    "protobuf>=4.25.8",
+    'sympy; extra == "symbolic"',
+    'ml_dtypes; extra == "quantization"',
+    'nvidia-cuda-nvrtc~=13.0; extra == "cuda"',
+    'nvidia-cuda-runtime~=13.0; extra == "cuda"',
+    'nvidia-cufft~=12.0; extra == "cuda"',
+    'nvidia-curand~=10.0; extra == "cuda"',
+    'nvidia-cudnn-cu13~=9.0; extra == "cudnn"',
+]
+
+
+def test_image_check_reads_the_cuda_a_wheel_needs_and_ldd_output() -> None:
+    check_image = _check_image()
+    cuda, libs = check_image.cuda_requirements(ORT_GPU_1_31_1_REQUIRES)
+    assert cuda == 13
+    assert libs == {
+        "nvidia-cuda-nvrtc": "libnvrtc.so.13",
+        "nvidia-cuda-runtime": "libcudart.so.13",
+        "nvidia-cufft": "libcufft.so.12",
+        "nvidia-curand": "libcurand.so.10",
+        "nvidia-cudnn-cu13": "libcudnn.so.9",
+    }
+    ldd = (
+        "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibcublasLt.so.13 => not found\n\tlibcuda.so.1 => not found\n"
+        "\tlibcudart.so.13 => /usr/local/cuda/lib64/libcudart.so.13 (0x7f)\n"
+    )
+    assert check_image.unresolved(ldd) == ["libcublasLt.so.13"], "the driver (libcuda.so.1) comes from the host"
+
+
+def test_documented_model_dirs_reach_the_build() -> None:
+    """Every ``MODEL_DIR=...`` a Dockerfile or the deployment guide shows is let into the context."""
+    texts = {p: p.read_text() for p in SERVING}
+    texts[DEPLOY / "README.md"] = (DEPLOY / "README.md").read_text()
+    shown = {(p.name, m) for p, t in texts.items() for m in re.findall(r"MODEL_DIR=([\w./-]+)", t)}
+    assert shown
+    for dockerfile in SERVING:
+        ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
+        for where, folder in shown:
+            assert not dockerignore_excludes(ignore, folder.rstrip("/") + "/model.onnx"), (
+                f"{where} shows MODEL_DIR={folder}, which {ignore.name} keeps out of the build"
+            )
 
 
 def test_training_image_installs_the_pseudomask_extra() -> None:
@@ -203,6 +312,28 @@ def test_serving_requirements_hold_no_torch_and_cover_the_serve_extra() -> None:
     )
     # And the closure of the training extra does hold torch: the check above can tell the difference.
     assert "torch" in lock_serve.closure(extras=("pseudomask",))
+
+
+def test_serving_requirements_pin_every_codec_kafka_python_reads() -> None:
+    """What kafka-python imports to read snappy, lz4 and zstd batches (``kafka.codec``), and what that needs,
+    is pinned for the images: without it a compressed batch cannot be read at all."""
+    from importlib import metadata
+
+    import kafka.codec
+
+    sys.path.insert(0, str(DOCKER))
+    import lock_serve
+
+    pinned = lock_serve.read_lock()
+    owners = metadata.packages_distributions()
+    for codec in ("snappy", "lz4", "zstd"):
+        module = getattr(kafka.codec, codec)
+        assert module is not None, f"kafka.codec found no {codec} module here"
+        for dist in owners[module.__name__.split(".")[0]]:
+            name = lock_serve.canonical(dist)
+            assert name in pinned, f"{codec}: {name} is not in requirements-serve.txt"
+            assert pinned[name] == metadata.version(dist)
+            assert set(lock_serve.closure(name, ())) <= set(pinned), f"{codec}: {name}'s requirements"
 
 
 # ---------------------------------------------------------------------------- HEALTHCHECK script
