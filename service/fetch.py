@@ -264,12 +264,15 @@ def _request_target(parts: urllib.parse.SplitResult) -> str:
     return urllib.parse.quote(target, safe=_TARGET_SAFE)
 
 
-def _short(uri: str, limit: int = 200) -> str:
-    return uri if len(uri) <= limit else uri[:limit] + "..."
+def _short(text: str, limit: int = 200) -> str:
+    """``text`` fit for a dead-letter message: capped, with controls and lone surrogates escaped (a URI or an
+    upstream's status line may hold either, and a surrogate cannot be encoded as UTF-8)."""
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _one_line(text: str, limit: int = 300) -> str:
-    """An upstream's words in a dead-letter message: whitespace collapsed, length capped."""
+    """An upstream's words in a dead-letter message: whitespace collapsed, then as ``_short``."""
     return _short(" ".join(text.split()), limit)
 
 
@@ -301,7 +304,7 @@ class UriFetcher:
             parts = urllib.parse.urlsplit(uri)
             port = parts.port
         except ValueError as e:
-            raise FetchError("uri_not_allowed", f"malformed uri: {e}") from e
+            raise FetchError("uri_not_allowed", f"malformed uri: {_one_line(str(e))}") from e
         if parts.scheme.lower() not in ALLOWED_SCHEMES:
             raise FetchError("uri_not_allowed", f"scheme {parts.scheme!r} is not allowed (http, https only)")
         if parts.username or parts.password:
