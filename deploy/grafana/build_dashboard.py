@@ -9,9 +9,9 @@ metric a query names is one the worker really exports.
     .venv/bin/python deploy/grafana/build_dashboard.py            # rewrite both files
     .venv/bin/python deploy/grafana/build_dashboard.py --check    # exit 1 when either is stale
 
-Every query is scoped by the ``$job`` and ``$instance`` variables, so one Grafana serves several releases
-(the chart's ServiceMonitor sets ``job`` to the release's full name; compose's Prometheus job is
-``dangerclip``).
+Every query is scoped by the ``$namespace``, ``$job`` and ``$instance`` variables, so one Grafana serves several
+releases (the chart's ServiceMonitor sets ``job`` to the release's full name and Prometheus adds the pods'
+``namespace``; compose's Prometheus job is ``dangerclip`` and it labels targets ``namespace="dangerclip"``).
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ OUTPUTS = (
     ROOT / "helm" / "dangerclip" / "files" / "dashboards" / "dangerclip.json",
 )
 UID = "dangerclip-workers"
+MODEL_CHANGES = (
+    'count by (version, sha256) (dangerclip_model_info{namespace=~"$namespace", job=~"$job"}) unless '
+    'count by (version, sha256) (dangerclip_model_info{namespace=~"$namespace", job=~"$job"} offset 5m)'
+)
 DS = {"type": "prometheus", "uid": "${datasource}"}
-SEL = 'job=~"$job", instance=~"$instance"'
+SEL = 'namespace=~"$namespace", job=~"$job", instance=~"$instance"'
 
 
 def target(expr: str, legend: str = "", ref: str = "A", **extra: Any) -> dict[str, Any]:
@@ -212,7 +216,59 @@ def panels() -> list[dict[str, Any]]:
             unit="short",
         ),
     ]
-    p.append(row("Latency and batching", 31))
+    p.append(row("Stalls", 31))
+    p += [
+        panel(
+            "Partitions owned vs topic",
+            [
+                target(f"max by (topic) (dangerclip_topic_partitions{{{SEL}}})", "{{topic}} partitions"),
+                target(f"sum(dangerclip_assigned_partitions{{{SEL}}})", "owned by the workers"),
+            ],
+            (0, 32, 6, 8),
+            unit="short",
+            description="Fewer owned than the topic has: some partitions are read by no one "
+            "(DangerCLIPPartitionsUnassigned).",
+        ),
+        panel(
+            "Since last poll and last commit",
+            [
+                target(
+                    f"max by (instance) (time() - dangerclip_last_poll_timestamp_seconds{{{SEL}}})", "poll {{instance}}"
+                ),
+                target(
+                    f"max by (topic, partition) (time() - dangerclip_last_commit_timestamp_seconds{{{SEL}}})"
+                    " and on(topic, partition) "
+                    f"max by (topic, partition) (dangerclip_consumer_lag_records{{{SEL}}}) > 0",
+                    "commit {{topic}}/{{partition}} (records waiting)",
+                ),
+            ],
+            (6, 32, 6, 8),
+            unit="s",
+            description="Seconds since each worker's last successful poll, and since the last commit of each "
+            "partition that has records waiting (DangerCLIPNotPolling, DangerCLIPPartitionStalled).",
+        ),
+        panel(
+            "Records held",
+            [
+                target(f"sum(dangerclip_records_pending{{{SEL}}})", "pending (polled, not in a batch)"),
+                target(f"sum(dangerclip_records_in_flight{{{SEL}}})", "in flight (batch being scored)"),
+            ],
+            (12, 32, 6, 8),
+            unit="short",
+        ),
+        panel(
+            "Buffered bytes and circuit breaker",
+            [
+                target(f"max by (instance) (dangerclip_buffered_bytes{{{SEL}}})", "buffered {{instance}}"),
+                target(f"max by (instance) (dangerclip_circuit_open{{{SEL}}})", "circuit open {{instance}}"),
+            ],
+            (18, 32, 6, 8),
+            unit="bytes",
+            description="Input bytes each worker holds (capped by max_buffered_bytes), and 1 while its model "
+            "circuit breaker has stopped consumption (DangerCLIPCircuitOpen).",
+        ),
+    ]
+    p.append(row("Latency and batching", 40))
     p += [
         panel(
             "Batch size",
@@ -224,7 +280,7 @@ def panels() -> list[dict[str, Any]]:
                     "mean",
                 ),
             ],
-            (0, 32, 8, 8),
+            (0, 41, 8, 8),
             unit="short",
             description="Records per scored micro-batch.",
         ),
@@ -235,7 +291,7 @@ def panels() -> list[dict[str, Any]]:
                 *quantiles("dangerclip_inference_duration_seconds", "inference (per batch)"),
                 *quantiles("dangerclip_produce_duration_seconds", "produce+flush (per batch)"),
             ],
-            (8, 32, 8, 8),
+            (8, 41, 8, 8),
             unit="s",
         ),
         panel(
@@ -244,13 +300,13 @@ def panels() -> list[dict[str, Any]]:
                 *quantiles("dangerclip_end_to_end_duration_seconds", "end to end"),
                 *quantiles("dangerclip_queue_duration_seconds", "queue"),
             ],
-            (16, 32, 8, 8),
+            (16, 41, 8, 8),
             unit="s",
             description="From the record's Kafka timestamp to its result flushed (end to end) or taken "
             "by a worker (queue).",
         ),
     ]
-    p.append(row("Model", 40))
+    p.append(row("Model", 49))
     p += [
         panel(
             "Score distribution over time",
@@ -261,7 +317,7 @@ def panels() -> list[dict[str, Any]]:
                     format="heatmap",
                 ),
             ],
-            (0, 41, 12, 9),
+            (0, 50, 12, 9),
             "heatmap",
             "short",
             "Scores of category $category; a moving distribution is drift (or a changed input mix).",
@@ -276,7 +332,7 @@ def panels() -> list[dict[str, Any]]:
                     "{{category}}",
                 ),
             ],
-            (12, 41, 12, 9),
+            (12, 50, 12, 9),
             unit="percentunit",
         ),
         panel(
@@ -293,7 +349,7 @@ def panels() -> list[dict[str, Any]]:
                     f"max by (instance, version) (dangerclip_build_info{{{SEL}}})", "", format="table", instant=True
                 ),
             ],
-            (0, 50, 24, 7),
+            (0, 59, 24, 7),
             "table",
             description="What each worker serves. Two versions side by side mean a rollout is in progress.",
             transformations=[
@@ -347,10 +403,18 @@ def dashboard() -> dict[str, Any]:
                     "current": {},
                     "hide": 0,
                 },
-                variable("job", "label_values(dangerclip_build_info, job)", "Job"),
-                variable("instance", 'label_values(dangerclip_build_info{job=~"$job"}, instance)', "Worker"),
+                variable("namespace", "label_values(dangerclip_build_info, namespace)", "Namespace"),
+                variable("job", 'label_values(dangerclip_build_info{namespace=~"$namespace"}, job)', "Job"),
                 variable(
-                    "category", 'label_values(dangerclip_score_bucket{job=~"$job"}, category)', "Category", multi=False
+                    "instance",
+                    'label_values(dangerclip_build_info{namespace=~"$namespace", job=~"$job"}, instance)',
+                    "Worker",
+                ),
+                variable(
+                    "category",
+                    'label_values(dangerclip_score_bucket{namespace=~"$namespace", job=~"$job"}, category)',
+                    "Category",
+                    multi=False,
                 ),
             ]
         },
@@ -361,8 +425,10 @@ def dashboard() -> dict[str, Any]:
                     "datasource": DS,
                     "enable": True,
                     "iconColor": "orange",
-                    "expr": 'changes(max by (version) (dangerclip_model_info{job=~"$job"})[5m:1m]) > 0',
-                    "titleFormat": "model {{version}}",
+                    # dangerclip_model_info is always 1, so changes() of it never fired: a version (or file)
+                    # is new when it is served now and was not five minutes ago.
+                    "expr": MODEL_CHANGES,
+                    "titleFormat": "model {{version}} ({{sha256}})",
                 }
             ]
         },

@@ -8,7 +8,8 @@ Writes two generated parts of ``helm/dangerclip``:
 - ``properties.config`` of ``values.schema.json``: the settings' own JSON Schema (types, enums, bounds), so
   a wrong value fails at ``helm install`` rather than in a crash-looping pod.
 
-Settings the chart fills in itself (``CHART_MANAGED``) are left out of both.
+Settings the chart fills in itself (``CHART_MANAGED``) and those it must never set (``CHART_NEVER``) are left
+out of both.
 
     .venv/bin/python helm/tools/sync_settings.py            # rewrite
     .venv/bin/python helm/tools/sync_settings.py --check    # exit 1 when stale (the tests run this)
@@ -41,6 +42,11 @@ CHART_MANAGED: dict[str, str] = {
     "ssl_certfile": "from kafka.security.tls.existingSecret (mounted file)",
     "ssl_keyfile": "from kafka.security.tls.existingSecret (mounted file)",
     "ssl_password": "from kafka.security.tls.existingSecret",
+}
+
+# Never set by the chart, nor offered in `config` (and why): the tests check no rendering sets them.
+CHART_NEVER: dict[str, str] = {
+    "fault_injection": "a chaos-testing hook that kills the worker on purpose",
 }
 
 # Defaults that differ in a cluster from the worker's own (which suit a laptop).
@@ -99,7 +105,7 @@ def config_schema() -> dict[str, Any]:
     full = Settings.model_json_schema()
     props: dict[str, Any] = {}
     for name, sub in full["properties"].items():
-        if name in CHART_MANAGED:
+        if name in CHART_MANAGED or name in CHART_NEVER:
             continue
         if "$ref" in sub:  # enums pydantic factors out into $defs
             sub = {**full["$defs"][sub["$ref"].rsplit("/", 1)[1]], **{k: v for k, v in sub.items() if k != "$ref"}}
@@ -127,7 +133,7 @@ def config_block() -> str:
     """The generated lines of values.yaml's ``config:`` block."""
     lines = [BEGIN]
     for name, f in settings_fields().items():
-        if name in CHART_MANAGED:
+        if name in CHART_MANAGED or name in CHART_NEVER:
             continue
         if name in CHART_DEFAULTS:
             default = CHART_DEFAULTS[name]

@@ -6,6 +6,7 @@ not a re-implementation. promtool comes from Debian's ``prometheus`` package (``
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -87,8 +88,32 @@ def worker_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return c
 
 
+POD_NAME = "dangerclip-5d8f7c9b4-x2x7q"
+
+
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity (``"2"``, ``"1500m"``) in cores."""
+    q = str(quantity)
+    return int(q[:-1]) / 1000 if q.endswith("m") else float(q)
+
+
+def downward_value(container: dict[str, Any], source: dict[str, Any], pod_name: str = POD_NAME) -> str:
+    """What the kubelet puts in an env var ``valueFrom`` a ``fieldRef`` (the pod's name) or a ``resourceFieldRef``
+    (a CPU request divided by its divisor, rounded up, as the kubelet does)."""
+    if "fieldRef" in source:
+        assert source["fieldRef"]["fieldPath"] == "metadata.name", source
+        return pod_name
+    ref = source["resourceFieldRef"]
+    assert ref["containerName"] == container["name"], "the worker's own resources"
+    kind, _, resource = ref["resource"].partition(".")
+    assert resource == "cpu", ref
+    value = container["resources"][kind]["cpu"]
+    return str(math.ceil(cpu_cores(value) / cpu_cores(ref.get("divisor", "1"))))
+
+
 def worker_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every variable the worker container gets: the ConfigMap (envFrom) and its own ``env``.
+    """Every variable the worker container gets: the ConfigMap (envFrom) and its own ``env``, as the kubelet
+    resolves them (``env`` wins over ``envFrom``; downward-API values filled in).
 
     Values are strings; variables from a Secret map to ``{"secretKeyRef": ...}``.
     """
@@ -98,7 +123,12 @@ def worker_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
     for src in c.get("envFrom", []):
         env.update(cms[src["configMapRef"]["name"]]["data"])
     for e in c.get("env", []):
-        env[e["name"]] = e["value"] if "value" in e else e["valueFrom"]
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        elif "secretKeyRef" in e["valueFrom"]:
+            env[e["name"]] = e["valueFrom"]
+        else:
+            env[e["name"]] = downward_value(c, e["valueFrom"])
     return env
 
 
@@ -210,7 +240,13 @@ def exported_names(text: str, samples_only: bool = False) -> set[str]:
 
 
 # Grafana's variables, as a dashboard on one worker's data would fill them in.
-GRAFANA_VARS = {"$__rate_interval": "1m", "$job": "dangerclip", "$instance": ".*", "$category": ".*"}
+GRAFANA_VARS = {
+    "$__rate_interval": "1m",
+    "$namespace": "dangerclip",
+    "$job": "dangerclip",
+    "$instance": ".*",
+    "$category": ".*",
+}
 
 
 def grafana_to_promql(expr: str, variables: dict[str, str] | None = None) -> str:

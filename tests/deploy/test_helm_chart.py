@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,6 @@ from tests.deploy.conftest import (
     merged_values,
     one,
     render,
-    rule_exprs,
     settings_env_names,
     worker_container,
     worker_env,
@@ -73,7 +73,7 @@ def test_renders_valid_objects(values_file: Path | None) -> None:
 
 
 # Kubernetes versions each example needs beyond the chart's kubeVersion (1.27): image volumes, per-shard retries.
-MIN_KUBE = {"model-image-values.yaml": "1.31", "pseudomask-values.yaml": "1.29"}
+MIN_KUBE = {"model-image-values.yaml": "1.35", "pseudomask-values.yaml": "1.29"}
 
 
 @pytest.mark.parametrize("values_file", VALUE_FILES, ids=IDS)
@@ -110,28 +110,42 @@ def test_env_names_are_the_worker_settings(values_file: Path | None) -> None:
     assert not any(name.startswith("DANGERCLIP_") for name in extra), "extraEnv is not for settings"
 
 
+def _tools():
+    sys.path.insert(0, str(REPO / "helm" / "tools"))
+    import sync_settings
+
+    return sync_settings
+
+
 def test_chart_covers_every_setting() -> None:
-    """Over the default values and the ci files, the chart sets every variable the settings read."""
+    """Over the default values and the ci files, the chart sets every variable the settings read, except the
+    ones it must never set (the chaos hook), which no rendering sets."""
+    never = {"DANGERCLIP_" + name.upper() for name in _tools().CHART_NEVER}
+    assert "DANGERCLIP_FAULT_INJECTION" in never
     seen: set[str] = set()
     for values_file in VALUE_FILES:
         seen |= set(worker_env(render(load_values(values_file))))
-    missing = settings_env_names() - seen
+    assert not seen & never, f"the chart sets {sorted(seen & never)}"
+    missing = settings_env_names() - seen - never
     assert not missing, (
         f"settings the chart never sets: {sorted(missing)}; rerun helm/tools/sync_settings.py "
         f"and set the ones whose default is null in a ci/*-values.yaml"
     )
     with pytest.raises(helm().HelmRenderError, match="config.max_batch_size"):
         render({"worker": {"extraEnv": [{"name": "DANGERCLIP_MAX_BATCH_SIZE", "value": "8"}]}})
+    with pytest.raises(helm().HelmRenderError, match="config.fault_injection"):
+        render({"worker": {"extraEnv": [{"name": "DANGERCLIP_FAULT_INJECTION", "value": "exit_after_flush:1"}]}})
+    h = helm()
+    with h.Chart.load(str(CHART)) as chart, pytest.raises(h.HelmValuesError, match="fault_injection"):
+        chart.validate_schema({"config": {"fault_injection": "exit_after_flush:1"}})
 
 
 def test_values_config_block_is_the_settings() -> None:
     """values.yaml's ``config`` and the schema's ``config`` name every user-set setting, nothing else."""
     from service.settings import Settings
 
-    sys.path.insert(0, str(REPO / "helm" / "tools"))
-    import sync_settings
-
-    user_set = set(Settings.model_fields) - set(sync_settings.CHART_MANAGED)
+    sync_settings = _tools()
+    user_set = set(Settings.model_fields) - set(sync_settings.CHART_MANAGED) - set(sync_settings.CHART_NEVER)
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert set(values["config"]) == user_set
@@ -439,28 +453,126 @@ def test_schema_rejects_wrong_values_at_install_time(bad: dict[str, Any], where:
 
 
 # ---------------------------------------------------------------------------- monitoring objects
-def test_servicemonitor_sets_the_job_the_alerts_select() -> None:
-    docs = render(_ci("hpa-monitoring-values.yaml"))
+# Every selector in a rule: a metric name, then its matchers.
+_SELECTOR = re.compile(r"\b([a-zA-Z_:][\w:]*)\{([^}]*)\}")
+
+
+def _rules(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["alert"]: r for g in spec["groups"] for r in g["rules"]}
+
+
+def test_monitoring_objects_carry_the_label_kube_prometheus_stack_selects() -> None:
+    """kube-prometheus-stack's Prometheus selects ServiceMonitors and PrometheusRules labelled
+    ``release: <its release>`` by default; a values file can name another release."""
+    values = {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}}
+    docs = render(values)
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        assert one(docs, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack", kind
+    ci = _ci("hpa-monitoring-values.yaml")
+    docs = render(ci)
+    assert (
+        one(docs, "ServiceMonitor")["metadata"]["labels"]["release"]
+        == ci["metrics"]["serviceMonitor"]["labels"]["release"]
+    )
+    assert (
+        one(docs, "PrometheusRule")["metadata"]["labels"]["release"]
+        == ci["metrics"]["prometheusRule"]["labels"]["release"]
+    )
+
+
+@pytest.mark.parametrize(
+    "values, release",
+    [
+        ({}, "dangerclip"),
+        (_ci("hpa-monitoring-values.yaml"), "moderation-prod"),
+        ({"gpu": {"enabled": True}, "autoscaling": {"mode": "keda", "minReplicas": 0}}, "dangerclip"),
+    ],
+    ids=["default", "hpa-monitoring+other-release", "gpu+scale-to-zero"],
+)
+def test_every_rule_selects_the_release_job_and_namespace(values: dict[str, Any], release: str) -> None:
+    """Each selector of a DangerCLIP metric (and ``up``) in every rule, additional rules too, names the job the
+    ServiceMonitor sets and the namespace the pods run in: two releases never mix, whatever their names."""
+    values = {**values, "metrics": {**values.get("metrics", {}), "serviceMonitor": {"enabled": True}}}
+    values["metrics"]["prometheusRule"] = {**values["metrics"].get("prometheusRule", {}), "enabled": True}
+    docs = render(values, release=release)
     sm = one(docs, "ServiceMonitor")
     (ep,) = sm["spec"]["endpoints"]
-    assert ep["port"] == "metrics" and ep["path"] == "/metrics"
     job = [r for r in ep["relabelings"] if r.get("targetLabel") == "job"][0]["replacement"]
     assert job == one(docs, "Deployment")["metadata"]["name"]
-    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    for expr in rule_exprs(one(docs, "PrometheusRule")["spec"])[:6]:
-        assert f'job="{job}"' in expr
+    assert ep["port"] == "metrics" and ep["path"] == "/metrics"
+    spec = one(docs, "PrometheusRule")["spec"]
+    checked = 0
+    for name, rule in _rules(spec).items():
+        for metric, matchers in _SELECTOR.findall(rule["expr"]):
+            if not (metric.startswith("dangerclip_") or metric == "up"):
+                continue
+            assert f'job="{job}"' in matchers and f'namespace="{NAMESPACE}"' in matchers, (name, metric, matchers)
+            checked += 1
+    assert checked >= 15
 
 
 def test_prometheusrule_passes_promtool(promtool: str, tmp_path: Path) -> None:
-    for values in [{"metrics": {"prometheusRule": {"enabled": True}}}, _ci("hpa-monitoring-values.yaml")]:
+    for values in [
+        {"metrics": {"prometheusRule": {"enabled": True}}},
+        {"metrics": {"prometheusRule": {"enabled": True}}, "gpu": {"enabled": True}},
+        {"metrics": {"prometheusRule": {"enabled": True}}, "autoscaling": {"mode": "keda", "minReplicas": 0}},
+        _ci("hpa-monitoring-values.yaml"),
+    ]:
         spec = one(render(values), "PrometheusRule")["spec"]
         f = tmp_path / "rules.yaml"
         f.write_text(yaml.safe_dump(spec))
         out = subprocess.run([promtool, "check", "rules", str(f)], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
-    rules = [r["alert"] for r in spec["groups"][0]["rules"]]
-    assert rules[-1] == "DangerCLIPManyFlagged"  # additionalRules appended
-    assert "> 0.02" in rule_exprs(spec)[1] and "> 0.25" in rule_exprs(spec)[4]
+    rules = _rules(spec)
+    assert list(rules)[-1] == "DangerCLIPManyFlagged"  # additionalRules appended
+    assert "> 0.02" in rules["DangerCLIPDeadLetterRateHigh"]["expr"]
+    assert "> 0.25" in rules["DangerCLIPInferenceP99High"]["expr"]
+
+
+def test_gpu_releases_alert_when_a_worker_scores_on_the_cpu() -> None:
+    cpu = _rules(one(render({"metrics": {"prometheusRule": {"enabled": True}}}), "PrometheusRule")["spec"])
+    gpu = _rules(
+        one(render(_ci("gpu-pvc-values.yaml") | {"metrics": {"prometheusRule": {"enabled": True}}}), "PrometheusRule")[
+            "spec"
+        ]
+    )
+    assert "DangerCLIPScoringOnCPU" not in cpu, "a CPU release scores on the CPU by design"
+    expr = gpu["DangerCLIPScoringOnCPU"]["expr"]
+    assert "dangerclip_model_info{" in expr and 'provider="CPUExecutionProvider"' in expr
+
+
+def test_no_target_alert_tolerates_scale_to_zero_only_where_it_can_happen() -> None:
+    """absent(up) pages when nothing can be scraped; a release that may scale to zero (KEDA idle replicas 0,
+    minReplicas 0) asks kube-state-metrics whether the Deployment wants workers first."""
+
+    def expr(values: dict[str, Any]) -> str:
+        values = values | {"metrics": {"prometheusRule": {"enabled": True}}}
+        return _rules(one(render(values), "PrometheusRule")["spec"])["DangerCLIPNoScrapeTargets"]["expr"]
+
+    assert expr({}).startswith("absent(up{") and "kube_deployment_spec_replicas" not in expr({})
+    assert "kube_deployment_spec_replicas" not in expr(_ci("hpa-monitoring-values.yaml"))
+    for values in (
+        _ci("keda-sasl-values.yaml"),
+        {"autoscaling": {"mode": "keda", "minReplicas": 0}},
+        {"replicaCount": 0},
+    ):
+        e = expr(values)
+        assert "absent(up{" in e and "kube_deployment_spec_replicas{" in e and f'namespace="{NAMESPACE}"' in e
+
+
+def test_alert_windows_that_would_page_on_normal_operation_fail_the_install() -> None:
+    h = helm()
+    spec = one(render({"metrics": {"prometheusRule": {"enabled": True}}}), "PrometheusRule")["spec"]
+    startup = merged_values()["probes"]["startup"]
+    budget_s = startup["periodSeconds"] * startup["failureThreshold"]
+    down_for = _rules(spec)["DangerCLIPWorkerDown"]["for"]
+    assert down_for.endswith("m") and int(down_for[:-1]) * 60 > budget_s, "a model load is not an outage"
+    with pytest.raises(h.HelmRenderError, match="workerDownFor"):
+        render({"metrics": {"prometheusRule": {"enabled": True, "workerDownFor": "2m"}}})
+    longer = {"metrics": {"prometheusRule": {"enabled": True}}, "probes": {"startup": {"failureThreshold": 120}}}
+    assert int(_rules(one(render(longer), "PrometheusRule")["spec"])["DangerCLIPWorkerDown"]["for"][:-1]) * 60 > 600
+    with pytest.raises(h.HelmRenderError, match="commitStalledFor"):
+        render({"metrics": {"prometheusRule": {"commitStalledFor": "30s"}}, "worker": {"worstBatchSeconds": 60}})
 
 
 def test_grafana_dashboard_configmap_is_the_dashboard() -> None:
@@ -488,7 +600,7 @@ def test_network_policy() -> None:
 # ---------------------------------------------------------------------------- pseudo-mask job
 def test_pseudomask_indexed_job_shards_the_manifest() -> None:
     docs = render(_ci("pseudomask-values.yaml"))
-    job = one(docs, "Job", "-pseudomask")
+    job = one(docs, "Job")
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == 16 and spec["parallelism"] == 4
@@ -516,12 +628,36 @@ def test_pseudomask_indexed_job_shards_the_manifest() -> None:
         render({"pseudomask": {"enabled": True}})
 
 
+def test_pseudomask_job_is_named_after_its_spec() -> None:
+    """A Job's pod template is immutable, so an upgrade must never patch it: a changed spec gets a new name
+    (a new Job; Helm deletes the old), an unchanged one keeps its name (the finished Job is left alone)."""
+    values = _ci("pseudomask-values.yaml")
+
+    def job(v: dict[str, Any], release: str = "dangerclip") -> dict[str, Any]:
+        return one(render(v, release=release), "Job")
+
+    first = job(values)
+    assert job(values)["metadata"]["name"] == first["metadata"]["name"]
+    unrelated = values | {"config": {"max_batch_size": 32}, "replicaCount": 1}
+    assert job(unrelated)["metadata"]["name"] == first["metadata"]["name"], "a worker setting is not the Job's"
+    for change in ({"shards": 32}, {"args": ["/data/other.jsonl", "--out", "/data/pm2"]}, {"image": {"tag": "0.2.0"}}):
+        changed = values | {"pseudomask": {**values["pseudomask"], **change}}
+        other = job(changed)
+        assert other["metadata"]["name"] != first["metadata"]["name"], change
+        assert other["metadata"]["name"].startswith("dangerclip-pseudomask-")
+    # Pod host names of an Indexed Job are <job>-<index>: the name leaves room for the index within 63.
+    long = job(values, release="a-release-name-that-is-quite-long-indeed-for-moderation")
+    assert len(long["metadata"]["name"]) <= 56
+    # No TTL by default: a TTL-deleted Job would be created again (and re-run) by the next upgrade.
+    assert "ttlSecondsAfterFinished" not in first["spec"]
+
+
 def test_pseudomask_job_args_parse_with_the_real_cli() -> None:
     """What pod 5 of 16 runs is a valid ``dangerclip pseudomask`` command line, with files on its volumes."""
     import argparse
 
     job = pytest.importorskip("pseudomask.job")
-    (c,) = one(render(_ci("pseudomask-values.yaml")), "Job", "-pseudomask")["spec"]["template"]["spec"]["containers"]
+    (c,) = one(render(_ci("pseudomask-values.yaml")), "Job")["spec"]["template"]["spec"]["containers"]
     argv = [a.replace("$(SHARD_INDEX)", "5") for a in c["args"]]
     assert argv[0] == "pseudomask"
     parser = argparse.ArgumentParser(prog="dangerclip pseudomask")

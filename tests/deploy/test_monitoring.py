@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 from tests.deploy.conftest import (
     CHART,
     DEPLOY,
+    REPO,
     dashboard_queries,
     exported_names,
     grafana_to_promql,
@@ -24,10 +26,18 @@ from tests.deploy.conftest import (
 )
 
 ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
+ALERTS_GPU = DEPLOY / "prometheus" / "alerts-gpu.yaml"
+RULE_FILES = (ALERTS, ALERTS_GPU)
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yaml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "dangerclip.json"
 # Series Prometheus makes itself rather than scraping them.
 PROMETHEUS_SYNTHETIC = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+# kube-state-metrics (part of kube-prometheus-stack): only a release that may scale to zero asks it.
+KUBE_STATE_METRICS = {"kube_deployment_spec_replicas"}
+
+
+def _all_rules() -> dict[str, dict]:
+    return {r["alert"]: r for f in RULE_FILES for g in yaml.safe_load(f.read_text())["groups"] for r in g["rules"]}
 
 
 def _promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -35,9 +45,11 @@ def _promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_promtool_checks_the_alert_rules(promtool: str) -> None:
-    out = _promtool(promtool, "check", "rules", str(ALERTS))
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 6 rules found" in out.stdout
+    for f in RULE_FILES:
+        out = _promtool(promtool, "check", "rules", str(f))
+        assert out.returncode == 0, out.stdout + out.stderr
+        count = sum(len(g["rules"]) for g in yaml.safe_load(f.read_text())["groups"])
+        assert f"SUCCESS: {count} rules found" in out.stdout
 
 
 def test_promtool_unit_tests_of_the_alerts_pass(promtool: str) -> None:
@@ -47,22 +59,32 @@ def test_promtool_unit_tests_of_the_alerts_pass(promtool: str) -> None:
 
 
 def test_every_alert_the_issue_asks_for_exists_and_is_unit_tested() -> None:
-    rules = {r["alert"]: r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]}
+    """Each alert has a promtool case that makes it fire and one that keeps it quiet, including every stall
+    the issue lists: partitions unowned, polls failing, no scrape targets, no commits while lag waits, a
+    caught-up worker that stalls, a GPU worker on the CPU."""
+    rules = _all_rules()
     wanted = {
         "DangerCLIPConsumerLagGrowing",
         "DangerCLIPDeadLetterRateHigh",
         "DangerCLIPNoResults",
         "DangerCLIPWorkerDown",
         "DangerCLIPInferenceP99High",
+        "DangerCLIPOffsetCommitsFailing",
+        "DangerCLIPNoScrapeTargets",
+        "DangerCLIPPartitionsUnassigned",
+        "DangerCLIPNotPolling",
+        "DangerCLIPPartitionStalled",
+        "DangerCLIPCircuitOpen",
+        "DangerCLIPScoringOnCPU",
     }
     assert wanted <= set(rules)
-    tested = {
-        t["alertname"]
-        for case in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
-        for t in case["alert_rule_test"]
-        if t.get("exp_alerts")
-    }
-    assert set(rules) <= tested, f"alerts with no firing unit test: {set(rules) - tested}"
+    tests = yaml.safe_load(ALERT_TESTS.read_text())
+    assert set(tests["rule_files"]) == {f.name for f in RULE_FILES}
+    cases = [t for case in tests["tests"] for t in case["alert_rule_test"]]
+    fires = {t["alertname"] for t in cases if t.get("exp_alerts")}
+    quiet = {t["alertname"] for t in cases if not t.get("exp_alerts")}
+    assert set(rules) <= fires, f"alerts with no firing unit test: {set(rules) - fires}"
+    assert set(rules) <= quiet, f"alerts with no quiet unit test: {set(rules) - quiet}"
     for name, rule in rules.items():
         assert rule["labels"]["severity"] in ("warning", "critical"), name
         assert rule["annotations"]["summary"] and rule["annotations"]["description"], name
@@ -76,6 +98,14 @@ def test_prometheus_config_loads_the_rules_and_scrapes_workers(promtool: str) ->
     (job,) = cfg["scrape_configs"]
     assert job["job_name"] == "dangerclip", 'the alert rules and dashboard select job="dangerclip"'
     assert job["dns_sd_configs"][0]["names"] == ["worker"] and job["dns_sd_configs"][0]["port"] == 9108
+    # ... and namespace="dangerclip": the label the chart's pods have, which compose's targets lack.
+    sys.path.insert(0, str(REPO / "helm" / "tools"))
+    import render_alerts
+
+    (ns,) = [r["replacement"] for r in job["relabel_configs"] if r["target_label"] == "namespace"]
+    assert ns == render_alerts.NAMESPACE
+    for rule in _all_rules().values():
+        assert f'namespace="{ns}"' in rule["expr"], rule["alert"]
 
 
 # ---------------------------------------------------------------------------- names vs a real scrape
@@ -136,15 +166,16 @@ def test_dashboard_uses_only_exported_metrics(scraped_names: set[str]) -> None:
 @pytest.mark.parametrize(
     "values_file",
     [None, CHART / "ci" / "hpa-monitoring-values.yaml"],
-    ids=["compose-alerts", "chart-alerts+additional"],
+    ids=["compose-alerts", "chart-alerts+additional+gpu+scale-to-zero"],
 )
 def test_alert_rules_use_only_exported_metrics(values_file: Path | None, scraped_names: set[str]) -> None:
     if values_file is None:
-        exprs = rule_exprs(yaml.safe_load(ALERTS.read_text()))
+        exprs = [r["expr"] for r in _all_rules().values()]
     else:
-        exprs = rule_exprs(one(render(load_values(values_file)), "PrometheusRule")["spec"])
+        values = load_values(values_file) | {"gpu": {"enabled": True}, "replicaCount": 0}
+        exprs = rule_exprs(one(render(values), "PrometheusRule")["spec"])
     used = set().union(*(promql_metric_names(e) for e in exprs))
-    unknown = used - scraped_names - PROMETHEUS_SYNTHETIC
+    unknown = used - scraped_names - PROMETHEUS_SYNTHETIC - KUBE_STATE_METRICS
     assert not unknown, f"alert rules query metrics the worker does not export: {sorted(unknown)}"
 
 
@@ -205,7 +236,47 @@ def test_dashboard_shows_what_the_issue_lists() -> None:
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     variables = {v["name"] for v in dash["templating"]["list"]}
-    assert {"datasource", "job", "instance", "category"} <= variables
+    assert {"datasource", "namespace", "job", "instance", "category"} <= variables
+    for q in dashboard_queries(dash):
+        if "dangerclip_" in q and not q.startswith("label_values(dangerclip_build_info, namespace)"):
+            assert 'namespace=~"$namespace"' in q, q
+
+
+def test_model_change_annotation_fires_on_a_new_version_only(promtool: str, tmp_path: Path) -> None:
+    """The dashboard's "Model changes" annotation, run by promtool over a rollout: two workers on version 1,
+    then one by one on version 2. It marks the minutes after version 2 appears, and nothing while versions
+    hold steady (dangerclip_model_info is always 1, so the old changes() query never marked anything)."""
+    (annotation,) = [
+        a for a in json.loads(DASHBOARD.read_text())["annotations"]["list"] if a["name"] == "Model changes"
+    ]
+    expr = grafana_to_promql(annotation["expr"])
+    info = (
+        'dangerclip_model_info{{job="dangerclip", namespace="dangerclip", instance="{i}", version="{v}", sha256="{h}"}}'
+    )
+    series = [
+        {"series": info.format(i="a", v="1", h="aa"), "values": "1x9 _x11"},
+        {"series": info.format(i="b", v="1", h="aa"), "values": "1x11 _x9"},
+        {"series": info.format(i="a", v="2", h="bb"), "values": "_x9 1x11"},
+        {"series": info.format(i="b", v="2", h="bb"), "values": "_x11 1x9"},
+    ]
+
+    def new_version(workers: int) -> list[dict]:  # the value: how many workers serve it
+        return [{"labels": '{sha256="bb", version="2"}', "value": workers}]
+
+    cases = [
+        {"expr": expr, "eval_time": "5m", "exp_samples": []},
+        {"expr": expr, "eval_time": "10m", "exp_samples": new_version(1)},
+        {"expr": expr, "eval_time": "13m", "exp_samples": new_version(2)},
+        {"expr": expr, "eval_time": "18m", "exp_samples": []},
+    ]
+    test = {
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": cases}],
+    }
+    f = tmp_path / "annotation.test.yaml"
+    f.write_text(yaml.safe_dump(test))
+    out = _promtool(promtool, "test", "rules", str(f))
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_grafana_provisioning_points_at_the_dashboard() -> None:

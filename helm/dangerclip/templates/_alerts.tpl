@@ -1,13 +1,18 @@
 {{/*
-The DangerCLIP alert rules, one group. Rendered into the PrometheusRule and, with the default values and
-release name "dangerclip", written to deploy/prometheus/alerts.yaml for the compose stack
-(helm/tools/render_alerts.py); promtool checks and unit-tests both.
+The DangerCLIP alert rules. Rendered into the PrometheusRule and, with the default values, release name
+"dangerclip" and namespace "dangerclip", written to deploy/prometheus/alerts.yaml for the compose stack
+(helm/tools/render_alerts.py; its Prometheus labels targets namespace="dangerclip"); the GPU group goes to
+alerts-gpu.yaml. promtool checks and unit-tests both (alerts.test.yaml).
+
+Every selector names the job the ServiceMonitor sets and the namespace the workers run in.
 */}}
 {{- define "dangerclip.alertGroups" -}}
 {{- $r := .Values.metrics.prometheusRule -}}
 {{- $job := include "dangerclip.fullname" . -}}
-{{- $sel := printf "job=%q" $job -}}
+{{- $sel := include "dangerclip.alertSelector" . -}}
 {{- $sev := $r.severityLabel -}}
+{{- $pollStalled := include "dangerclip.seconds" $r.pollStalledFor | int -}}
+{{- $commitStalled := include "dangerclip.seconds" $r.commitStalledFor | int -}}
 groups:
   - name: {{ $job }}.rules
     rules:
@@ -58,15 +63,93 @@ groups:
             Records are waiting or being consumed, but no result was written for {{ $r.noResultsFor }}.
             Check the workers' logs, the broker errors panel and the dead-letter rate.
       - alert: DangerCLIPWorkerDown
+        # A worker's metrics listen only once its model is loaded: the window covers the startup probe's budget.
         expr: up{ {{- $sel -}} } == 0
-        for: {{ $r.workerDownFor }}
+        for: {{ include "dangerclip.workerDownFor" . }}
         labels:
           {{ $sev }}: critical
         annotations:
           summary: DangerCLIP worker {{ "{{ $labels.instance }}" }} is down
           description: >-
-            Prometheus could not scrape {{ "{{ $labels.instance }}" }} for {{ $r.workerDownFor }}. Its
-            partitions move to the other workers after the session timeout.
+            Prometheus could not scrape {{ "{{ $labels.instance }}" }} for {{ include "dangerclip.workerDownFor" . }}
+            (longer than a model load may take). Its partitions move to the other workers after the session
+            timeout. Look at the pod's events, OOM kills and logs.
+      - alert: DangerCLIPNoScrapeTargets
+        # Nothing to scrape at all: every pod Pending, the Deployment gone, or the ServiceMonitor not selected
+        # by Prometheus. WorkerDown cannot see this: it needs a target that answers `up == 0`.
+        {{- if include "dangerclip.mayScaleToZero" . }}
+        # This release may scale to zero, so only while the Deployment wants workers (kube-state-metrics).
+        expr: |-
+          absent(up{ {{- $sel -}} })
+          and on()
+          sum(kube_deployment_spec_replicas{namespace={{ .Release.Namespace | quote }}, deployment={{ $job | quote }}}) > 0
+        {{- else }}
+        expr: absent(up{ {{- $sel -}} })
+        {{- end }}
+        for: {{ $r.noTargetsFor }}
+        labels:
+          {{ $sev }}: critical
+        annotations:
+          summary: DangerCLIP has no scrape targets in {{ .Release.Namespace }}
+          description: >-
+            Prometheus has scraped no {{ $job }} worker for {{ $r.noTargetsFor }}: pods Pending (resources, GPU
+            nodes, image pulls), the Deployment scaled to nothing, or the ServiceMonitor not selected (its
+            labels must match your Prometheus' serviceMonitorSelector, e.g. release=kube-prometheus-stack).
+      - alert: DangerCLIPPartitionsUnassigned
+        # The group owns fewer partitions than the input topic has: those are read by nobody (a rebalance that
+        # never settles, a member that holds partitions and does nothing, too few live workers to be assigned).
+        expr: |-
+          max by (topic) (dangerclip_topic_partitions{ {{- $sel -}} })
+          > on() group_left()
+          sum(dangerclip_assigned_partitions{ {{- $sel -}} })
+        for: {{ $r.partitionsUnassignedFor }}
+        labels:
+          {{ $sev }}: critical
+        annotations:
+          summary: DangerCLIP workers own fewer partitions than {{ "{{ $labels.topic }}" }} has
+          description: >-
+            {{ "{{ $labels.topic }}" }} has {{ "{{ $value }}" }} partitions and the workers' consumer group has
+            owned fewer for {{ $r.partitionsUnassignedFor }}: the rest are read by no one. Check the "Partitions
+            per worker" panel, rebalances, and other members of the group (kafka-consumer-groups --describe).
+      - alert: DangerCLIPNotPolling
+        # No successful poll: every poll failing (brokers unreachable, authentication, a broken client), or a
+        # loop that stalled. A caught-up worker that stalls has a lag of 0, so only this catches it.
+        expr: time() - dangerclip_last_poll_timestamp_seconds{ {{- $sel -}} } > {{ $pollStalled }}
+        for: 1m
+        labels:
+          {{ $sev }}: critical
+        annotations:
+          summary: DangerCLIP worker {{ "{{ $labels.instance }}" }} has not polled Kafka for {{ $r.pollStalledFor }}
+          description: >-
+            The last successful poll of {{ "{{ $labels.instance }}" }} was {{ "{{ $value | humanizeDuration }}" }}
+            ago. Check its logs and the broker errors panel (operation=poll, connect).
+      - alert: DangerCLIPPartitionStalled
+        # Records wait on a partition and its offset has not moved: consumption of that partition has stopped.
+        expr: |-
+          dangerclip_consumer_lag_records{ {{- $sel -}} } > 0
+          and
+          time() - dangerclip_last_commit_timestamp_seconds{ {{- $sel -}} } > {{ $commitStalled }}
+        for: 1m
+        labels:
+          {{ $sev }}: critical
+        annotations:
+          summary: DangerCLIP partition {{ "{{ $labels.topic }}/{{ $labels.partition }}" }} is stalled
+          description: >-
+            {{ "{{ $value | humanize }}" }} records wait on {{ "{{ $labels.topic }}/{{ $labels.partition }}" }}
+            and {{ "{{ $labels.instance }}" }} has committed none of them for more than {{ $r.commitStalledFor }}.
+            Check that worker's logs, the circuit breaker and the commit failures panel.
+      - alert: DangerCLIPCircuitOpen
+        # The model keeps failing (a health probe with a blank image failing too): the worker has stopped
+        # consuming rather than dead-letter the stream. It restarts itself after circuit_open_restart_s.
+        expr: dangerclip_circuit_open{ {{- $sel -}} } == 1
+        for: {{ $r.circuitOpenFor }}
+        labels:
+          {{ $sev }}: critical
+        annotations:
+          summary: DangerCLIP worker {{ "{{ $labels.instance }}" }} stopped scoring (model failing)
+          description: >-
+            The model circuit breaker of {{ "{{ $labels.instance }}" }} has been open for {{ $r.circuitOpenFor }}:
+            every batch fails, so it consumes nothing. Check its logs (inference errors, GPU, execution provider).
       - alert: DangerCLIPInferenceP99High
         expr: |-
           histogram_quantile(0.99,
@@ -81,16 +164,35 @@ groups:
             p99 of one batch's inference is {{ "{{ $value | humanizeDuration }}" }}. Check the execution
             provider in the model panel (a GPU worker fell back to CPU?), CPU throttling, or the batch size.
       - alert: DangerCLIPOffsetCommitsFailing
-        expr: sum(rate(dangerclip_offset_commits_total{ {{- $sel -}}, outcome="failed"}[10m])) > 0
+        # A failure in every 5-minute window for 10 minutes: a rebalance's one failed commit does not fire.
+        expr: sum(rate(dangerclip_offset_commits_total{ {{- $sel -}}, outcome="failed"}[5m])) > 0
         for: 10m
         labels:
           {{ $sev }}: warning
         annotations:
           summary: DangerCLIP offset commits are failing
           description: >-
-            Commits failed for 10 minutes: results are produced but offsets are not stored, so a restart
-            re-scores those records (duplicates downstream). Usually rebalancing storms or broker trouble.
+            Offset commits have failed in every 5-minute window for the last 10 minutes: results are produced
+            but offsets are not stored, so a restart re-scores those records (duplicates downstream). Usually
+            rebalancing storms or broker trouble.
       {{- with $r.additionalRules }}
-      {{- toYaml . | nindent 6 }}
+      {{- tpl (toYaml .) $ | nindent 6 }}
       {{- end }}
+  {{- if .Values.gpu.enabled }}
+  - name: {{ $job }}.gpu.rules
+    rules:
+      - alert: DangerCLIPScoringOnCPU
+        # gpu.enabled: the pods hold GPUs, so a worker whose session runs on the CPU (providers=auto after a
+        # CUDA failure) wastes them and scores tens of times slower.
+        expr: dangerclip_model_info{ {{- $sel -}}, provider="CPUExecutionProvider"} == 1
+        for: {{ $r.scoringOnCpuFor }}
+        labels:
+          {{ $sev }}: warning
+        annotations:
+          summary: DangerCLIP GPU worker {{ "{{ $labels.instance }}" }} scores on the CPU
+          description: >-
+            {{ "{{ $labels.instance }}" }} holds a GPU but its onnxruntime session runs on CPUExecutionProvider
+            (model {{ "{{ $labels.version }}" }}): the CUDA provider did not start. Its log has the WARNING that
+            says why; set config.providers=cuda to make such a worker fail instead.
+  {{- end }}
 {{- end }}

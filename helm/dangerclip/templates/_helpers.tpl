@@ -126,6 +126,54 @@ app.kubernetes.io/component: worker
 
 {{- define "dangerclip.tlsMountPath" -}}/etc/dangerclip/kafka-tls{{- end }}
 
+{{/* A Kubernetes quantity ("3584Mi", "4Gi", "512M", "1000000") in bytes. */}}
+{{- define "dangerclip.bytes" -}}
+{{- $q := toString . -}}
+{{- $num := regexFind "^[0-9]+(\\.[0-9]+)?" $q -}}
+{{- $suffix := trimPrefix $num $q -}}
+{{- $mult := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 -}}
+{{- if or (not $num) (not (hasKey $mult $suffix)) -}}
+{{- fail (printf "cannot read the memory quantity %q (use e.g. 3584Mi or 4Gi)" $q) -}}
+{{- end -}}
+{{- mulf (float64 $num) (index $mult $suffix) | int64 -}}
+{{- end }}
+
+{{/* A Prometheus duration ("10m", "1h30m", "90s") in whole seconds. */}}
+{{- define "dangerclip.seconds" -}}
+{{- $units := dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0 "w" 604800.0 "y" 31536000.0 -}}
+{{- $total := 0.0 -}}
+{{- range regexFindAll "[0-9]+(ms|s|m|h|d|w|y)" (toString .) -1 -}}
+{{- $n := regexFind "^[0-9]+" . -}}
+{{- $total = addf $total (mulf (float64 $n) (index $units (trimPrefix $n .))) -}}
+{{- end -}}
+{{- $total | int -}}
+{{- end }}
+
+{{/* Seconds a starting worker may take before its HTTP server listens: the startup probe's budget. */}}
+{{- define "dangerclip.startupBudgetSeconds" -}}
+{{- $p := .Values.probes.startup -}}
+{{- if $p.enabled -}}
+{{- mul (int $p.periodSeconds) (int $p.failureThreshold) -}}
+{{- else -}}
+{{- mul (int .Values.probes.liveness.periodSeconds) (int .Values.probes.liveness.failureThreshold) -}}
+{{- end -}}
+{{- end }}
+
+{{/* The label matchers every alert and the dashboard select this release's workers by: the job the
+ServiceMonitor sets and the namespace the pods run in (two releases of one name in two namespaces never mix).
+Usable in metrics.prometheusRule.additionalRules as {{ include "dangerclip.alertSelector" . }}. */}}
+{{- define "dangerclip.alertSelector" -}}
+{{- printf "job=%q, namespace=%q" (include "dangerclip.fullname" .) .Release.Namespace -}}
+{{- end }}
+
+{{/* Whether the release may run no worker at all (scale to zero): then "no scrape target" is no stall. */}}
+{{- define "dangerclip.mayScaleToZero" -}}
+{{- $a := .Values.autoscaling -}}
+{{- if and (eq $a.mode "none") (eq (int .Values.replicaCount) 0) -}}true
+{{- else if and (eq $a.mode "keda") (or (eq (int $a.minReplicas) 0) (and (not (kindIs "invalid" $a.keda.idleReplicaCount)) (eq (int $a.keda.idleReplicaCount) 0))) -}}true
+{{- end -}}
+{{- end }}
+
 {{/* Checks that cannot be written in values.schema.json because they relate two values. */}}
 {{- define "dangerclip.validate" -}}
 {{- $partitions := int .Values.kafka.partitions -}}
@@ -155,11 +203,19 @@ app.kubernetes.io/component: worker
 {{- if and (eq $model.source "image") (not $model.image.reference) -}}
 {{- fail "model.source=image needs model.image.reference" -}}
 {{- end -}}
+{{- if and (eq $model.source "image") (semverCompare "<1.35-0" .Capabilities.KubeVersion.Version) (not $model.image.featureGateEnabled) -}}
+{{- fail (printf "model.source=image needs image volumes, on by default from Kubernetes 1.35; this cluster is %s. On 1.31-1.34 with the ImageVolume feature gate turned on (API server and kubelets), set model.image.featureGateEnabled=true; otherwise use model.source=pvc or initContainer" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
 {{- if and (eq $model.source "image") (semverCompare "<1.31-0" .Capabilities.KubeVersion.Version) -}}
-{{- fail (printf "model.source=image needs image volumes (Kubernetes 1.31+ with the ImageVolume feature; beta from 1.33); this cluster is %s: use pvc or initContainer" .Capabilities.KubeVersion.Version) -}}
+{{- fail (printf "model.source=image needs Kubernetes 1.31 or later (this cluster is %s)" .Capabilities.KubeVersion.Version) -}}
 {{- end -}}
 {{- if and (eq $model.source "initContainer") (not $model.initContainer.command) -}}
 {{- fail "model.source=initContainer needs model.initContainer.command (it must write the model to $MODEL_DIR)" -}}
+{{- end -}}
+{{- include "dangerclip.validateResources" . -}}
+{{- include "dangerclip.validateAlerts" . -}}
+{{- if and .Values.config.group_instance_id (or (ne .Values.autoscaling.mode "none") (gt (int .Values.replicaCount) 1)) -}}
+{{- fail "config.group_instance_id gives every worker the same static member id (the broker fences all but one); leave it unset and keep worker.staticMembership=true, which uses each pod's name" -}}
 {{- end -}}
 {{- $sec := .Values.kafka.security -}}
 {{- if and (hasPrefix "SASL" (toString .Values.config.security_protocol)) (not $sec.sasl.existingSecret) (ne (toString .Values.config.sasl_mechanism) "GSSAPI") (ne (toString .Values.config.sasl_mechanism) "OAUTHBEARER") -}}
@@ -178,5 +234,55 @@ app.kubernetes.io/component: worker
 {{- end -}}
 {{- if and .Values.pseudomask.enabled (not .Values.pseudomask.data.claimName) -}}
 {{- fail "pseudomask.enabled needs pseudomask.data.claimName (the PVC with the images and the manifest)" -}}
+{{- end -}}
+{{- end }}
+
+{{/* Memory: requests = limits (a worker's memory peaks with its largest images; a request below the limit lets
+the node overcommit and kill it mid-batch), and the bytes the settings let it hold fit well inside the limit. */}}
+{{- define "dangerclip.validateResources" -}}
+{{- $res := default dict .Values.resources -}}
+{{- $limits := default dict $res.limits -}}
+{{- $requests := default dict $res.requests -}}
+{{- if not $limits.memory -}}
+{{- fail "resources.limits.memory is required: an unbounded worker can take a node's memory (see values.yaml for how the default is derived)" -}}
+{{- end -}}
+{{- $limit := include "dangerclip.bytes" $limits.memory | int64 -}}
+{{- if and $requests.memory (ne (include "dangerclip.bytes" $requests.memory | int64) $limit) -}}
+{{- fail (printf "resources.requests.memory (%v) must equal resources.limits.memory (%v): a request below the limit lets the node overcommit and OOM-kill a worker mid-batch (its batch is then scored again by the next owner)" $requests.memory $limits.memory) -}}
+{{- end -}}
+{{- if and (kindIs "invalid" .Values.config.intra_op_threads) (not $requests.cpu) -}}
+{{- fail "resources.requests.cpu is required: the chart sets DANGERCLIP_INTRA_OP_THREADS from it (or set config.intra_op_threads)" -}}
+{{- end -}}
+{{- $buffered := int64 (default 134217728 .Values.config.max_buffered_bytes) -}}
+{{- $decode := mul (int64 (default 80000000 .Values.config.decode_budget_pixels)) 4 -}}
+{{- if gt (add $buffered $decode) (div $limit 2) -}}
+{{- fail (printf "config.max_buffered_bytes (%d) + config.decode_budget_pixels x 4 bytes (%d) exceed half of resources.limits.memory (%v): the other half holds the model, onnxruntime's arena and the batch tensors" $buffered $decode $limits.memory) -}}
+{{- end -}}
+{{- end }}
+
+{{/* Alert windows that would page on normal operation. */}}
+{{- define "dangerclip.validateAlerts" -}}
+{{- $r := .Values.metrics.prometheusRule -}}
+{{- $startup := include "dangerclip.startupBudgetSeconds" . | int -}}
+{{- if and $r.workerDownFor (lt (include "dangerclip.seconds" $r.workerDownFor | int) $startup) -}}
+{{- fail (printf "metrics.prometheusRule.workerDownFor (%s) is shorter than the startup probe's budget (%ds): a worker loading its model (its metrics server listens only then) would page. Leave it null to derive it" $r.workerDownFor $startup) -}}
+{{- end -}}
+{{- $batch := int (ceil .Values.worker.worstBatchSeconds) -}}
+{{- if le (include "dangerclip.seconds" $r.commitStalledFor | int) $batch -}}
+{{- fail (printf "metrics.prometheusRule.commitStalledFor (%s) must exceed worker.worstBatchSeconds (%ds): a slow batch is not a stall" $r.commitStalledFor $batch) -}}
+{{- end -}}
+{{- if le (include "dangerclip.seconds" $r.pollStalledFor | int) $batch -}}
+{{- fail (printf "metrics.prometheusRule.pollStalledFor (%s) must exceed worker.worstBatchSeconds (%ds)" $r.pollStalledFor $batch) -}}
+{{- end -}}
+{{- end }}
+
+{{/* The WorkerDown window: the configured one, or the startup budget plus a minute (metrics listen only once
+the model is loaded, so a starting worker reads as down until then). */}}
+{{- define "dangerclip.workerDownFor" -}}
+{{- $r := .Values.metrics.prometheusRule -}}
+{{- if $r.workerDownFor -}}
+{{- $r.workerDownFor -}}
+{{- else -}}
+{{- printf "%dm" (add (div (add (include "dangerclip.startupBudgetSeconds" . | int) 59) 60) 1) -}}
 {{- end -}}
 {{- end }}
