@@ -139,8 +139,30 @@ def decode_image(
     bomb = Image.MAX_IMAGE_PIXELS
     if bomb is not None and w * h > bomb:
         raise ImageError("too_many_pixels", f"image is {w}x{h} = {w * h} pixels, Pillow's limit is {bomb}")
+    fmt = img.format
     with reserve(w * h) if reserve is not None else contextlib.nullcontext():
-        return _decode(img, min_side)
+        try:
+            # Rebinding drops the plugin object, and with it what it keeps beside the pixels.
+            img, extent, method = _load(img, min_side)
+            k = 1 if min_side is None else max(1, min(img.size) // min_side)
+            out = _rgb(img, k, method)
+        except ImageError:
+            raise
+        except Exception as e:  # noqa: BLE001 - truncated or corrupt data surfaces as many types
+            raise ImageError("decode_error", f"cannot decode image: {e}") from e
+        reduced = (-(-img.width // k), -(-img.height // k))
+    out.format = fmt
+    swap = method in _SWAPS_SIDES
+    out.info["source_size"] = (h, w) if swap else (w, h)
+    ex, ey = extent[0] / k, extent[1] / k
+    if (ex, ey) != reduced:
+        # A reduction whose factor does not divide the sides leaves a last row and column that stand for less
+        # than a pixel. Where the source's edges fall, so that resize_and_crop maps exactly the source's extent
+        # and the geometry stays the full image's (without it a 1/3-pixel error costs up to 60 levels on edges).
+        x, y = (0.0, 0.0) if method is None else _transposed_origin(method, 0, 0, ex, ey, *reduced)
+        bw, bh = (ey, ex) if swap else (ex, ey)
+        out.info["source_box"] = (out.size, (x, y, x + bw, y + bh))
+    return out
 
 
 def load_image(
@@ -205,24 +227,24 @@ def _unidentified(data: bytes, allowed: tuple[str, ...] | None) -> str:
     return message
 
 
-def _decode(img: Image.Image, min_side: int | None) -> Image.Image:
-    fmt, (w, h) = img.format, img.size
-    try:
-        if min_side is not None:
-            # libjpeg's DCT scaling (a no-op for other formats): it never builds the full-size image at all.
-            img.draft("RGB", (min_side, min_side))
-        # An animation is opened at its first frame, which is the one used: nothing to seek.
-        img.load()
-        method = _TRANSPOSE.get(img.getexif().get(ExifTags.Base.Orientation, 1))
-        k = 1 if min_side is None else max(1, min(img.size) // min_side)
-        out = _rgb(img, k, method)
-    except ImageError:
-        raise
-    except Exception as e:  # noqa: BLE001 - truncated or corrupt data surfaces as many types
-        raise ImageError("decode_error", f"cannot decode image: {e}") from e
-    out.format = fmt
-    out.info["source_size"] = (h, w) if method in _SWAPS_SIDES else (w, h)
-    return out
+def _load(
+    img: Image.Image, min_side: int | None
+) -> tuple[Image.Image, tuple[float, float], Image.Transpose | None]:
+    """Decode the pixels. Returns them apart from the plugin object, the source's extent in their coordinates
+    (its size unless JPEG drew it smaller), and the EXIF orientation's transposition."""
+    extent: tuple[float, float] = img.size
+    if min_side is not None:
+        # libjpeg's DCT scaling (a no-op for other formats): the full-size image is never built at all.
+        drawn = img.draft("RGB", (min_side, min_side))
+        if drawn is not None:
+            extent = drawn[1][2], drawn[1][3]
+    # An animation is opened at its first frame, which is the one used: nothing to seek.
+    img.load()
+    method = _TRANSPOSE.get(img.getexif().get(ExifTags.Base.Orientation, 1))
+    # The same pixel memory in a plain Image. The plugin object keeps its file buffer and decoder state for as
+    # long as it lives (WebP: two full-size canvases and a copy of the pixels, 3x the image), so it must not
+    # outlive the load, let alone be returned.
+    return img._new(img.im), extent, method
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -251,8 +273,8 @@ def _rgb(img: Image.Image, k: int, method: Image.Transpose | None) -> Image.Imag
             tile = _tile_rgb(img, (x0, y0, min(x0 + tw, w), min(y0 + th, h)), k, stats)
             x, y = x0 // k, y0 // k
             if method is not None:
-                x, y = _transposed_origin(method, x, y, tile.width, tile.height, ow, oh)
-                tile = tile.transpose(method)
+                tx, ty = _transposed_origin(method, x, y, tile.width, tile.height, ow, oh)
+                x, y, tile = int(tx), int(ty), tile.transpose(method)
             out.paste(tile, (x, y))
     return out
 
@@ -323,8 +345,8 @@ def _tile_convert(t: Image.Image, stats: tuple[float, float]) -> Image.Image:
 
 
 def _transposed_origin(
-    method: Image.Transpose, x: int, y: int, tw: int, th: int, ow: int, oh: int
-) -> tuple[int, int]:
+    method: Image.Transpose, x: float, y: float, tw: float, th: float, ow: float, oh: float
+) -> tuple[float, float]:
     """Where a ``tw`` × ``th`` tile at ``(x, y)`` of a ``ow`` × ``oh`` image lands once the image is transposed."""
     T = Image.Transpose
     return {
@@ -353,7 +375,11 @@ def crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
 
 
 def resize_and_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
-    """Shortest side to ``cfg.image_size``, then centre crop: the geometry of CLIP's transform."""
+    """Shortest side to ``cfg.image_size``, then centre crop: the geometry of CLIP's transform.
+
+    An image that ``decode_image`` reduced (``min_side``) is resized from the source's exact extent and size,
+    which it records in ``info``, so its geometry is the full-size image's.
+    """
     if cfg.resize_mode != "shortest":
         raise ValueError(f"unsupported resize_mode {cfg.resize_mode!r}; expected 'shortest'")
     try:
@@ -363,9 +389,13 @@ def resize_and_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
             f"unsupported interpolation {cfg.interpolation!r}; expected one of {sorted(_RESAMPLE)}"
         ) from None
     s = cfg.image_size
-    w, h = resized_size(img.width, img.height, s)
-    if (w, h) != img.size:
-        img = img.resize((w, h), resample)
+    box, (w, h) = None, img.size
+    geometry = img.info.get("source_box")
+    if geometry is not None and tuple(geometry[0]) == img.size and "source_size" in img.info:
+        box, (w, h) = geometry[1], img.info["source_size"]
+    w, h = resized_size(w, h, s)
+    if box is not None or (w, h) != img.size:
+        img = img.resize((w, h), resample, box=box)
     if (w, h) != (s, s):
         img = img.crop(crop_box(w, h, s))
     return img
