@@ -45,17 +45,29 @@ def load_values(path: Path | None) -> dict[str, Any] | None:
 
 
 @cache
-def _render_cached(values_yaml: str, release: str) -> tuple[tuple[str, str], ...]:
+def _render_cached(values_yaml: str, release: str, kube_version: str | None) -> tuple[tuple[str, str], ...]:
     h = helm()
     with h.Chart.load(str(CHART)) as chart:
-        out = chart.render(yaml.safe_load(values_yaml) or None, name=release, namespace=NAMESPACE)
+        if kube_version is None:
+            out = chart.render(yaml.safe_load(values_yaml) or None, name=release, namespace=NAMESPACE)
+        else:
+            # `helm template --kube-version`: the SDK's render takes it natively, its Python wrapper not yet.
+            import json
+
+            from helm_python import _native
+
+            opts = {"name": release, "namespace": NAMESPACE, "kube_version": kube_version}
+            values_json = json.dumps(yaml.safe_load(values_yaml) or None)
+            out = json.loads(_native.call_string("helm_render", chart._raw(), values_json, json.dumps(opts)))
     return tuple(sorted(out.items()))
 
 
-def render(values: dict[str, Any] | None = None, release: str = RELEASE) -> list[dict[str, Any]]:
-    """Render the chart (``helm template``) and return every Kubernetes object, NOTES excluded."""
+def render(
+    values: dict[str, Any] | None = None, release: str = RELEASE, kube_version: str | None = None
+) -> list[dict[str, Any]]:
+    """Render the chart (``helm template [--kube-version]``) and return every Kubernetes object, NOTES excluded."""
     docs: list[dict[str, Any]] = []
-    for path, text in _render_cached(yaml.safe_dump(values or {}, sort_keys=True), release):
+    for path, text in _render_cached(yaml.safe_dump(values or {}, sort_keys=True), release, kube_version):
         if path.endswith("NOTES.txt") or not text.strip():
             continue
         for doc in yaml.safe_load_all(text):

@@ -63,7 +63,8 @@ groups:
             Records are waiting or being consumed, but no result was written for {{ $r.noResultsFor }}.
             Check the workers' logs, the broker errors panel and the dead-letter rate.
       - alert: DangerCLIPWorkerDown
-        # A worker's metrics listen only once its model is loaded: the window covers the startup probe's budget.
+        # A starting pod is a scrape target (publishNotReadyAddresses) before anything answers: image pull, the
+        # model download, the process start. The window covers the startup probe's budget, plus a minute.
         expr: up{ {{- $sel -}} } == 0
         for: {{ include "dangerclip.workerDownFor" . }}
         labels:
@@ -72,7 +73,7 @@ groups:
           summary: DangerCLIP worker {{ "{{ $labels.instance }}" }} is down
           description: >-
             Prometheus could not scrape {{ "{{ $labels.instance }}" }} for {{ include "dangerclip.workerDownFor" . }}
-            (longer than a model load may take). Its partitions move to the other workers after the session
+            (longer than a start may take). Its partitions move to the other workers after the session
             timeout. Look at the pod's events, OOM kills and logs.
       - alert: DangerCLIPNoScrapeTargets
         # Nothing to scrape at all: every pod Pending, the Deployment gone, or the ServiceMonitor not selected

@@ -218,8 +218,15 @@ Usable in metrics.prometheusRule.additionalRules as {{ include "dangerclip.alert
 {{- fail "config.group_instance_id gives every worker the same static member id (the broker fences all but one); leave it unset and keep worker.staticMembership=true, which uses each pod's name" -}}
 {{- end -}}
 {{- $sec := .Values.kafka.security -}}
-{{- if and (hasPrefix "SASL" (toString .Values.config.security_protocol)) (not $sec.sasl.existingSecret) (ne (toString .Values.config.sasl_mechanism) "GSSAPI") (ne (toString .Values.config.sasl_mechanism) "OAUTHBEARER") -}}
+{{- $mechanism := toString .Values.config.sasl_mechanism -}}
+{{- if and (hasPrefix "SASL" (toString .Values.config.security_protocol)) (not $sec.sasl.existingSecret) (has $mechanism (list "PLAIN" "SCRAM-SHA-256" "SCRAM-SHA-512")) -}}
 {{- fail "config.security_protocol SASL_* with PLAIN/SCRAM needs kafka.security.sasl.existingSecret (a Secret holding the user name and password)" -}}
+{{- end -}}
+{{- if and (eq $mechanism "OAUTHBEARER") (not .Values.config.sasl_oauth_token_file) -}}
+{{- fail "config.sasl_mechanism OAUTHBEARER needs config.sasl_oauth_token_file (a file the worker reads the token from, e.g. a projected service-account token in extraVolumes)" -}}
+{{- end -}}
+{{- if and (eq $mechanism "AWS_MSK_IAM") (ne (toString .Values.config.security_protocol) "SASL_SSL") -}}
+{{- fail "config.sasl_mechanism AWS_MSK_IAM needs config.security_protocol SASL_SSL" -}}
 {{- end -}}
 {{- if and (hasPrefix "SASL" (toString .Values.config.security_protocol)) (not .Values.config.sasl_mechanism) -}}
 {{- fail "config.security_protocol SASL_* needs config.sasl_mechanism" -}}
@@ -265,7 +272,7 @@ the node overcommit and kill it mid-batch), and the bytes the settings let it ho
 {{- $r := .Values.metrics.prometheusRule -}}
 {{- $startup := include "dangerclip.startupBudgetSeconds" . | int -}}
 {{- if and $r.workerDownFor (lt (include "dangerclip.seconds" $r.workerDownFor | int) $startup) -}}
-{{- fail (printf "metrics.prometheusRule.workerDownFor (%s) is shorter than the startup probe's budget (%ds): a worker loading its model (its metrics server listens only then) would page. Leave it null to derive it" $r.workerDownFor $startup) -}}
+{{- fail (printf "metrics.prometheusRule.workerDownFor (%s) is shorter than the startup probe's budget (%ds): a pod still starting (image pull, model download) would page. Leave it null to derive it" $r.workerDownFor $startup) -}}
 {{- end -}}
 {{- $batch := int (ceil .Values.worker.worstBatchSeconds) -}}
 {{- if le (include "dangerclip.seconds" $r.commitStalledFor | int) $batch -}}
@@ -276,8 +283,8 @@ the node overcommit and kill it mid-batch), and the bytes the settings let it ho
 {{- end -}}
 {{- end }}
 
-{{/* The WorkerDown window: the configured one, or the startup budget plus a minute (metrics listen only once
-the model is loaded, so a starting worker reads as down until then). */}}
+{{/* The WorkerDown window: the configured one, or the startup budget plus a minute (a starting pod is a scrape
+target before its HTTP server answers: image pull, model download, process start). */}}
 {{- define "dangerclip.workerDownFor" -}}
 {{- $r := .Values.metrics.prometheusRule -}}
 {{- if $r.workerDownFor -}}
