@@ -325,15 +325,21 @@ def _tile_convert(t: Image.Image, stats: tuple[float, float]) -> Image.Image:
     if mode in _I16_MODES:
         return Image.fromarray(_LUT16[np.asarray(t)])
     if mode in ("I", "F"):
+        # In place, in the order the formulas read, so the bytes are those of evaluating them on the whole image.
         lo, hi = stats
         a = np.asarray(t, dtype=np.float64)
-        if mode == "I":
-            a = np.clip(a / hi * 255.0 + 0.5, 0, 255)
-        elif hi > lo:
-            # NaN and infinities (which have no place in the range) go to black and white.
-            a = np.nan_to_num((a - lo) / (hi - lo) * 255.0, nan=0.0, posinf=255.0, neginf=0.0).clip(0, 255)
+        if mode == "I":  # clip(a / hi * 255 + 0.5)
+            a /= hi
+            a *= 255.0
+            a += 0.5
+        elif hi > lo:  # (a - lo) / (hi - lo) * 255; NaN and infinities (outside the range) go to black and white
+            a -= lo
+            a /= hi - lo
+            a *= 255.0
+            np.nan_to_num(a, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
         else:
-            a = np.zeros_like(a)
+            a[:] = 0.0
+        np.clip(a, 0, 255, out=a)
         return Image.fromarray(a.astype(np.uint8))
     if mode == "P" and "transparency" in t.info:
         t, mode = t.convert("RGBA"), "RGBA"
