@@ -36,6 +36,11 @@ IDS = ["default"] + [p.name for p in CI_VALUES]
 # bench/decode_memory.py when its figure lands (values.yaml and deploy/README.md show the same derivation).
 MEASURED_PEAK_RSS_BYTES = 2.4e9
 SIZING_FACTOR = 1.5
+# bench/decode_memory.py (per worst-case image, new decoder): a worker is ~400 MB of model process (demo
+# model) + its buffered input + the decodes its pixel budget admits, at most 16.2 bytes a pixel (WebP) x 1.28
+# allocator slack, and should stay within 90 % of its limit ("64 MP fits 2 GiB").
+MODEL_PROCESS_BYTES = 400e6
+DECODE_BYTES_PER_PIXEL = 16.2 * 1.28
 UNITS = {"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
 
 
@@ -68,6 +73,14 @@ def test_default_memory_covers_the_measured_peak_and_the_memory_backed_tmp() -> 
     assert limit >= MEASURED_PEAK_RSS_BYTES * SIZING_FACTOR + quantity_bytes(tmp["emptyDir"]["sizeLimit"]) * 0.9
     # ... and not wildly above it either: the figure is derived, not guessed.
     assert limit <= MEASURED_PEAK_RSS_BYTES * SIZING_FACTOR * 1.25
+    # The per-image benchmark's worst case under the default settings fits too, with the same margin.
+    env = worker_env(docs)
+    worst = (
+        MODEL_PROCESS_BYTES
+        + int(env["DANGERCLIP_MAX_BUFFERED_BYTES"])
+        + int(env["DANGERCLIP_DECODE_BUDGET_PIXELS"]) * DECODE_BYTES_PER_PIXEL
+    )
+    assert worst * SIZING_FACTOR <= limit, f"{worst / 1e9:.2f} GB worst case x 1.5 > {limit / 1e9:.2f} GB"
 
 
 def test_memory_that_is_unbounded_overcommitted_or_too_small_for_the_buffers_fails() -> None:
@@ -76,13 +89,19 @@ def test_memory_that_is_unbounded_overcommitted_or_too_small_for_the_buffers_fai
         render({"resources": {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": {"memory": "3584Mi"}}})
     with pytest.raises(h.HelmRenderError, match="limits.memory is required"):
         render({"resources": {"requests": {"cpu": "2", "memory": "1Gi"}, "limits": None}})
-    # Bytes in flight are bounded by the settings, and those bounds must fit the pod.
+    # Bytes in flight are bounded by the settings, and those bounds must fit the pod (bench/decode_memory.py:
+    # under 90 % of the limit).
     with pytest.raises(h.HelmRenderError, match="max_buffered_bytes"):
         render({"config": {"max_buffered_bytes": 2 * 2**30}})
     with pytest.raises(h.HelmRenderError, match="decode_budget_pixels"):
         render({"config": {"decode_budget_pixels": 600_000_000}})
-    env = worker_env(render())
-    assert int(env["DANGERCLIP_MAX_BUFFERED_BYTES"]) > 0 and int(env["DANGERCLIP_DECODE_BUDGET_PIXELS"]) > 0
+    small = {"resources": {"requests": {"cpu": "2", "memory": "2Gi"}, "limits": {"memory": "2Gi"}}}
+    with pytest.raises(h.HelmRenderError, match="within 90%"):
+        render(small)
+    fits = small | {"config": {"decode_budget_pixels": 64_000_000}}
+    env = worker_env(render(fits))
+    held = MODEL_PROCESS_BYTES + int(env["DANGERCLIP_MAX_BUFFERED_BYTES"]) + 64e6 * DECODE_BYTES_PER_PIXEL
+    assert held <= 0.9 * 2 * 2**30
 
 
 # ---------------------------------------------------------------------------- threads
