@@ -187,6 +187,7 @@ class HostileServer:
     class _Server(socketserver.ThreadingTCPServer):
         daemon_threads = True  # joined by HostileServer.close(), which bounds the wait
         allow_reuse_address = True
+        request_queue_size = 128  # many clients at once must not wait out a SYN retransmit (1 s)
         owner: HostileServer
 
     def __init__(self, interval_s: float = 1.0, tls: tuple[Path, Path] | None = None) -> None:
