@@ -356,6 +356,7 @@ class UriFetcher:
             conn = _HTTPSConnection(host, port, addresses, deadline, self._tls_context())
         else:
             conn = _HTTPConnection(host, port, addresses, deadline)
+        resp: http.client.HTTPResponse | None = None
         try:
             conn.request(
                 "GET",
@@ -374,6 +375,8 @@ class UriFetcher:
                 raise FetchError("too_large", f"uri body is {resp.length} bytes, limit is {self.max_bytes}")
             return None, self._read_body(resp)
         finally:
+            if resp is not None:  # a response to "Connection: close" owns the socket; conn.close() leaves it open
+                resp.close()
             conn.close()
 
     def _read_body(self, resp: http.client.HTTPResponse) -> bytes:

@@ -321,3 +321,20 @@ def test_odd_uris_end_in_a_fetch_error_or_the_image(hostile: HostileServer) -> N
         else:  # the server ignores the query string
             assert "/good.jpg?" in uri and out == hostile.jpeg, uri
         assert took <= TIMEOUT_S + MARGIN_S, uri
+
+
+def test_a_fetch_that_gives_up_hangs_up() -> None:
+    # the FetchErrors (and their tracebacks) are kept: they must not keep the upstream's connections open
+    with HostileServer(interval_s=0.02) as srv:
+        f = UriFetcher(True, [srv.host_entry], max_bytes=100_000, timeout_s=0.3)
+        errors = []
+        for path in ("/huge", "/drip-status", "/drip-body", "/short-body", "/huge"):
+            with pytest.raises(FetchError) as e:
+                f.fetch(srv.url(path))
+            errors.append(e.value)
+        # a handler ends when its client hangs up; one whose client holds on stays blocked for 5 s
+        deadline = time.monotonic() + 2
+        while len(srv.threads_alive()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [t.name for t in srv.threads_alive()] == ["hostile-http-serve"]
+        assert [e.reason for e in errors] == ["too_large"] + ["uri_fetch_failed"] * 3 + ["too_large"]
