@@ -60,6 +60,13 @@ class PartitionState:
             del self.outstanding[i]
         self.resume_at = offset if self.resume_at is None else min(self.resume_at, offset)
 
+    def caught_up(self, position: int) -> None:
+        """The consumer's position while nothing is outstanding: every record below it has an outcome. Lets an
+        idle partition commit past what follows its last record (a transaction's commit marker), so its lag
+        can reach zero."""
+        if not self.outstanding and self.resume_at is None:
+            self.finished_to = position if self.finished_to is None else max(self.finished_to, position)
+
     def commit_point(self) -> int | None:
         """The offset that may be committed now (every record below it has an outcome), or None."""
         point = self.outstanding[0] if self.outstanding else self.finished_to
@@ -70,7 +77,9 @@ class PartitionState:
     def to_commit(self) -> int | None:
         """The commit point if it is ahead of what is committed, else None."""
         point = self.commit_point()
-        if point is None or (self.committed is not None and point <= self.committed):
+        if point is None or self.finished_to is None:  # nothing done in this ownership: nothing to say
+            return None
+        if self.committed is not None and point <= self.committed:
             return None
         return point
 

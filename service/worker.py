@@ -653,6 +653,7 @@ class Worker:
             self.metrics.records_pending.set(len(self._pending))
             self.metrics.records_in_flight.set(0 if self._inflight_batch is None else len(self._inflight_batch.items))
             self.metrics.buffered_bytes.set(self._buffered())
+        self._commit_idle(states)
         for st in states:
             try:
                 hw = self.consumer.highwater(KafkaTP(*st.tp))
@@ -669,6 +670,25 @@ class Worker:
                     self.metrics.topic_partitions.labels(topic=self.settings.input_topic).set(len(parts))
             except Exception as e:  # noqa: BLE001 - metadata not there yet
                 log.debug("partitions of %s: %s", self.settings.input_topic, e)
+
+    def _commit_idle(self, states: list[PartitionState]) -> None:
+        """Commit the position of partitions with nothing outstanding (past control records)."""
+        from kafka import TopicPartition as KafkaTP
+
+        for st in states:
+            if st.outstanding or st.resume_at is not None:
+                continue
+            try:
+                pos = self.consumer.position(KafkaTP(*st.tp), timeout_ms=100)
+            except Exception:  # noqa: BLE001 - revoked meanwhile, or no position yet
+                continue
+            if pos is not None:
+                with self._lock:
+                    if self.checkpoint.state(st.tp) is st:
+                        st.caught_up(int(pos))
+        with self._lock:
+            offsets = self.checkpoint.to_commit()
+        self._commit(offsets)
 
     # ------------------------------------------------------------------ shutdown
     def _drain(self, deadline: float) -> None:

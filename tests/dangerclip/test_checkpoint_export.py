@@ -127,7 +127,7 @@ def test_fp16_and_int8_report_their_deviation(tiny_onnx_path, tiny_model, tmp_pa
 
 
 def test_scorer_falls_back_to_cpu_and_applies_thresholds(tiny_onnx_path, tiny_model, caplog):
-    s = DangerScorer(tiny_onnx_path, providers=["CUDAExecutionProvider"], thresholds={"weapon": 0.0})
+    s = DangerScorer(tiny_onnx_path, providers="auto", thresholds={"weapon": 0.0})
     assert s.provider == "CPUExecutionProvider"
     batch = check_images(tiny_model, n=2)
     scores, maps = s.predict(batch)

@@ -169,3 +169,16 @@ def test_no_commit_ever_passes_a_record_without_an_outcome(ops: list[tuple[str, 
         sim.finish()
         sim.check()
     assert sim.committed == sim.n and sim.outcomes == set(range(sim.n))
+
+
+def test_an_idle_partition_commits_past_a_transaction_marker() -> None:
+    s = PartitionState(TP)
+    s.polled(7)
+    s.caught_up(9)  # still outstanding: the position says nothing yet
+    s.finished(7)
+    assert s.to_commit() == 8
+    s.caught_up(9)  # offset 8 is the commit marker the consumer skipped: lag can reach zero
+    assert s.to_commit() == 9
+    s.dropped(12)
+    s.caught_up(20)  # dropped records pin the commit point until they are read again
+    assert s.to_commit() == 9

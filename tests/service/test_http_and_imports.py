@@ -57,7 +57,8 @@ def test_metric_names_follow_conventions() -> None:
 def test_service_never_imports_torch() -> None:
     code = (
         "import sys\n"
-        "import service.worker, service.serve, service.delivery, service.checkpoint, service.demo, service.messages, service.handler, service.http\n"
+        "import service.worker, service.serve, service.delivery, service.checkpoint, service.demo\n"
+        "import service.messages, service.handler, service.http, service.budget\n"
         "import service.settings, service.metrics, service.fetch, service.topics, service.embedded\n"
         "from service.serve import build\n"
         "import dangerclip.scorer\n"

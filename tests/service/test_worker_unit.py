@@ -59,6 +59,9 @@ class FakeConsumer:
     def partitions_for_topic(self, topic):  # noqa: ANN001, ANN201
         return {0, 1, 2, 3}
 
+    def position(self, tp, timeout_ms=None):  # noqa: ANN001, ANN201
+        return None
+
     def poll(self, timeout_ms=0, max_records=None):  # noqa: ANN001, ANN201
         if not self.script:
             return {}
