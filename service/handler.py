@@ -127,6 +127,9 @@ class ModelError(RuntimeError):
     broken. The batch must be kept and retried, not dead-lettered."""
 
 
+MAX_METADATA_DEPTH = 64
+"""Deepest envelope metadata carried to a result: the result's JSON serializer refuses much deeper values."""
+
 DECODE_MIN_SIDE_FACTOR = 2
 """Large images are decoded at reduced scale down to this many times the model's input side, never below."""
 
@@ -287,7 +290,7 @@ class Handler:
                 default_id(rec), "too_large", f"envelope is {len(value)} bytes, limit is {max_bytes}"
             )
         try:
-            doc = json.loads(value)
+            doc = json.loads(value, parse_constant=_refuse_constant, parse_float=_finite_float)
         except RecursionError:
             raise _Reject(default_id(rec), "bad_envelope", "envelope is nested too deeply") from None
         except ValueError as e:  # not JSON, not UTF-8, or an integer past Python's digit limit
@@ -300,6 +303,8 @@ class Handler:
                 f"{'.'.join(str(p) for p in err['loc']) or 'envelope'}: {err['msg']}" for err in e.errors()
             )
             raise _Reject(rid or default_id(rec), "bad_envelope", f"invalid envelope: {errors}") from None
+        if _depth(env.metadata) > MAX_METADATA_DEPTH:
+            raise _Reject(env.id, "bad_envelope", f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
         if not _encodable(env.id):
             raise _Reject(None, "bad_envelope", "id is not valid Unicode (lone surrogate)")
         try:
@@ -584,6 +589,31 @@ class Handler:
         except ValueError:
             pass
         return self.dead_letter(Rejected(o.source, o.id, "result_too_large", f"{why}{scores}"))
+
+
+def _depth(x: Any, limit: int = 10_000) -> int:
+    """Nesting depth of a JSON value (iterative: a deep value cannot exhaust the stack here)."""
+    deepest, stack = 0, [(x, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            if d > limit:
+                break
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    """JSON numbers as floats; one that overflows to infinity is refused (it would come out as null)."""
+    x = float(text)
+    if x in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return x
 
 
 def _encodable(s: str) -> bool:

@@ -68,10 +68,13 @@ Reason = Literal[
 - ``too_many_pixels``: the header declares more than ``max_pixels`` (decompression bombs).
 - ``too_large``: value, base64 payload or fetched body over ``max_bytes`` / ``uri_max_bytes``.
 - ``decode_error``: a recognised format that fails to decode (truncated, corrupt).
-- ``bad_envelope``: a JSON envelope that is not JSON, not an object, lacks fields or has wrong types.
+- ``bad_envelope``: a JSON envelope that is not strict JSON (NaN, nesting too deep, an integer past 4300
+  digits), not an object, lacks fields, has wrong types or metadata over ``max_metadata_bytes``.
 - ``bad_base64``: ``image_b64`` is not valid base64.
-- ``uri_not_allowed``: fetching is off, the scheme is not http(s), or the host is not on the allow-list.
-- ``uri_fetch_failed``: an allowed ``uri`` could not be fetched (status, timeout, connection).
+- ``uri_not_allowed``: fetching is off, the scheme is not http(s), the host is not on the allow-list, or it
+  resolves to a link-local or metadata address (169.254.0.0/16, fe80::/10, ...).
+- ``uri_fetch_failed``: an allowed ``uri`` could not be fetched within ``uri_timeout_s`` (status, deadline,
+  connection, a broken HTTP reply, more than 5 redirects).
 - ``inference_error``: the model failed on this one record (the rest of its batch was scored, and the model
   answered a health probe, so the model itself is fine).
 - ``result_too_large``: the record was scored but its result exceeds ``max_message_bytes``; the dead letter
