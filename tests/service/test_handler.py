@@ -220,7 +220,6 @@ def test_metrics_are_recorded() -> None:
 
 # ---------------------------------------------------------------------------- hostile inputs and sizes
 from service.handler import record_size  # noqa: E402
-from service.messages import REASONS  # noqa: E402
 
 
 @pytest.mark.parametrize(
