@@ -2,6 +2,8 @@
 
 Owns the ``dangerclip pseudomask`` job (``job``), model building from local weights (``models``), box and
 mask geometry (``geometry``), the output folder and its resume state (``output``), QA overlays (``qa``).
-Imports ``dangerclip`` (preprocessing geometry, manifest format, model card), torch, segment-anything,
-groundingdino and transformers. Nothing in ``dangerclip`` or ``service`` may import this package.
+Imports ``dangerclip`` (preprocessing geometry, manifest format, model card), the helpers it shares with
+``training`` (``training.runtime``, ``training.files``, ``training.commandline``, ``training.data``'s
+normalisation constants), torch, segment-anything, groundingdino and transformers. Nothing in ``dangerclip``
+or ``service`` may import this package.
 """

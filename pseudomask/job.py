@@ -31,6 +31,8 @@ from dangerclip.manifest import ManifestRow, manifest_from_folder, read_manifest
 from dangerclip.preprocess import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from pseudomask.geometry import Detections, masks_to_grid, select_boxes
 from pseudomask.output import OutputDir
+from training.commandline import exits_2_on_bad_input
+from training.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -200,25 +202,6 @@ def load_rows(input_path: str | Path, categories: Sequence[str], skip_bad: bool 
 # ----------------------------------------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` → ``cuda``/``mps``/``cpu``; a requested accelerator that is absent falls back to CPU."""
-    import torch
-
-    if name == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("device %s requested but CUDA is not available; using cpu", name)
-        return "cpu"
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        log.warning("device mps requested but not available; using cpu")
-        return "cpu"
-    return name
-
-
 def build_models(cfg: JobConfig, categories: Sequence[str], device: str) -> tuple[Any, Any]:
     """The detector and segmenter the config names."""
     from pseudomask.models import (
@@ -331,7 +314,7 @@ class PseudoMaskJob:
 
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
-        device = resolve_device(self.cfg.device)
+        device = resolve_device(self.cfg.device, auto_mps=True)
         t = time.perf_counter()
         det, seg = build_models(self.cfg, self.categories, device)
         self.detector = self.detector or det
@@ -886,22 +869,19 @@ def check_weights(cfg: JobConfig) -> None:
     resolve_text_encoder(cfg.bert_dir)
 
 
+@exits_2_on_bad_input("pseudomask")
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``dangerclip pseudomask``; prints the summary as JSON on stdout."""
-    from pseudomask.models import WeightsError
+    """Entry point of ``dangerclip pseudomask``; prints the summary as JSON on stdout.
 
-    try:
-        cfg = config_from_args(args)
-        job = PseudoMaskJob(cfg)
-        if args.collect:
-            n = job.write_training_manifest(load_rows(cfg.input, job.categories, cfg.skip_bad_rows))
-            print(json.dumps({"manifest": str(job.out.manifest_path), "rows": n}))
-            return 0
-        check_weights(cfg)
-        summary = job.run()
-    except (WeightsError, FileNotFoundError, ValueError) as e:
-        log.error("%s", e)
-        print(f"dangerclip pseudomask: {e}", file=sys.stderr)
-        return 2
+    A missing weight file (``WeightsError``) or bad input is one line on stderr and exit code 2.
+    """
+    cfg = config_from_args(args)
+    job = PseudoMaskJob(cfg)
+    if args.collect:
+        n = job.write_training_manifest(load_rows(cfg.input, job.categories, cfg.skip_bad_rows))
+        print(json.dumps({"manifest": str(job.out.manifest_path), "rows": n}))
+        return 0
+    check_weights(cfg)
+    summary = job.run()
     print(json.dumps(asdict(summary), sort_keys=True))
     return 130 if summary.interrupted else 0

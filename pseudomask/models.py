@@ -23,14 +23,12 @@ import torch
 from PIL import Image
 
 from pseudomask.geometry import Detections, build_caption, cxcywh_to_xyxy
+from training.data import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
 BERT_VOCAB_MD5 = "64800d5d8528ce344256daf115d4965e"
 """md5 of bert-base-uncased's ``vocab.txt``, the tokenizer GroundingDINO was trained with."""
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class WeightsError(FileNotFoundError):

@@ -16,17 +16,19 @@ finished work whatever the image is called.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from training.files import atomic_write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -47,30 +49,15 @@ def shard_suffix(shard: tuple[int, int] | None) -> str:
     return f".shard-{i + 1:05d}-of-{n:05d}"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_save_png(path: Path, img: Image.Image) -> None:
-    import io
-
+    """Save ``img`` as a PNG that readers never see half-written."""
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    import io
-
+    """Save ``arr`` as a ``.npy`` file that readers never see half-written."""
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
@@ -145,4 +132,4 @@ class OutputDir:
         return out
 
     def write_json(self, path: Path, obj: Any) -> None:
-        atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+        write_json(path, obj, indent=2, sort_keys=True)

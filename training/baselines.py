@@ -16,7 +16,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,12 +30,14 @@ from dangerclip.card import PreprocessConfig
 from dangerclip.manifest import ManifestRow
 from dangerclip.preprocess import load_image, normalize, resize_and_crop
 from training import evaluate as E
-from training.data import ViewRecipe, assign_splits, color_jitter, load_rows
+from training.commandline import exits_2_on_bad_input
+from training.data import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, assign_splits, color_jitter, load_rows
+from training.files import atomic_write_text, write_json
+from training.report import comparison_table, summary_row
+from training.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 ARCHS = ("resnet50", "vgg16")
 
 
@@ -155,8 +156,6 @@ def train_cnn(cfg: CNNConfig, splits: dict[str, list[ManifestRow]]) -> tuple[nn.
     """
     t0 = time.monotonic()
     torch.manual_seed(cfg.seed)
-    from training.train import resolve_device
-
     device = resolve_device(cfg.device)
     pcfg = PreprocessConfig(image_size=cfg.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
     cats = cfg.categories
@@ -212,7 +211,7 @@ def train_cnn(cfg: CNNConfig, splits: dict[str, list[ManifestRow]]) -> tuple[nn.
     th, _ = E.choose_thresholds(preds[val_key], cats)
     rep = E.evaluate(preds[test_key], cats, th)
     name = f"{'ResNet-50' if cfg.arch == 'resnet50' else 'VGG-16'} ({'pretrained' if cfg.weights else 'random init'})"
-    return model, {"row": E.summary_row(name, rep), "metrics": rep, "thresholds": th, "steps": step,
+    return model, {"row": summary_row(name, rep), "metrics": rep, "thresholds": th, "steps": step,
                    "seconds": time.monotonic() - t0, "first_loss": losses[0] if losses else None,
                    "last_loss": float(np.mean(losses[-10:])) if losses else None, "config": asdict(cfg)}
 
@@ -239,7 +238,7 @@ def zeroshot(splits: dict[str, list[ManifestRow]], categories: Sequence[str], cl
     th, mth = E.choose_thresholds(preds[val_key], categories)
     rep = E.evaluate(preds.get("test", preds[val_key]), categories, th, mth)
     name = f"zero-shot CLIP {clip_model} ({pretrained or 'random init'})"
-    return {"row": E.summary_row(name, rep), "metrics": rep, "thresholds": th, "map_thresholds": mth,
+    return {"row": summary_row(name, rep), "metrics": rep, "thresholds": th, "map_thresholds": mth,
             "seconds": time.monotonic() - t0}
 
 
@@ -257,7 +256,7 @@ def run_rows(run_dir: str | Path) -> dict[str, Any]:
             r[k] = nan if v is None else v
     rep["macro"] = {k: nan if v is None else v for k, v in rep["macro"].items()}
     name = f"DangerCLIP {cfg.get('model', '')}" + ("" if cfg.get("dense", True) else " w/o dense")
-    return E.summary_row(name, rep)
+    return summary_row(name, rep)
 
 
 # --- `dangerclip baselines` ----------------------------------------------------------------------------
@@ -286,18 +285,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true")
 
 
+@exits_2_on_bad_input("baselines")
 def run(args: argparse.Namespace) -> int:
-    """``dangerclip baselines``: bad data or config is an error message and exit code 2, not a traceback."""
-    from dangerclip.manifest import ManifestError
-
-    try:
-        return _main(args)
-    except (ManifestError, ValueError, FileNotFoundError) as e:
-        print(f"dangerclip baselines: {e}", file=sys.stderr)
-        return 2
-
-
-def _main(args: argparse.Namespace) -> int:
+    """``dangerclip baselines``: the comparison table (markdown on stdout, JSON and markdown in ``--out``)."""
     cats = list(args.categories)
     rows = load_rows(args.data, cats, skip_bad=args.skip_bad)
     idx = assign_splits(rows)
@@ -317,13 +307,9 @@ def _main(args: argparse.Namespace) -> int:
             _, results[name] = train_cnn(cfg, splits)
         log.info("%s: %s", name, results[name]["row"])
     table_rows = [run_rows(d) for d in args.with_run] + [r["row"] for r in results.values()]
-    from training.report import comparison_table
-
     md = "\n".join(["# Baselines", "", f"data: `{args.data}` (test split; thresholds chosen on val)", "",
                     comparison_table(table_rows), ""])
-    (out / "baselines.md").write_text(md)
-    (out / "baselines.json").write_text(json.dumps(E._jsonable(
-        {"rows": table_rows, "results": {k: {kk: vv for kk, vv in v.items()} for k, v in results.items()}}),
-        indent=1))
+    atomic_write_text(out / "baselines.md", md)
+    write_json(out / "baselines.json", {"rows": table_rows, "results": results})
     print(md)
     return 0

@@ -37,6 +37,7 @@ from dangerclip.card import PreprocessConfig
 from dangerclip.manifest import ManifestError, ManifestIssue, ManifestRow
 from dangerclip.preprocess import ImageError, load_image
 from training.data import ViewRecipe, load_mask, render_views, row_mask_grid
+from training.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +383,5 @@ def _write_targets(
             continue
         m, v = row_mask_grid(r, categories, (int(sizes[i, 0]), int(sizes[i, 1])), grid, cfg)
         masks[i], valid[i] = m, v
-    tmp = targets.with_name(targets.name + ".tmp.npz")
-    np.savez(tmp, labels=labels, masks=masks, mask_valid=valid)
-    tmp.replace(targets)
+    with atomic_path(targets) as tmp:
+        np.savez(tmp, labels=labels, masks=masks, mask_valid=valid)

@@ -32,6 +32,11 @@ from dangerclip.preprocess import ImageError, load_image, mask_to_grid, normaliz
 
 log = logging.getLogger(__name__)
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""torchvision's ImageNet statistics: the inputs of the CNN baselines and of GroundingDINO (CLIP's own are
+``dangerclip.card.OPENAI_MEAN``/``OPENAI_STD``)."""
+
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 """Default split of rows that have no ``split`` field, by a hash of their id (stable across runs)."""
 

@@ -42,6 +42,10 @@ from typing import Any
 
 import torch
 
+from training.commandline import exits_2_on_bad_input
+from training.files import atomic_write_text, write_json
+from training.report import summary_row
+
 log = logging.getLogger(__name__)
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "dangerclip" / "assets" / "demo"
@@ -184,7 +188,7 @@ def _cached(folder: Path, key: dict[str, Any], outputs: list[str]) -> dict[str, 
 
 def _record(folder: Path, key: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
     rec = {"key": _key(key), "inputs": key, **info}
-    (folder / "stage.json").write_text(json.dumps(rec, indent=1) + "\n")
+    write_json(folder / "stage.json", rec)
     return rec
 
 
@@ -412,8 +416,6 @@ def stage_train(
 
 def _brief(eval_json: Path, split: str) -> dict[str, Any]:
     """The headline figures of one run's split (macro over categories; P/R/F1 of the only one when k = 1)."""
-    from training.evaluate import summary_row
-
     ev = json.loads(eval_json.read_text())
     rep = ev["metrics"].get(split) or ev["metrics"]["val"]
     row = summary_row(split, rep)
@@ -471,16 +473,10 @@ def stage_export(
     }
     if "no-dense" in runs:
         report["no_dense"] = _brief(Path(runs["no-dense"]["checkpoint"]).parent / "eval.json", split)
-    (assets / "report.json").write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
-    (assets / "report.md").write_text(_markdown(report))
+    write_json(assets / "report.json", report)
+    atomic_write_text(assets / "report.md", _markdown(report))
     log.info("demo model written to %s", assets)
     return onnx_path
-
-
-def _json_default(x: Any) -> Any:
-    if isinstance(x, float):
-        return None
-    return str(x)
 
 
 def _fmt(x: Any) -> str:
@@ -631,13 +627,11 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     return cfg
 
 
+@exits_2_on_bad_input("demo-model")
 def run(args: argparse.Namespace) -> int:
+    """``dangerclip demo-model``: build (or reuse) every stage and print the headline figures as JSON."""
     cfg = config_from_args(args)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        log.error("%s", e)
-        return 2
+    cfg.validate()
     report = build(cfg, force=args.force)
     summary = {k: report.get(k) for k in ("dense", "no_dense", "thresholds")}
     summary["probe_auroc"] = {

@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,9 @@ from dangerclip.card import PreprocessConfig
 from dangerclip.manifest import ManifestRow
 from dangerclip.preprocess import load_image, preprocess_batch
 from training import metrics as M
+from training.commandline import exits_2_on_bad_input
 from training.data import assign_splits, load_rows, row_mask_grid
+from training.files import jsonable, write_json
 
 log = logging.getLogger(__name__)
 
@@ -177,28 +178,6 @@ def evaluate(
     return rep
 
 
-def summary_row(name: str, rep: dict[str, Any]) -> dict[str, Any]:
-    """One row of the comparison table from an ``evaluate`` result (macro over categories)."""
-    m = rep["macro"]
-    if len(rep["per_category"]) == 1:
-        only = next(iter(rep["per_category"].values()))
-        m = {**m, "precision": only["precision"], "recall": only["recall"], "f1": only["f1"]}
-    return {"model": name, **{k: m.get(k, float("nan")) for k in
-                              ("precision", "recall", "f1", "ap", "roc_auc", "topk_iou", "pointing", "iou")}}
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        return None if math.isnan(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 def card_metrics(val: dict[str, Any], test: dict[str, Any] | None, map_thresholds: dict[str, float],
                  split: str) -> dict[str, Any]:
     """The compact metrics block written into the model card."""
@@ -213,7 +192,7 @@ def card_metrics(val: dict[str, Any], test: dict[str, Any] | None, map_threshold
     d: dict[str, Any] = {"val": brief(val), "map_thresholds": dict(map_thresholds)}
     if test is not None:
         d[split] = brief(test)
-    return _jsonable(d)
+    return jsonable(d)
 
 
 # --- `dangerclip eval` ---------------------------------------------------------------------------------
@@ -248,18 +227,9 @@ def load_model(path: str | Path, pretrained: str | None = None, device: str = "c
     return load_checkpoint(p, pretrained=pretrained, device=device).eval()
 
 
+@exits_2_on_bad_input("eval")
 def run(args: argparse.Namespace) -> int:
-    """``dangerclip eval``: bad data or config is an error message and exit code 2, not a traceback."""
-    from dangerclip.manifest import ManifestError
-
-    try:
-        return _main(args)
-    except (ManifestError, ValueError, FileNotFoundError) as e:
-        print(f"dangerclip eval: {e}", file=sys.stderr)
-        return 2
-
-
-def _main(args: argparse.Namespace) -> int:
+    """``dangerclip eval``: metrics of a checkpoint or ONNX model on a manifest's split, as JSON."""
     model = load_model(args.model, args.pretrained, args.device)
     card = model.card
     cats = list(card.prompts)
@@ -301,9 +271,8 @@ def _main(args: argparse.Namespace) -> int:
         from training import report
 
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps(_jsonable(result), indent=1))
+        write_json(out / "eval.json", result)
         report.plot_pr_curves(pred, cats, out / "pr_curve.png", thresholds)
         report.plot_danger_grid(pred, cats, card.preprocess, out / "danger_maps.png", thresholds, map_thresholds)
-    print(json.dumps(_jsonable(result), indent=1))
+    print(json.dumps(jsonable(result), indent=1))
     return 0

@@ -60,8 +60,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from dangerclip.card import OPENAI_MEAN, OPENAI_STD
+from training.files import atomic_path
+from training.metrics import roc_auc
+from training.runtime import map_in_processes, resolve_device
 from training.synth import DISTRACTOR_KINDS, WEAPON_KINDS, caption_for
-from training.train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +81,6 @@ TINY_CLIP_CFG: dict[str, Any] = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 2},
 }
 """The ``tiny`` config's ``clip`` section; used only when ``dangerclip.factory`` is not importable."""
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def tiny_clip_config(name: str = "tiny") -> dict[str, Any]:
@@ -286,8 +286,6 @@ def synthetic_caption_data(
     with the colour words left out of their captions, so that the features do not stand on colour alone
     (greyscale uploads exist); the other images are the same as with ``grayscale=0``.
     """
-    from training.synth import map_in_processes
-
     jobs = [
         (seed, lo, min(n, lo + _STREAM_CHUNK), size, tuple(categories), grayscale)
         for lo in range(0, n, _STREAM_CHUNK)
@@ -646,9 +644,8 @@ def save_clip(clip: nn.Module, path: str | Path, metadata: Mapping[str, str] | N
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().contiguous().cpu() for k, v in clip.state_dict().items()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(sd, str(tmp), metadata=dict(metadata or {}))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp), metadata=dict(metadata or {}))
     return path
 
 
@@ -712,19 +709,6 @@ def patch_features(
     return np.concatenate(feats), np.stack(covers), np.asarray(labels)
 
 
-def _auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    try:
-        from training.metrics import roc_auc
-    except ImportError:  # the metrics module is a sibling's; the probe must not depend on its arrival
-        order = np.argsort(scores, kind="mergesort")
-        ranks = np.empty(len(scores))
-        ranks[order] = np.arange(1, len(scores) + 1)
-        pos = labels == 1
-        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-        return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-    return float(roc_auc(scores, labels))
-
-
 def linear_probe(
     feats: np.ndarray,
     cover: np.ndarray,
@@ -776,7 +760,7 @@ def linear_probe(
     with torch.no_grad():
         s = lin(xte).squeeze(1).numpy()
     return {
-        "auroc": _auroc(s, yte.numpy().astype(int)),
+        "auroc": roc_auc(s, yte.numpy().astype(int)),
         "n_train_patches": int(len(ytr)),
         "n_test_patches": int(len(yte)),
         "positive_rate": float(yte.mean()),

@@ -1,7 +1,8 @@
 """``report.md`` and its plots (PNG, matplotlib's Agg backend): PR curves, loss curves, danger-map grid.
 
-Also renders the comparison table of several models (``comparison_table``) that ``training.baselines``
-appends to.
+Also renders the comparison table of several models (``summary_row``, ``comparison_table``) that
+``training.baselines`` and the demo model's report use. Takes evaluation results as plain data and imports
+nothing of ``training.evaluate``.
 """
 
 from __future__ import annotations
@@ -145,9 +146,23 @@ def _f(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
+SUMMARY_KEYS = ("precision", "recall", "f1", "ap", "roc_auc", "topk_iou", "pointing", "iou")
+"""The columns of the comparison table."""
+
+
+def summary_row(name: str, rep: dict[str, Any]) -> dict[str, Any]:
+    """One row of the comparison table from an ``evaluate`` result (macro over categories; with one category,
+    its own precision, recall and F1 at its threshold)."""
+    m = rep["macro"]
+    if len(rep["per_category"]) == 1:
+        only = next(iter(rep["per_category"].values()))
+        m = {**m, "precision": only["precision"], "recall": only["recall"], "f1": only["f1"]}
+    return {"model": name, **{k: m.get(k, float("nan")) for k in SUMMARY_KEYS}}
+
+
 def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown table of ``evaluate.summary_row`` dicts."""
-    keys = ("precision", "recall", "f1", "ap", "roc_auc", "topk_iou", "pointing", "iou")
+    """Markdown table of ``summary_row`` dicts."""
+    keys = SUMMARY_KEYS
     lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     for r in rows:
         lines.append(f"| {r['model']} | " + " | ".join(_f(r.get(k)) for k in keys) + " |")
@@ -191,8 +206,6 @@ def write_report(out: Path, cfg: Any, metrics: dict[str, Any], history: Sequence
         card: the written model card.
         extra_rows: comparison-table rows of other models (baselines).
     """
-    from training.evaluate import summary_row
-
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     cats = list(card.prompts)

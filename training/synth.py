@@ -33,18 +33,19 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-log = logging.getLogger(__name__)
+from training.commandline import exits_2_on_bad_input
+from training.files import write_json, write_jsonl
+from training.runtime import map_in_processes
 
-J = TypeVar("J")
-R = TypeVar("R")
+log = logging.getLogger(__name__)
 
 Polygon = list[tuple[float, float]]
 """A polygon in an object's local frame: x along the object's long axis, roughly in [-0.5, 0.5]."""
@@ -618,20 +619,6 @@ def jpeg_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def map_in_processes(fn: Callable[[J], R], jobs: Sequence[J], workers: int) -> list[R]:
-    """``[fn(job) for job in jobs]``, in up to ``workers`` spawned processes (here when ``workers <= 1``).
-
-    ``fn`` must be a module-level function; results keep the order of ``jobs``. A script that calls this
-    with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard (spawned processes import it).
-    """
-    if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
-        with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-            return pool.map(fn, jobs)
-    return [fn(j) for j in jobs]
-
-
 def _write_one(i: int, cfg: SynthConfig, out: Path) -> dict[str, Any]:
     """Draw image ``i``, write its image and masks under ``out``; return its manifest row."""
     s = make_sample(i, cfg)
@@ -682,11 +669,8 @@ def generate(out: str | Path, cfg: SynthConfig, workers: int = 1) -> Path:
     end = cfg.start + cfg.n
     jobs = [(lo, min(lo + 250, end), cfg, out) for lo in range(cfg.start, end, 250)]
     rows = [row for part in map_in_processes(_write_range, jobs, workers) for row in part]
-    manifest = out / "manifest.jsonl"
-    tmp = manifest.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    tmp.replace(manifest)
-    (out / "synth.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
+    manifest = write_jsonl(out / "manifest.jsonl", rows)
+    write_json(out / "synth.json", asdict(cfg), indent=2)
     n_pos = sum(any(row["labels"].values()) for row in rows)
     log.info("wrote %d images (%d with weapons) to %s in %.1f s", cfg.n, n_pos, out, time.perf_counter() - t0)
     return manifest
@@ -801,9 +785,7 @@ def write_samples(out: str | Path, n: int = 16, seed: int = SAMPLE_SEED, size: i
         rows.append(
             {"image": path.name, "labels": {"weapon": lab}, "caption": s.caption, "id": f"sample-{k:02d}"}
         )
-    manifest = out / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return manifest
+    return write_jsonl(out / "manifest.jsonl", rows)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -858,18 +840,16 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
     )
 
 
+@exits_2_on_bad_input("synth")
 def run(args: argparse.Namespace) -> int:
+    """``dangerclip synth``: write a synthetic set (or the demo's samples) and print its manifest path."""
     if args.samples:
         n = args.num if args.num != SynthConfig().n else 16
         seed = args.seed if args.seed != SynthConfig().seed else SAMPLE_SEED
         print(write_samples(args.out, n=n, seed=seed, size=args.size))
         return 0
     cfg = config_from_args(args)
-    try:
-        cfg.validate()
-    except ValueError as e:
-        log.error("%s", e)
-        return 2
+    cfg.validate()
     manifest = generate(args.out, cfg, workers=args.workers)
     print(manifest)
     return 0

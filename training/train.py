@@ -23,11 +23,8 @@ import json
 import logging
 import math
 import random
-import signal
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.commandline import exits_2_on_bad_input
 from training.config import TrainConfig, add_config_arguments, config_from_args
+from training.files import atomic_path, write_json
+from training.runtime import resolve_device, seed_everything, stop_on_signal, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -135,22 +135,6 @@ def set_rng_state(st: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when it is there; asking for CUDA without it falls back to the CPU (logged)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("CUDA requested but not available; using the CPU")
-        name = "cpu"
-    return torch.device(name)
-
-
 def amp_setup(cfg: TrainConfig, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """``(autocast dtype or None, use a GradScaler)``. Mixed precision is for GPUs only."""
     if device.type != "cuda" or cfg.amp == "off":
@@ -195,9 +179,8 @@ def save_state(path: Path, step: int, model: Any, opt: Any, sched: Any, scaler: 
         "config": cfg.to_dict(),
         "backbone_sha256": backbone_sha,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _prune(out: Path, keep: int) -> None:
@@ -265,28 +248,6 @@ def read_history(path: str | Path) -> list[dict[str, Any]]:
     if not p.exists():
         return []
     return [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
-
-
-@contextmanager
-def _stop_on_signal() -> Iterator[dict[str, bool]]:
-    """SIGTERM/SIGINT end the current step cleanly (a checkpoint is written), instead of killing it."""
-    flag = {"stop": False}
-
-    def handler(signum: int, frame: Any) -> None:
-        log.warning("signal %d: stopping after this step (a checkpoint will be written)", signum)
-        flag["stop"] = True
-
-    old = {}
-    try:
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                old[s] = signal.signal(s, handler)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        yield flag
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 # --- the run -------------------------------------------------------------------------------------------
@@ -377,14 +338,8 @@ def train(config: TrainConfig, model: Any = None) -> TrainResult:
         ManifestError: bad dataset rows (all of them, with line numbers), unless ``skip_bad``.
         ValueError: an invalid config, or a resume from a checkpoint of another config.
     """
-    threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
+    with torch_threads(config.threads):
         return _train(config, model)
-    finally:
-        # Thread count is process-wide: give the caller (a notebook, a test session) its own back.
-        torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig, model: Any) -> TrainResult:
@@ -404,7 +359,7 @@ def _train(config: TrainConfig, model: Any) -> TrainResult:
         model = model.to(device)
         if list(model.card.prompts) != list(cfg.categories):
             raise ValueError(f"model prompts {model.card.prompts} differ from config categories {cfg.categories}")
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    write_json(out / "config.json", cfg.to_dict())
     data = prepare_data(cfg, model, split_rows)
     caches = data["caches"]
     train_cache = caches["train"]
@@ -456,7 +411,7 @@ def _train(config: TrainConfig, model: Any) -> TrainResult:
     interrupted = False
     t_steps = time.monotonic()
     try:
-        with _stop_on_signal() as sig:
+        with stop_on_signal() as sig:
             while step < cfg.iterations:
                 idx, views = sampler(step)
                 b = {k: v.to(device, non_blocking=True) for k, v in train_cache.batch(idx, views).items()}
@@ -557,9 +512,8 @@ def finish(cfg: TrainConfig, model: Any, data: dict[str, Any], result: TrainResu
     save_checkpoint(model, ckpt, version=cfg.version, thresholds=thresholds, metrics=card_m, trained=True,
                     notes=notes)
     result.checkpoint = ckpt
-    (out / "eval.json").write_text(json.dumps(E._jsonable({"thresholds": thresholds,
-                                                           "map_thresholds": served_map_thresholds,
-                                                           "metrics": metrics}), indent=1))
+    write_json(out / "eval.json",
+               {"thresholds": thresholds, "map_thresholds": served_map_thresholds, "metrics": metrics})
     log.info("wrote %s; %s F1 %.3f AP %.3f", ckpt, split, metrics[split]["macro"]["f1"],
              metrics[split]["macro"]["ap"])
     if cfg.export:
@@ -607,18 +561,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the merged config and exit")
 
 
+@exits_2_on_bad_input("train")
 def run(args: argparse.Namespace) -> int:
-    """``dangerclip train``: bad data or config is an error message and exit code 2, not a traceback."""
-    from dangerclip.manifest import ManifestError
-
-    try:
-        return _main(args)
-    except (ManifestError, ValueError, FileNotFoundError) as e:
-        print(f"dangerclip train: {e}", file=sys.stderr)
-        return 2
-
-
-def _main(args: argparse.Namespace) -> int:
+    """``dangerclip train``: train as the merged config says and print a summary as JSON."""
     cfg = config_from_args(args)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=1))

@@ -16,6 +16,7 @@ from dangerclip.preprocess import load_image
 from training import evaluate as E
 from training.cache import build_or_load
 from training.data import PLAIN, load_rows
+from training.report import summary_row
 from training.train import calibrate_map_bias
 
 
@@ -57,7 +58,7 @@ def test_evaluate_matches_hand_computed_numbers() -> None:
     assert loc["iou"] == pytest.approx(0.5)  # at 0.7: image 0 -> {0,1} = 1; image 1 -> {2} -> 0
     assert loc["iou@0.5"] == pytest.approx(0.5)
     assert loc["negative_area"] == pytest.approx(0.0)  # no negative patch reaches 0.7
-    row = E.summary_row("x", rep)
+    row = summary_row("x", rep)
     assert row["f1"] == pytest.approx(0.75) and row["topk_iou"] == pytest.approx(0.5)
     brief = E.card_metrics(rep, rep, mth, "test")
     assert brief["test"]["weapon"]["f1"] == pytest.approx(0.75)

@@ -167,20 +167,6 @@ def test_cli_reports_bad_rows_before_training(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_sigterm_asks_the_loop_to_stop_after_the_step() -> None:
-    import os
-    import signal
-
-    from training.train import _stop_on_signal
-
-    before = signal.getsignal(signal.SIGTERM)
-    with _stop_on_signal() as flag:
-        assert not flag["stop"]
-        os.kill(os.getpid(), signal.SIGTERM)  # handled: the process goes on, the loop sees the flag
-        assert flag["stop"]
-    assert signal.getsignal(signal.SIGTERM) is before
-
-
 def test_train_gives_back_the_thread_count(tmp_path: Path) -> None:
     before = torch.get_num_threads()
     with pytest.raises(ValueError, match="data"):
