@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-from collections.abc import Callable, Sequence
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, UnidentifiedImageError
+from PIL import ExifTags, Image, TiffTags, UnidentifiedImageError
 
 from dangerclip.card import PreprocessConfig
 
@@ -33,6 +35,10 @@ IMAGE_ERROR_REASONS = frozenset({"not_an_image", "too_many_pixels", "too_large",
 
 IMAGE_SUFFIXES_FOR_SCAN = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 """File suffixes picked up when a folder is given instead of files."""
+
+_PARSE_LOCK = threading.Lock()
+"""Held while Pillow parses headers and metadata (``Image.open``, ``getexif``: microseconds to a millisecond);
+see ``_parsing``."""
 
 _TILE_PIXELS = 1 << 20
 """Pixels converted to RGB at a time: every intermediate copy (float, RGBA, white background) is a tile of at
@@ -134,11 +140,6 @@ def decode_image(
         raise ImageError("decode_error", f"image has no pixels ({w}x{h})")
     if w * h > max_pixels:
         raise ImageError("too_many_pixels", f"image is {w}x{h} = {w * h} pixels, limit is {max_pixels}")
-    # Pillow's own bomb limit: above it Pillow only warns, and images between it and max_pixels were refused
-    # before (its warning was turned into an error, with warnings.catch_warnings, which is not thread-safe).
-    bomb = Image.MAX_IMAGE_PIXELS
-    if bomb is not None and w * h > bomb:
-        raise ImageError("too_many_pixels", f"image is {w}x{h} = {w * h} pixels, Pillow's limit is {bomb}")
     fmt = img.format
     with reserve(w * h) if reserve is not None else contextlib.nullcontext():
         try:
@@ -197,16 +198,35 @@ def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
     return _checked_formats(tuple(formats))
 
 
+@contextlib.contextmanager
+def _parsing() -> Iterator[None]:
+    """Pillow's warnings silenced, and its decompression-bomb warning made an error, while it parses metadata.
+
+    Parsing broken headers and EXIF, Pillow warns with text the file chooses ("Expecting to read 123456 bytes",
+    "Skipping tag 4242", "Image size (123456789 pixels) exceeds limit"), and Python remembers every warning text
+    it has shown in the warning module's ``__warningregistry__`` for good: left alone, whoever sends images grows
+    the process's memory without bound. Nothing is lost: a header Pillow warns about is skipped or refused. The
+    bomb warning (an image between Pillow's ``MAX_IMAGE_PIXELS`` and twice that) refuses the image, as it always
+    has. ``warnings.catch_warnings`` swaps the process's filter list, which is not thread-safe: hence the lock,
+    around the short metadata steps only. Decoding pixels warns about nothing that a file can vary.
+    """
+    with _PARSE_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
 def _open(data: bytes, allowed: tuple[str, ...] | None) -> Image.Image:
     """Parse the header only (``Image.open`` is lazy)."""
-    try:
-        return Image.open(io.BytesIO(data), formats=allowed)
-    except UnidentifiedImageError as e:
-        raise ImageError("not_an_image", _unidentified(data, allowed)) from e
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError("too_many_pixels", str(e)) from e
-    except Exception as e:  # noqa: BLE001 - Pillow raises many types for broken headers
-        raise ImageError("decode_error", f"cannot read image header: {e}") from e
+    with _parsing():
+        try:
+            return Image.open(io.BytesIO(data), formats=allowed)
+        except UnidentifiedImageError as e:
+            raise ImageError("not_an_image", _unidentified(data, allowed)) from e
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ImageError("too_many_pixels", str(e)) from e
+        except Exception as e:  # noqa: BLE001 - Pillow raises many types for broken headers
+            raise ImageError("decode_error", f"cannot read image header: {e}") from e
 
 
 def _unidentified(data: bytes, allowed: tuple[str, ...] | None) -> str:
@@ -238,9 +258,17 @@ def _load(
         drawn = img.draft("RGB", (min_side, min_side))
         if drawn is not None:
             extent = drawn[1][2], drawn[1][3]
+    if hasattr(img, "tag_v2"):
+        # TIFF parses its EXIF and sub-IFDs while it loads pixels; parsed here first, load finds them done.
+        with _parsing():
+            exif = img.getexif()
+            for group in TiffTags.TAGS_V2_GROUPS:
+                if group in exif:
+                    exif.get_ifd(group)
     # An animation is opened at its first frame, which is the one used: nothing to seek.
     img.load()
-    method = _TRANSPOSE.get(img.getexif().get(ExifTags.Base.Orientation, 1))
+    with _parsing():
+        method = _TRANSPOSE.get(img.getexif().get(ExifTags.Base.Orientation, 1))
     # The same pixel memory in a plain Image. The plugin object keeps its file buffer and decoder state for as
     # long as it lives (WebP: two full-size canvases and a copy of the pixels, 3x the image), so it must not
     # outlive the load, let alone be returned.
@@ -291,7 +319,7 @@ def _tile_shape(w: int, h: int, k: int) -> tuple[int, int]:
 def _range(img: Image.Image) -> tuple[float, float]:
     """The value range that 32-bit images are scaled from (the only conversion that looks beyond a pixel)."""
     if img.mode == "I":
-        lo, hi = img.getextrema()
+        hi = img.getextrema()[1]
         return 0.0, 65535.0 if float(hi) > 255 else 255.0  # type: ignore[arg-type]
     if img.mode != "F":
         return 0.0, 255.0
@@ -300,8 +328,9 @@ def _range(img: Image.Image) -> tuple[float, float]:
     tw, th = _tile_shape(w, h, 1)
     for y0 in range(0, h, th):
         for x0 in range(0, w, tw):
-            a = np.asarray(img.crop((x0, y0, min(x0 + tw, w), min(y0 + th, h))), dtype=np.float32)
-            a = a[np.isfinite(a)]
+            with np.errstate(invalid="ignore"):
+                a = np.asarray(img.crop((x0, y0, min(x0 + tw, w), min(y0 + th, h))), dtype=np.float32)
+                a = a[np.isfinite(a)]
             if a.size:
                 lo, hi = min(lo, float(a.min())), max(hi, float(a.max()))
     return (0.0, 0.0) if lo > hi else (lo, hi)
@@ -326,21 +355,23 @@ def _tile_convert(t: Image.Image, stats: tuple[float, float]) -> Image.Image:
         return Image.fromarray(_LUT16[np.asarray(t)])
     if mode in ("I", "F"):
         # In place, in the order the formulas read, so the bytes are those of evaluating them on the whole image.
+        # A signalling NaN sets the invalid flag when cast: it becomes a NaN, then black, not a warning.
         lo, hi = stats
-        a = np.asarray(t, dtype=np.float64)
-        if mode == "I":  # clip(a / hi * 255 + 0.5)
-            a /= hi
-            a *= 255.0
-            a += 0.5
-        elif hi > lo:  # (a - lo) / (hi - lo) * 255; NaN and infinities (outside the range) go to black and white
-            a -= lo
-            a /= hi - lo
-            a *= 255.0
-            np.nan_to_num(a, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
-        else:
-            a[:] = 0.0
-        np.clip(a, 0, 255, out=a)
-        return Image.fromarray(a.astype(np.uint8))
+        with np.errstate(invalid="ignore"):
+            a = np.asarray(t, dtype=np.float64)
+            if mode == "I":  # clip(a / hi * 255 + 0.5)
+                a /= hi
+                a *= 255.0
+                a += 0.5
+            elif hi > lo:  # (a - lo) / (hi - lo) * 255; NaN and infinities (outside the range): black and white
+                a -= lo
+                a /= hi - lo
+                a *= 255.0
+                np.nan_to_num(a, copy=False, nan=0.0, posinf=255.0, neginf=0.0)
+            else:
+                a[:] = 0.0
+            np.clip(a, 0, 255, out=a)
+            return Image.fromarray(a.astype(np.uint8))
     if mode == "P" and "transparency" in t.info:
         t, mode = t.convert("RGBA"), "RGBA"
     if mode in _ALPHA_MODES:

@@ -290,12 +290,60 @@ def test_unknown_format_names_are_a_configuration_error():
         decode_image(_encode(Image.new("RGB", (4, 4)), "PNG"), formats=["JPG"])
 
 
-@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's own, from Image.open
 def test_pillows_own_bomb_limit_still_refuses(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(ImageError) as e:
         decode_image(_encode(Image.new("RGB", (40, 40)), "PNG"), max_pixels=10**9)
     assert e.value.reason == "too_many_pixels"
+
+
+def _jpeg_with_exif_tag_beyond_the_file(tag: int) -> bytes:
+    ifd = struct.pack("<H", 1) + struct.pack("<HHII", tag, 2, 1000, 26) + struct.pack("<I", 0)
+    return _encode(Image.new("RGB", (8, 8)), "JPEG", exif=b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd)
+
+
+def test_metadata_warnings_whose_text_the_file_chooses_are_not_shown_or_remembered():
+    # Python keeps every warning text it has shown, forever: bombs of new sizes, EXIF tags of new numbers would
+    # grow the process without bound. Bombs are refused, broken metadata skipped, and nothing is warned.
+    import warnings
+
+    import PIL.Image
+    import PIL.TiffImagePlugin
+
+    registries = [getattr(m, "__warningregistry__", {}) for m in (PIL.Image, PIL.TiffImagePlugin)]
+    sizes = [len(r) for r in registries]
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        for i in range(40):
+            with pytest.raises(ImageError) as e:
+                decode_image(_png_header_claiming(10_000, 9_000 + i), max_pixels=10**9)
+            assert e.value.reason == "too_many_pixels"
+            assert decode_image(_jpeg_with_exif_tag_beyond_the_file(0x1000 + i)).size == (8, 8)
+    assert [str(w.message) for w in shown] == []
+    assert [len(r) for r in registries] <= [n + 1 for n in sizes]
+
+
+def test_decoding_in_threads_leaves_the_warning_filters_as_they_were():
+    import threading
+    import warnings
+
+    filters = list(warnings.filters)
+    data = [_png_header_claiming(10_000, 9_000 + i) for i in range(20)] + [_encode(Image.new("RGB", (64, 64)), "PNG")]
+
+    def work() -> None:
+        for _ in range(5):
+            for d in data:
+                try:
+                    decode_image(d, max_pixels=10**9)
+                except ImageError:
+                    pass
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert warnings.filters == filters
 
 
 def test_the_result_is_a_plain_image_not_the_decoder():
