@@ -117,7 +117,7 @@ def _seeds() -> dict[str, bytes]:
 def _refused() -> dict[str, bytes]:
     """Formats Pillow reads but the allow-list refuses."""
     rgb = Image.new("RGB", (24, 16), (9, 99, 199))
-    out = {fmt: _encode(rgb, fmt) for fmt in ("ICO", "PPM", "PCX", "TGA", "SGI", "IM", "DDS", "QOI")}
+    out = {fmt: _encode(rgb, fmt) for fmt in ("ICO", "PPM", "PCX", "TGA", "SGI", "DDS", "QOI")}
     out["XBM"] = _encode(rgb.convert("1"), "XBM")
     out["EPS"] = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 24 16\n" + b"0 0 moveto\n" * 4
     return out
