@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from training import evaluate as E
 from training.commandline import exits_2_on_bad_input
 from training.data import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, assign_splits, color_jitter, load_rows
 from training.files import atomic_write_text, write_json
+from training.optim import OptimStep, warmup_cosine
 from training.report import comparison_table, summary_row
 from training.runtime import resolve_device
 
@@ -163,42 +164,60 @@ def train_cnn(cfg: CNNConfig, splits: dict[str, list[ManifestRow]]) -> tuple[nn.
     y_train = _labels(splits["train"], cats)
     model = build_cnn(cfg.arch, len(cats), cfg.weights).to(device)
     n = len(splits["train"])
-    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
-    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    total = cfg.max_steps or cfg.epochs * max(1, math.ceil(n / cfg.batch_size))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    recipe = ViewRecipe()
+    optim_step = OptimStep(opt, list(model.parameters()), scheduler=warmup_cosine(opt, total, 0, 0.0))
     rng = np.random.default_rng(cfg.seed)
     loss_fn = nn.BCEWithLogitsLoss()
     model.train()
+    losses: list[float] = []
+    for step, idx in enumerate(_epoch_batches(n, cfg.batch_size, total, rng), 1):
+        xb = torch.from_numpy(_augmented(crops["train"], idx, rng, cfg, pcfg)).to(device)
+        loss = loss_fn(model(xb), torch.from_numpy(y_train[idx]).to(device))
+        optim_step(loss)
+        losses.append(float(loss.detach()))
+        if step % 20 == 0:
+            log.info("%s step %d/%d loss %.4f", cfg.arch, step, total, float(np.mean(losses[-20:])))
+    th, rep = _threshold_and_measure(model, splits, crops, pcfg, cats, device)
+    name = f"{'ResNet-50' if cfg.arch == 'resnet50' else 'VGG-16'} ({'pretrained' if cfg.weights else 'random init'})"
+    return model, {"row": summary_row(name, rep), "metrics": rep, "thresholds": th, "steps": len(losses),
+                   "seconds": time.monotonic() - t0, "first_loss": losses[0] if losses else None,
+                   "last_loss": float(np.mean(losses[-10:])) if losses else None, "config": asdict(cfg)}
+
+
+def _epoch_batches(n: int, batch_size: int, total: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """``total`` batches of row indices, each epoch a fresh permutation (its last batch may be short)."""
     step = 0
-    losses = []
     while step < total:
         perm = rng.permutation(n)
-        for s in range(0, n, cfg.batch_size):
+        for s in range(0, n, batch_size):
             if step >= total:
-                break
-            idx = perm[s : s + cfg.batch_size]
-            xs = []
-            for i in idx:
-                c = crops["train"][i]
-                if cfg.color and rng.random() < 0.5:
-                    c = color_jitter(c, rng, recipe)
-                x = normalize(c, pcfg)
-                if cfg.flip and rng.random() < 0.5:
-                    x = np.ascontiguousarray(x[:, :, ::-1])
-                xs.append(x)
-            xb = torch.from_numpy(np.stack(xs)).to(device)
-            yb = torch.from_numpy(y_train[idx]).to(device)
-            loss = loss_fn(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(float(loss.detach()))
+                return
+            yield perm[s : s + batch_size]
             step += 1
-            if step % 20 == 0:
-                log.info("%s step %d/%d loss %.4f", cfg.arch, step, total, float(np.mean(losses[-20:])))
+
+
+def _augmented(crops: np.ndarray, idx: np.ndarray, rng: np.random.Generator, cfg: CNNConfig,
+               pcfg: PreprocessConfig) -> np.ndarray:
+    """``[B, 3, S, S]`` inputs: each crop colour-jittered and mirrored with probability ½ (as configured)."""
+    recipe = ViewRecipe()
+    xs = []
+    for i in idx:
+        c = crops[i]
+        if cfg.color and rng.random() < 0.5:
+            c = color_jitter(c, rng, recipe)
+        x = normalize(c, pcfg)
+        if cfg.flip and rng.random() < 0.5:
+            x = np.ascontiguousarray(x[:, :, ::-1])
+        xs.append(x)
+    return np.stack(xs)
+
+
+def _threshold_and_measure(model: nn.Module, splits: dict[str, list[ManifestRow]], crops: dict[str, np.ndarray],
+                           pcfg: PreprocessConfig, cats: Sequence[str], device: torch.device) -> tuple[
+    dict[str, float], dict[str, Any]
+]:
+    """Thresholds chosen on val (train when there is none), metrics on test (val when there is none)."""
     val_key = "val" if splits.get("val") else "train"
     test_key = "test" if splits.get("test") else val_key
     preds = {}
@@ -209,11 +228,7 @@ def train_cnn(cfg: CNNConfig, splits: dict[str, list[ManifestRow]]) -> tuple[nn.
                                    np.zeros((len(sc), p, 1)), np.zeros((len(sc), p), bool),
                                    [r.image for r in splits[key]])
     th, _ = E.choose_thresholds(preds[val_key], cats)
-    rep = E.evaluate(preds[test_key], cats, th)
-    name = f"{'ResNet-50' if cfg.arch == 'resnet50' else 'VGG-16'} ({'pretrained' if cfg.weights else 'random init'})"
-    return model, {"row": summary_row(name, rep), "metrics": rep, "thresholds": th, "steps": step,
-                   "seconds": time.monotonic() - t0, "first_loss": losses[0] if losses else None,
-                   "last_loss": float(np.mean(losses[-10:])) if losses else None, "config": asdict(cfg)}
+    return th, E.evaluate(preds[test_key], cats, th)
 
 
 def zeroshot(splits: dict[str, list[ManifestRow]], categories: Sequence[str], clip_model: str = "tiny",

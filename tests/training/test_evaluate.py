@@ -16,8 +16,8 @@ from dangerclip.preprocess import load_image
 from training import evaluate as E
 from training.cache import build_or_load
 from training.data import PLAIN, load_rows
+from training.finish import calibrate_map_bias
 from training.report import summary_row
-from training.train import calibrate_map_bias
 
 
 def _fixed() -> E.Predictions:

@@ -15,7 +15,10 @@ from dangerclip.card import CARD_KEY
 from dangerclip.checkpoint import load_checkpoint, read_checkpoint
 from dangerclip.cli import main as cli_main
 from training.config import TrainConfig
-from training.train import BatchSampler, lr_factor, read_history, train
+from training.history import read_history
+from training.optim import lr_factor
+from training.sampler import BatchSampler
+from training.train import train
 
 
 @pytest.fixture(scope="module")
