@@ -1,0 +1,121 @@
+"""The CLIP being pre-trained: building it from a DangerCLIP config, the dense forward pass with gradients,
+the short-context text encoder, and its weights file."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dangerclip.card import OPENAI_MEAN, OPENAI_STD
+from training.files import atomic_path
+
+
+def tiny_clip_config(name: str = "tiny") -> dict[str, Any]:
+    """open_clip's ``embed_dim``/``vision_cfg``/``text_cfg`` for a DangerCLIP config name.
+
+    Raises:
+        ValueError: the config names a public open_clip architecture (those come with their own weights).
+    """
+    from dangerclip.factory import get_config
+
+    clip_cfg = get_config(name)["clip"]
+    if "open_clip" in clip_cfg:
+        raise ValueError(f"config {name!r} names a public open_clip architecture; pre-train custom configs only")
+    return clip_cfg
+
+
+def build_clip(name: str = "tiny", seed: int = 0) -> nn.Module:
+    """A randomly initialised open_clip ``CLIP`` of a DangerCLIP config (``tiny`` by default)."""
+    from dangerclip.backbone import build_clip as build
+
+    cfg = tiny_clip_config(name)
+    torch.manual_seed(seed)
+    return build(cfg)
+
+
+def normalise(images_u8: torch.Tensor) -> torch.Tensor:
+    """``[B, S, S, 3]`` uint8 → ``[B, 3, S, S]`` float32 with CLIP's mean/std (as ``dangerclip.preprocess``)."""
+    x = images_u8.permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(OPENAI_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def dense_tokens(
+    clip: nn.Module, images: torch.Tensor, keep: int | None = None, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-token embedding and MaskCLIP dense patch tokens, with gradients.
+
+    The same computation as ``dangerclip.backbone.DenseCLIP.encode_dense`` (which runs without gradients),
+    so what is trained here is exactly what the head will read.
+
+    Args:
+        images: ``[B, 3, S, S]`` normalised images.
+        keep: if set, only this many randomly chosen patch tokens per image enter the transformer (FLIP's
+            token masking: the same 224 px / 16 px geometry at a fraction of the cost).
+        generator: random source for the kept tokens.
+
+    Returns:
+        ``g [B, D]`` (``encode_image``, not normalised) and ``patches [B, N', D]`` (``N' = keep`` or ``N``).
+    """
+    v = clip.visual
+    x = v._embeds(images)  # [B, 1+N, W]
+    if keep is not None and keep < x.shape[1] - 1:
+        b, n1, w = x.shape
+        idx = (torch.rand(b, n1 - 1, generator=generator).argsort(1)[:, :keep] + 1).to(x.device)
+        x = torch.cat([x[:, :1], x.gather(1, idx.unsqueeze(-1).expand(b, keep, w))], 1)
+    blocks = v.transformer.resblocks
+    for blk in blocks[:-1]:
+        x = blk(x)
+    last = blocks[-1]
+    y = last.ln_1(x)
+    w_v = last.attn.in_proj_weight.chunk(3, dim=0)[2]
+    b_v = last.attn.in_proj_bias.chunk(3, dim=0)[2]
+    cls = x[:, :1] + last.ls_1(last.attn(y[:, :1], y, y, need_weights=False)[0])
+    cls = cls + last.ls_2(last.mlp(last.ln_2(cls)))
+    pt = x[:, 1:] + last.ls_1(last.attn.out_proj(F.linear(y[:, 1:], w_v, b_v)))
+    pt = pt + last.ls_2(last.mlp(last.ln_2(pt)))
+    return v.ln_post(cls[:, 0]) @ v.proj, v.ln_post(pt) @ v.proj
+
+
+def encode_text(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``clip.encode_text`` for tokens cut to a shorter context (not normalised).
+
+    Under the causal mask, the end-of-text position sees only the tokens before it, so cutting the padding
+    changes nothing but the cost (captions are about 30 tokens of the 77).
+
+    Args:
+        tokens: ``[B, L]`` with ``L <= context_length``; every row must hold its end-of-text token.
+    """
+    n = tokens.shape[1]
+    x = clip.token_embedding(tokens) + clip.positional_embedding[:n]
+    x = clip.transformer(x, attn_mask=clip.attn_mask[:n, :n])
+    x = clip.ln_final(x)
+    x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
+    return x @ clip.text_projection
+
+
+def save_clip(clip: nn.Module, path: str | Path, metadata: Mapping[str, str] | None = None) -> Path:
+    """Save the full CLIP state dict as safetensors (``create_model(name, pretrained=path)`` loads it)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    sd = {k: v.detach().contiguous().cpu() for k, v in clip.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp), metadata=dict(metadata or {}))
+    return path
+
+
+def load_clip(path: str | Path, name: str = "tiny") -> nn.Module:
+    """A CLIP of config ``name`` with the weights of ``path`` (strict: every key and shape must match)."""
+    from safetensors.torch import load_file
+
+    clip = build_clip(name)
+    sd = load_file(str(path))
+    clip.load_state_dict(sd, strict=True)
+    return clip.eval()
