@@ -279,6 +279,8 @@ class Verdict:
     uncommitted: dict[int, tuple[int | None, int]]
     """partition → (committed offset, end offset) where the committed offset falls short."""
     events: list[str] = field(default_factory=list)
+    """Everything the fleet saw happen, with times (joins, stops, the rogue consumer)."""
+    churn_events: int = 0
     missing_keys: list[bytes | None] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -298,7 +300,7 @@ class Verdict:
 
     def summary(self) -> str:
         return (f"produced={self.produced} missing={len(self.missing)} duplicates={self.duplicates} "
-                f"events={len(self.events)} worst_time_to_outcome={self.worst_latency_s:.2f}s "
+                f"churn_events={self.churn_events} worst_time_to_outcome={self.worst_latency_s:.2f}s "
                 f"p50={self.p50_latency_s:.2f}s crashed={len(self.crashed)} bad_exits={len(self.bad_exits)}")
 
 
@@ -351,6 +353,7 @@ def verdict(acked: dict[Coord, Acked], ledger: OutcomeLedger, fleet: Fleet | Non
         bad_exits=list(fleet.bad_exits) if fleet else [],
         uncommitted=uncommitted or {},
         events=list(fleet.events) if fleet else [],
+        churn_events=fleet.churned if fleet else 0,
         notes=notes,
     )
 
@@ -375,6 +378,8 @@ class Fleet:
         self.bad_exits: list[str] = []
         self.events: list[str] = []
         self.names: dict[int, str] = {}
+        self.churned = 0
+        """Churn events done by ``churn``."""
         self._n = 0
         self._t0 = time.monotonic()
 
@@ -497,6 +502,7 @@ class Fleet:
                 self.rogue_consumer()
             else:
                 raise ValueError(f"unknown churn event {ev!r}")
+            self.churned += 1
             time.sleep(interval_s)
 
     def stop_all(self) -> None:

@@ -53,7 +53,7 @@ def test_group_churn_while_producing_loses_nothing(broker, model_path, tmp_path,
                       interval_s=3.0, settle_s=45.0, seed=batch_size)
     v, fleet = run_churn(broker.bootstrap_servers, topics, model_path, tmp_path, cfg)
     assert not v.problems, _explain(v, fleet)
-    assert len(v.events) >= cfg.events
+    assert v.churn_events == cfg.events
 
 
 # ---------------------------------------------------------------------------- fault 2: kill between flush and commit
@@ -244,6 +244,47 @@ def test_poison_in_one_partition_does_not_stop_it(broker, model_path, tmp_path, 
         assert {o.reason for o in _outcome_of(p.key, acked, ledger)} == {p.reason}, p.name
     for key in (b"p-deep-array", b"p-deep-object", b"p-big-int", b"p-big-int-id"):
         assert {o.reason for o in _outcome_of(key, acked, ledger)} == {"bad_envelope"}, key
+
+
+# ---------------------------------------------------------------------------- fault 6: a hostile HTTP upstream
+HOSTILE_REASONS = {"uri_fetch_failed", "uri_not_allowed", "too_large"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_hostile_upstream_gets_dead_letters_in_time_and_holds_nothing(broker, model_path, tmp_path):
+    """Envelopes by ``uri`` pointing at every misbehaviour of a hostile server (drips, silence, non-HTTP,
+    broken chunking, endless bodies and headers, redirects out and in a loop), in one partition between good
+    images: each gets a dead letter, and no input waits for its outcome past a bound set by the fetch
+    deadline (a drip of the JPEG would take ~20 minutes, /silent 2)."""
+    from tests.service.hostile_http import PATHS, HostileServer
+
+    timeout_s = 2.0
+    topics = make_topics(broker.bootstrap_servers)
+    good_paths = {"/good.jpg", "/redirect-good"}
+    with HostileServer(interval_s=0.5) as srv:
+        envs = [(f"h{path}".encode(), json.dumps({"id": f"h{path}", "uri": srv.url(path)}).encode(), ENVELOPE)
+                for path in PATHS]
+        hostile = len(PATHS) - len(good_paths)
+        # decodes (and fetches) run 2 at a time: the last of a batch waits at most ~hostile / 2 deadlines
+        bound_s = timeout_s * (hostile / 2 + 2) + 15.0
+        v, fleet, acked, ledger = _one_partition_stream(
+            broker, topics, model_path, tmp_path, envs,
+            {"max_batch_size": "8", "decode_workers": "2", "uri_fetch_enabled": "true",
+             "uri_allowed_hosts": srv.host_entry, "uri_timeout_s": str(timeout_s)},
+            bound_s=bound_s)
+        hits = set(srv.hits)
+    assert not v.problems, _explain(v, fleet)
+    assert v.worst_latency_s <= bound_s, f"an input waited {v.worst_latency_s:.1f}s (bound {bound_s:.0f}s)"
+    assert set(PATHS) <= hits, f"never requested: {sorted(set(PATHS) - hits)}"
+    for key, _, _ in envs:
+        outs = _outcome_of(key, acked, ledger)
+        path = key.decode()[1:]
+        if path in good_paths:
+            assert {o.kind for o in outs} == {"result"}, (path, outs)
+        else:
+            assert {o.kind for o in outs} == {"dead_letter"} and {o.reason for o in outs} <= HOSTILE_REASONS, (
+                path, outs)
 
 
 # ---------------------------------------------------------------------------- helpers for the tests above

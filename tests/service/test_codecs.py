@@ -45,13 +45,15 @@ def _produce_with_librdkafka(bootstrap: str, topic: str) -> dict[tuple[int, int]
 
 
 def _read_with_librdkafka(bootstrap: str, topic: str, n: int, timeout_s: float = 30.0) -> list:
+    """Every partition of ``topic`` from the start (assigned, no group) until ``n`` records arrived."""
     import confluent_kafka
 
     c = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{topic}",
-                                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+                                  "enable.auto.commit": False})
     got: list = []
     try:
-        c.subscribe([topic])
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        c.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in parts])
         deadline = time.monotonic() + timeout_s
         while len(got) < n and time.monotonic() < deadline:
             m = c.poll(0.5)
