@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from dangerclip.manifest import read_manifest
 from training import synth
-from training.synth import CATEGORY_KINDS, SynthConfig, caption_for, generate, make_sample
+from training.synth import CATEGORY_KINDS, SynthConfig, caption_for, generate, make_sample, scene
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -62,7 +62,7 @@ def test_masks_are_exactly_the_visible_weapon_pixels(index: int) -> None:
 def _owner_from_drawing(index: int, cfg: SynthConfig) -> np.ndarray:
     """Re-run the generator with its image drawing replaced by an independent owner-colour drawing."""
     drawn_calls: list[tuple[list[tuple[float, float]], int]] = []
-    original = synth._owner_map
+    original = scene._owner_map
 
     def spy(drawn, size):  # type: ignore[no-untyped-def]
         drawn_calls.clear()
@@ -71,11 +71,11 @@ def _owner_from_drawing(index: int, cfg: SynthConfig) -> np.ndarray:
                 drawn_calls.append((poly, j + 1))
         return original(drawn, size)
 
-    synth._owner_map = spy
+    scene._owner_map = spy
     try:
         make_sample(index, cfg)
     finally:
-        synth._owner_map = original
+        scene._owner_map = original
     # Independent rasterisation on an RGB canvas, the way the image itself is painted.
     canvas = Image.new("RGB", (cfg.size, cfg.size), (0, 0, 0))
     d = ImageDraw.Draw(canvas)
