@@ -13,6 +13,7 @@ feature cache as training. Thresholds are chosen on val, metrics reported on tes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ from dangerclip.card import PreprocessConfig
 from dangerclip.manifest import ManifestRow
 from dangerclip.preprocess import load_image, normalize, resize_and_crop
 from training import evaluate as E
-from training.commandline import exits_2_on_bad_input
+from training.commandline import add_options, exits_2_on_bad_input, given_options
 from training.data import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, assign_splits, color_jitter, load_rows
 from training.files import atomic_write_text, write_json
 from training.optim import OptimStep, warmup_cosine
@@ -44,37 +45,36 @@ ARCHS = ("resnet50", "vgg16")
 
 @dataclass
 class CNNConfig:
-    """A fine-tuning run of a torchvision CNN.
-
-    Attributes:
-        arch: ``resnet50`` or ``vgg16``.
-        weights: local torchvision state-dict file ("" = random init).
-        categories: model categories (one sigmoid output each).
-        epochs: passes over the training split (paper: 20).
-        lr: SGD learning rate (paper: 0.005).
-        batch_size: images per step.
-        image_size: input side (224 as in the paper; smaller for quick runs).
-        max_steps: stop after this many steps (0 = ``epochs`` worth).
-        flip: random horizontal flip.
-        color: random colour jitter (Detectron2's ColorAugSSD), probability ½ per image.
-        seed: initialisation, order and augmentation seed.
-        device: ``auto``, ``cpu``, ``cuda``.
-    """
+    """A fine-tuning run of a torchvision CNN."""
 
     arch: str = "resnet50"
+    """``resnet50`` or ``vgg16``."""
     weights: str = ""
+    """Local torchvision state-dict file ("" = random init)."""
     categories: list[str] = field(default_factory=lambda: ["weapon"])
+    """Model categories (one sigmoid output each)."""
     epochs: int = 20
+    """Passes over the training split (paper: 20)."""
     lr: float = 0.005
+    """SGD learning rate (paper: 0.005)."""
     momentum: float = 0.9
+    """SGD momentum."""
     weight_decay: float = 1e-4
+    """SGD weight decay."""
     batch_size: int = 32
+    """Images per step."""
     image_size: int = 224
+    """Input side (224 as in the paper; smaller for quick runs)."""
     max_steps: int = 0
+    """Stop after this many steps (0 = ``epochs`` worth)."""
     flip: bool = True
+    """Random horizontal flip."""
     color: bool = True
+    """Random colour jitter (Detectron2's ColorAugSSD), probability ½ per image."""
     seed: int = 0
+    """Initialisation, order and augmentation seed."""
     device: str = "auto"
+    """``auto``, ``cpu``, ``cuda``."""
 
 
 def build_cnn(arch: str, num_outputs: int, weights: str = "") -> nn.Module:
@@ -279,31 +279,25 @@ def run_rows(run_dir: str | Path) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="manifest or folder (same splits as training: split field or id hash)")
-    parser.add_argument("--categories", nargs="+", default=["weapon"])
+    add_options(parser, CNNConfig, exclude=("arch", "weights"))
     parser.add_argument("--out", default="runs/baselines", help="folder for baselines.json and baselines.md")
     parser.add_argument("--models", nargs="+", default=["resnet50", "vgg16", "zeroshot"],
                         choices=("resnet50", "vgg16", "zeroshot"))
     parser.add_argument("--resnet-weights", default="", help="local torchvision ResNet-50 state dict")
     parser.add_argument("--vgg-weights", default="", help="local torchvision VGG-16 state dict")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=0.005)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--max-steps", type=int, default=0, help="cap on CNN steps (0: --epochs worth)")
     parser.add_argument("--clip-model", default="tiny", help="DangerCLIP config of the zero-shot row")
     parser.add_argument("--pretrained", default="", help="CLIP weights of the zero-shot row")
     parser.add_argument("--cache-dir", default="", help="feature cache (default <out>/cache)")
     parser.add_argument("--with-run", action="append", default=[],
                         help="a finished `dangerclip train` folder whose test row joins the table (repeatable)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--skip-bad", action="store_true")
+    parser.add_argument("--skip-bad", action="store_true", help="drop bad manifest rows instead of stopping")
 
 
 @exits_2_on_bad_input("baselines")
 def run(args: argparse.Namespace) -> int:
     """``dangerclip baselines``: the comparison table (markdown on stdout, JSON and markdown in ``--out``)."""
-    cats = list(args.categories)
+    base = CNNConfig(**given_options(CNNConfig, args))
+    cats = base.categories
     rows = load_rows(args.data, cats, skip_bad=args.skip_bad)
     idx = assign_splits(rows)
     splits = {s: [rows[i] for i in idx[s]] for s in ("train", "val", "test")}
@@ -313,13 +307,10 @@ def run(args: argparse.Namespace) -> int:
     for name in args.models:
         if name == "zeroshot":
             results[name] = zeroshot(splits, cats, args.clip_model, args.pretrained,
-                                     args.cache_dir or out / "cache", args.seed)
+                                     args.cache_dir or out / "cache", base.seed)
         else:
-            cfg = CNNConfig(arch=name, weights=args.resnet_weights if name == "resnet50" else args.vgg_weights,
-                            categories=cats, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                            image_size=args.image_size, max_steps=args.max_steps, seed=args.seed,
-                            device=args.device)
-            _, results[name] = train_cnn(cfg, splits)
+            weights = args.resnet_weights if name == "resnet50" else args.vgg_weights
+            _, results[name] = train_cnn(dataclasses.replace(base, arch=name, weights=weights), splits)
         log.info("%s: %s", name, results[name]["row"])
     table_rows = [run_rows(d) for d in args.with_run] + [r["row"] for r in results.values()]
     md = "\n".join(["# Baselines", "", f"data: `{args.data}` (test split; thresholds chosen on val)", "",

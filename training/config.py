@@ -9,106 +9,103 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from training.commandline import add_options, given_options
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 
 
 @dataclass
 class TrainConfig:
-    """A training run.
-
-    Attributes:
-        data: manifest (``.jsonl`` / ``.csv``) or folder ``<root>/<category or negative>/*``. Rows without a
-            ``split`` are split 80/10/10 by a hash of their id.
-        val_data: optional separate validation manifest (overrides the ``val`` split of ``data``).
-        test_data: optional separate test manifest (overrides the ``test`` split of ``data``).
-        categories: the model's prompts, one per category (the paper: ``["weapon"]``).
-        model: DangerCLIP config name (``tiny``, ``ViT-B-16``).
-        pretrained: CLIP weights: empty for a random backbone, an open_clip tag, or a local file.
-        out: run folder (checkpoints, metrics, model, ONNX, report).
-        cache_dir: feature-cache folder (default ``<out>/cache``); share it between runs on the same data.
-        batch_size: images per step (paper: 32).
-        iterations: optimiser steps (paper: 2000).
-        lr: peak AdamW learning rate.
-        weight_decay: AdamW weight decay (not applied to biases, norms and the map calibration).
-        warmup: linear warm-up steps before the cosine decay.
-        min_lr_ratio: the cosine ends at ``lr * min_lr_ratio``.
-        grad_clip: clip the global gradient norm to this (0 disables).
-        seed: seeds the head's initialisation, the batch order and the view choice.
-        dense: train with the dense losses; False is the paper's no-dense ablation (BCE only).
-        loss_weights: ``(α, β, γ)`` for BCE, focal and dice (paper: 1, 2, 1).
-        focal_alpha: focal loss α for the map (the lead's default 0.25).
-        flip: precompute mirrored views.
-        color_views: colour-jittered views per orientation.
-        grayscale: probability that a colour-jittered view is also turned grey.
-        amp: mixed precision on GPU (``auto`` = bf16 where supported, else fp16); always off on CPU.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
-        threads: torch CPU threads (0 = torch's default).
-        checkpoint_every: save a resumable checkpoint every N steps (0: only at the end).
-        keep_checkpoints: how many step checkpoints to keep.
-        resume: ``""`` start fresh; ``auto`` continue from the newest checkpoint in ``out``; or a path.
-        stop_after: stop (with a checkpoint) after this step, as an interruption would; for tests and
-            time-boxed jobs.
-        log_every: write a metrics line every N steps.
-        eval_every: evaluate on the validation split every N steps (0: only at the end).
-        threshold_target: ``f1`` (best F1 on val) or ``precision`` (highest recall at ``min_precision``).
-        min_precision: for ``threshold_target = precision``.
-        calibrate_maps: fold the IoU-best map threshold (chosen on val) into the head's map bias so that
-            served maps read "danger" at 0.5.
-        export: write ``model.onnx`` at the end.
-        report: write ``report.md`` and plots at the end.
-        tensorboard: also log to TensorBoard (needs the ``tensorboard`` package).
-        progress: show progress bars.
-        skip_bad: drop bad manifest rows (with a warning) instead of stopping.
-        version: model version written into the card.
-        encode_batch: backbone inputs per call while building the cache.
-    """
+    """A training run."""
 
     data: str = ""
+    """Manifest (``.jsonl`` / ``.csv``) or folder ``<root>/<category or negative>/*``. Rows without a ``split``
+    are split 80/10/10 by a hash of their id."""
     val_data: str = ""
+    """Optional separate validation manifest (overrides the ``val`` split of ``data``)."""
     test_data: str = ""
+    """Optional separate test manifest (overrides the ``test`` split of ``data``)."""
     categories: list[str] = field(default_factory=lambda: ["weapon"])
+    """The model's prompts, one per category (the paper: ``["weapon"]``)."""
     model: str = "tiny"
+    """DangerCLIP config name (``tiny``, ``ViT-B-16``)."""
     pretrained: str = ""
+    """CLIP weights: empty for a random backbone, an open_clip tag, or a local file."""
     out: str = "runs/dangerclip"
+    """Run folder (checkpoints, metrics, model, ONNX, report)."""
     cache_dir: str = ""
+    """Feature-cache folder (default ``<out>/cache``); share it between runs on the same data."""
     batch_size: int = 32
+    """Images per step (paper: 32)."""
     iterations: int = 2000
+    """Optimiser steps (paper: 2000)."""
     lr: float = 2e-4
+    """Peak AdamW learning rate."""
     weight_decay: float = 0.05
+    """AdamW weight decay (not applied to biases, norms and the map calibration)."""
     warmup: int = 100
+    """Linear warm-up steps before the cosine decay."""
     min_lr_ratio: float = 0.01
+    """The cosine ends at ``lr * min_lr_ratio``."""
     grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
     seed: int = 0
+    """Seeds the head's initialisation, the batch order and the view choice."""
     dense: bool = True
+    """Train with the dense losses; False is the paper's no-dense ablation (BCE only)."""
     loss_weights: tuple[float, float, float] = (1.0, 2.0, 1.0)
+    """``(α, β, γ)`` for BCE, focal and dice (paper: 1, 2, 1)."""
     focal_alpha: float = 0.25
+    """Focal loss α for the map (the lead's default 0.25)."""
     flip: bool = True
+    """Precompute mirrored views."""
     color_views: int = 2
+    """Colour-jittered views per orientation."""
     grayscale: float = 0.2
+    """Probability that a colour-jittered view is also turned grey."""
     amp: str = "auto"
+    """Mixed precision on GPU (``auto`` = bf16 where supported, else fp16); always off on CPU."""
     device: str = "auto"
+    """``auto``, ``cpu``, ``cuda``, ``cuda:1``..."""
     threads: int = 0
+    """Torch CPU threads (0 = torch's default)."""
     checkpoint_every: int = 500
+    """Save a resumable checkpoint every N steps (0: only at the end)."""
     keep_checkpoints: int = 2
+    """How many step checkpoints to keep."""
     resume: str = ""
+    """``""`` start fresh; ``auto`` continue from the newest checkpoint in ``out``; or a path."""
     stop_after: int = 0
+    """Stop (with a checkpoint) after this step, as an interruption would; for tests and time-boxed jobs."""
     log_every: int = 10
+    """Write a metrics line every N steps."""
     eval_every: int = 250
+    """Evaluate on the validation split every N steps (0: only at the end)."""
     threshold_target: str = "f1"
+    """``f1`` (best F1 on val) or ``precision`` (highest recall at ``min_precision``)."""
     min_precision: float = 0.9
+    """For ``threshold_target = precision``."""
     calibrate_maps: bool = True
+    """Fold the IoU-best map threshold (chosen on val) into the head's map bias so that served maps read
+    "danger" at 0.5."""
     export: bool = True
+    """Write ``model.onnx`` at the end."""
     report: bool = True
+    """Write ``report.md`` and plots at the end."""
     tensorboard: bool = False
+    """Also log to TensorBoard (needs the ``tensorboard`` package)."""
     progress: bool = True
+    """Show progress bars."""
     skip_bad: bool = False
+    """Drop bad manifest rows (with a warning) instead of stopping."""
     version: str = "1.0.0"
+    """Model version written into the card."""
     encode_batch: int = 64
+    """Backbone inputs per call while building the cache."""
 
     def __post_init__(self) -> None:
         self.loss_weights = tuple(float(w) for w in self.loss_weights)  # type: ignore[assignment]
@@ -194,45 +191,14 @@ class TrainConfig:
         return cls.from_dict(d)
 
 
-def field_help() -> dict[str, str]:
-    """Each field's description, from the ``Attributes:`` section of ``TrainConfig``'s docstring."""
-    out: dict[str, str] = {}
-    doc = (TrainConfig.__doc__ or "").split("Attributes:", 1)[-1]
-    name = ""
-    for line in doc.splitlines():
-        m = re.match(r"^\s{8}(\w+): (.*)$", line)
-        if m:
-            name = m.group(1)
-            out[name] = m.group(2).strip()
-        elif name and line.strip():
-            out[name] += " " + line.strip()
-    return out
-
-
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per ``TrainConfig`` field (default: unset, so that a config file's values stand)."""
-    d = TrainConfig()
-    docs = field_help()
+    """A config file argument, then one option per ``TrainConfig`` field (unset unless given, so that the
+    file's values stand)."""
     parser.add_argument("config", nargs="?", default=None, help="JSON/YAML/TOML file of TrainConfig fields")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(d, f.name)
-        helptext = f"{docs.get(f.name, '')} (default: {default!r})".replace("%", "%%")
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                                help=helptext)
-        elif isinstance(default, (list, tuple)):
-            typ = float if f.name == "loss_weights" else str
-            parser.add_argument(flag, dest=f.name, nargs="+", type=typ, default=None, help=helptext)
-        else:
-            parser.add_argument(flag, dest=f.name, type=type(default), default=None, help=helptext)
+    add_options(parser, TrainConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """File values, then flags given on the command line."""
+    """File values, then options given on the command line."""
     base = TrainConfig.from_file(args.config).to_dict() if getattr(args, "config", None) else {}
-    for f in fields(TrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            base[f.name] = v
-    return TrainConfig.from_dict(base)
+    return TrainConfig.from_dict({**base, **given_options(TrainConfig, args)})

@@ -14,8 +14,6 @@ from typing import Any
 import torch
 from torch import nn
 
-AMP_CHOICES = ("auto", "off", "bf16", "fp16")
-
 
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total`` (and ``min_ratio`` after it)."""
