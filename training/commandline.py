@@ -176,5 +176,7 @@ def _option_words(action: argparse.Action, value: Any) -> list[str]:
         return [flag if value else "--no-" + flag[2:]]
     if action.nargs == 0:
         return [flag]
+    if action.nargs is None and isinstance(value, list):
+        return [flag, ",".join(map(str, value))]  # one word parsed into a list: ``comma_list``
     values = value if isinstance(value, (list, tuple)) else [value]
     return [flag, *(str(v) for v in values)]

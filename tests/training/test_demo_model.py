@@ -15,7 +15,7 @@ from training.demo_model import DemoConfig, build
 def ci_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoConfig, dict]:
     root = tmp_path_factory.mktemp("demo")
     cfg = DemoConfig.ci(str(root / "work"), str(root / "assets"))
-    cfg.threads = 0
+    cfg.head.threads = 0
     return cfg, build(cfg)
 
 
@@ -89,17 +89,17 @@ def test_editing_the_model_config_retrains_the_head(
 ) -> None:
     import dataclasses
 
-    from training import demo_model
+    from training.demo_model import stages
 
     cfg, _ = ci_build
-    real = demo_model._model_config
+    real = stages.model_config
 
     def edited(name: str) -> dict:
         c = real(name)
         c["head"]["layers"] = 1
         return c
 
-    monkeypatch.setattr(demo_model, "_model_config", edited)
+    monkeypatch.setattr(stages, "model_config", edited)
     caplog.set_level("INFO")
     other = dataclasses.replace(cfg, assets=str(Path(cfg.assets).parent / "assets-edited"), ablation=False)
     build(other)
@@ -143,7 +143,7 @@ def test_committed_backbone_loads_into_the_demo_config_and_says_how_it_was_made(
     from safetensors import safe_open
 
     from training import pretrain as pt
-    from training.demo_model import DEMO_BACKBONE, DemoConfig, pretrain_config
+    from training.demo_model import DEMO_BACKBONE, DemoConfig
 
     if not DEMO_BACKBONE.is_file():
         pytest.skip("no committed backbone")
@@ -159,11 +159,11 @@ def test_committed_backbone_loads_into_the_demo_config_and_says_how_it_was_made(
     recipe = made["recipe"]
     d = DemoConfig()
     # The defaults of the command redo exactly this recipe (on a GPU: --backbone none --pretrain-device cuda).
-    expect = {k: v for k, v in pretrain_config(d).__dict__.items() if k != "device"}
+    expect = {k: v for k, v in d.pretrain.__dict__.items() if k != "device"}
     assert {k: v for k, v in recipe["pretrain"].items() if k != "device"} == expect
     assert recipe["data"]["n"] == d.n_pretrain and recipe["data"]["seed"] == d.pretrain_seed
     assert recipe["data"].get("grayscale", 0.0) == d.pretrain_grayscale
-    assert made["train"]["steps"] == d.pretrain_steps
+    assert made["train"]["steps"] == d.pretrain.steps
 
 
 @pytest.mark.slow
@@ -205,3 +205,30 @@ def test_committed_demo_model_reproduces_its_reported_f1_and_localisation() -> N
     # ... and the dense losses are what make it so (the paper's Table 3, on exact masks).
     assert report["dense"]["pointing"] > report["no_dense"]["pointing"]
     assert report["dense"]["topk_iou"] > report["no_dense"]["topk_iou"] + 0.1
+
+
+def test_command_line_options_reach_the_recipes() -> None:
+    import argparse
+
+    from training.commandline import command_line
+    from training.demo_model import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = ["--ci", "--work", "w", "--categories", "gun,knife", "--backbone", "none", "--pretrain-steps", "7",
+            "--pretrain-device", "cpu", "--global-words", "--iterations", "400", "--color-views", "2",
+            "--grayscale", "0.3", "--threads", "1", "--seed", "5", "--no-ablation"]
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    assert (cfg.work, cfg.categories, cfg.backbone, cfg.ablation) == ("w", ["gun", "knife"], "", False)
+    assert (cfg.pretrain.steps, cfg.pretrain.device, cfg.pretrain.global_words, cfg.pretrain.seed) == (7, "cpu", True, 5)
+    head = cfg.head
+    assert (head.iterations, head.warmup, head.color_views, head.grayscale, head.threads, head.seed) == (
+        400, 20, 2, 0.3, 1, 5)
+    assert cfg.n_head == DemoConfig.ci("w", "a").n_head  # --ci sizes stand where no option overrides them
+    assert config_from_args(parser.parse_args([])) == DemoConfig()
+    # The report records the command as given, whoever called run().
+    assert command_line("dangerclip demo-model", add_arguments, args) == "dangerclip demo-model " + " ".join(
+        ["--work", "w", "--categories", "gun,knife", "--backbone", "none", "--no-ablation", "--pretrain-steps", "7",
+         "--pretrain-global-words", "--pretrain-device", "cpu", "--iterations", "400", "--color-views", "2",
+         "--grayscale", "0.3", "--threads", "1", "--seed", "5", "--ci"])
