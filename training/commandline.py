@@ -91,7 +91,7 @@ def add_options(
     """
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
-    defaults = cls()  # type: ignore[call-arg]
+    defaults = {f.name: _default(f) for f in dataclasses.fields(cls)}
     names = [f.name for f in dataclasses.fields(cls)] if only is None else list(only)
     skip, pos, req = set(exclude), set(positional), set(required)
     flags, custom = flags or {}, custom or {}
@@ -100,8 +100,9 @@ def add_options(
             continue
         dest = f"{prefix}.{name}" if prefix else name
         extra = dict(custom.get(name, {}))
-        shown = extra.get("default", getattr(defaults, name))
-        kw: dict[str, Any] = {"default": None, "help": f"{docs.get(name, '')} (default: {shown!r})".replace("%", "%%")}
+        shown = extra.get("default", defaults[name])
+        tail = "" if shown is dataclasses.MISSING else f" (default: {shown!r})"
+        kw: dict[str, Any] = {"default": None, "help": f"{docs.get(name, '')}{tail}".replace("%", "%%")}
         if "type" in extra or "action" in extra:
             pass
         elif hints[name] is bool:
@@ -117,6 +118,12 @@ def add_options(
             continue
         option = "--" + (f"{prefix}-{name}" if prefix else name).replace("_", "-")
         parser.add_argument(*flags.get(name, (option,)), dest=dest, required=name in req, **kw)
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def given_options(cls: type, args: argparse.Namespace, *, prefix: str = "") -> dict[str, Any]:

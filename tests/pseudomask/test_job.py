@@ -14,7 +14,8 @@ from pm_helpers import StubDetector, make_dataset, make_image
 from dangerclip.card import BackboneIdentity, ModelCard, PreprocessConfig
 from dangerclip.manifest import read_manifest
 from dangerclip.preprocess import mask_to_grid
-from pseudomask.job import JobConfig, PseudoMaskJob, load_card, parse_shard, shard_of
+from pseudomask.inputs import load_card, parse_shard, shard_of
+from pseudomask.job import JobConfig, PseudoMaskJob
 from pseudomask.segmenters import BoxSegmenter
 
 
@@ -270,10 +271,10 @@ def test_model_card_sets_prompts_preprocessing_and_grid(tmp_path):
 def test_progress_without_a_terminal_logs_rate_and_eta(caplog):
     import logging
 
-    from pseudomask.job import _LogProgress
+    from pseudomask.progress import LogProgress
 
-    p = _LogProgress(total=10, period_s=0.0)
-    with caplog.at_level(logging.INFO, logger="pseudomask.job"):
+    p = LogProgress(total=10, period_s=0.0)
+    with caplog.at_level(logging.INFO, logger="pseudomask.progress"):
         p.update(4)
     (msg,) = [r.getMessage() for r in caplog.records]
     assert msg.startswith("pseudomask: 4/10 images,") and "images/s, ETA" in msg
