@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -598,7 +599,8 @@ class S3Broker(EmbeddedBroker):
 
     @staticmethod
     def find_moto_server() -> str | None:
-        return shutil.which("moto_server")
+        beside = Path(sys.executable).parent / "moto_server"  # the venv's, when its bin is not on PATH
+        return str(beside) if beside.exists() else shutil.which("moto_server")
 
     def _start_moto(self) -> None:
         with open(self.moto_log, "ab") as out:
