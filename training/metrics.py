@@ -1,6 +1,8 @@
-"""Evaluation metrics in plain numpy: classification, threshold choice and localisation.
+"""Evaluation metrics: classification, threshold choice and localisation.
 
-Every function here is small enough to check by hand (the tests do), and none needs torch or sklearn.
+The ranking figures (PR curve, AP, ROC-AUC) are scikit-learn's, the field's reference; what is ours is
+small enough to check by hand (the tests do): counts at a threshold, the threshold choice, and the
+localisation of danger maps. Nothing here needs torch.
 
 Conventions:
     * ``scores`` are probabilities in [0, 1]; an item is predicted positive when ``score >= threshold``.
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from sklearn import metrics as skm
 
 MASK_ON = 0.5
 """Coverage from which a patch of a grid mask counts as part of the object."""
@@ -82,7 +85,7 @@ def counts_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Binar
 
 
 def precision_recall_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Precision and recall at every distinct score used as the threshold.
+    """Precision and recall at every distinct score used as the threshold (scikit-learn's curve).
 
     Args:
         scores: ``[n]`` probabilities.
@@ -90,70 +93,39 @@ def precision_recall_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.n
 
     Returns:
         ``(precision [m], recall [m], thresholds [m])`` with thresholds decreasing, so recall grows.
-        Entry ``i`` is for the rule ``score >= thresholds[i]``.
+        Entry ``i`` is for the rule ``score >= thresholds[i]``: scikit-learn's curve read from the highest
+        threshold down, without the ``(precision 1, recall 0)`` end point it adds. Without positives,
+        precision and recall are 0 at every threshold.
     """
     s, y = _check(scores, labels)
-    if s.size == 0:
-        return np.zeros(0), np.zeros(0), np.zeros(0)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    # The last index of each run of equal scores: ties are predicted together.
-    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
-    tp = np.cumsum(y)[last].astype(np.float64)
-    fp = (last + 1 - tp).astype(np.float64)
-    n_pos = float(y.sum())
-    precision = tp / (tp + fp)
-    recall = tp / n_pos if n_pos else np.zeros_like(tp)
-    return precision, recall, s[last]
+    if y.sum() == 0:
+        t = np.unique(s)[::-1]
+        return np.zeros_like(t), np.zeros_like(t), t
+    p, r, t = skm.precision_recall_curve(y, s, drop_intermediate=False)
+    return p[:-1][::-1], r[:-1][::-1], t[::-1]
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
-    """AP as the step-wise area under the PR curve: ``sum_i (R_i - R_{i-1}) P_i`` (sklearn's definition).
+    """AP as the step-wise area under the PR curve: ``sum_i (R_i - R_{i-1}) P_i`` (scikit-learn's).
 
     Returns NaN when there is no positive.
     """
     s, y = _check(scores, labels)
     if y.sum() == 0:
         return float("nan")
-    p, r, _ = precision_recall_curve(s, y)
-    return float(np.sum(np.diff(np.r_[0.0, r]) * p))
+    return float(skm.average_precision_score(y, s))
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve, as the probability that a positive outranks a negative (ties count ½).
+    """Area under the ROC curve (scikit-learn's): the probability that a positive outranks a negative, ties
+    counting ½.
 
     Returns NaN unless both classes are present.
     """
     s, y = _check(scores, labels)
-    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.size == 0 or y.min() == y.max():
         return float("nan")
-    ranks = _average_ranks(s)
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their mean rank (Mann-Whitney)."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    ranks = np.empty(x.size, dtype=np.float64)
-    starts = np.r_[0, np.nonzero(np.diff(xs))[0] + 1]
-    ends = np.r_[starts[1:], x.size]
-    for a, b in zip(starts, ends, strict=True):
-        ranks[order[a:b]] = (a + 1 + b) / 2.0
-    return ranks
-
-
-def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(fpr, tpr)`` from (0, 0) to (1, 1), one point per distinct score."""
-    s, y = _check(scores, labels)
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1] if s.size else np.zeros(0, int)
-    tp = np.cumsum(y)[last] if s.size else np.zeros(0)
-    fp = last + 1 - tp
-    n_pos, n_neg = max(int(y.sum()), 1), max(int((1 - y).sum()), 1)
-    return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
+    return float(skm.roc_auc_score(y, s))
 
 
 def choose_threshold(

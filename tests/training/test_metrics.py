@@ -103,3 +103,23 @@ def test_binarize_keeps_small_objects_and_choose_map_threshold() -> None:
     # Uncalibrated maps far below the fixed grid: the cut is found among the map's own values.
     tiny = np.array([[1e-4, 3e-3, 2e-3, 5e-4]])
     assert M.choose_map_threshold(tiny, masks, np.array([1]), np.array([True])) == pytest.approx(2e-3)
+
+
+def test_scikit_learn_figures_equal_the_hand_written_ones() -> None:
+    # Reference values from the numpy implementations these replaced (commit 81caa24), on 400 scores
+    # rounded to two decimals so that ties are common.
+    rng = np.random.default_rng(7)
+    y = (rng.random(400) < 0.3).astype(int)
+    s = np.round(np.clip(0.35 * y + rng.normal(0.4, 0.2, 400), 0, 1), 2)
+    assert M.average_precision(s, y) == pytest.approx(0.816238859026799, abs=1e-12)
+    assert M.roc_auc(s, y) == pytest.approx(0.9092825742396603, abs=1e-12)
+    p, r, t = M.precision_recall_curve(s, y)
+    assert len(t) == 93 == len(np.unique(s)) and (np.diff(t) < 0).all()
+    assert (float(p.sum()), float(r.sum()), float(t.sum())) == pytest.approx(
+        (56.78574079530252, 69.31092436974791, 46.35), abs=1e-9
+    )
+    assert M.choose_threshold(s, y) == pytest.approx(0.565)
+    assert M.choose_threshold(s, y, target="precision", min_precision=0.8) == pytest.approx(0.685)
+    p0, r0, t0 = M.precision_recall_curve(s, np.zeros(400, int))
+    assert len(t0) == 93 and not p0.any() and not r0.any()
+    assert math.isnan(M.roc_auc(np.zeros(0), np.zeros(0, int)))

@@ -131,6 +131,20 @@ def test_linear_probe_finds_planted_signal() -> None:
     assert abs(pt.linear_probe(noise, cover)["auroc"] - 0.5) < 0.08
 
 
+def test_scikit_learn_probe_equals_the_hand_written_one() -> None:
+    # The reference is the torch L-BFGS probe this replaced (commit 81caa24), on the same fixed features; the
+    # objectives are the same, the solvers' tolerances differ (measured: |delta AUROC| <= 1.2e-5 on four sets).
+    rng = np.random.default_rng(0)
+    cover = (rng.random((40, 196)) < 0.1).astype(np.float32)
+    feats = rng.normal(size=(40, 196, 16)).astype(np.float32)
+    feats[..., 3] += 0.6 * cover
+    feats[..., 5] -= 0.4 * cover
+    got = pt.linear_probe(feats, cover)
+    assert got["auroc"] == pytest.approx(0.6661024251268154, abs=1e-4)
+    assert (got["n_train_patches"], got["n_test_patches"]) == (3920, 3920)
+    assert got["positive_rate"] == pytest.approx(0.10459183901548386, abs=1e-7)
+
+
 def test_cli_runs_and_reports(small_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from dangerclip.cli import main
 
