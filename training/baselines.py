@@ -98,8 +98,9 @@ def build_cnn(arch: str, num_outputs: int, weights: str = "") -> nn.Module:
         sd = _read_state_dict(weights)
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{weights} is not a torchvision {arch} state dict: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}")
+            raise ValueError(
+                f"{weights} is not a torchvision {arch} state dict: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
         log.info("%s: loaded weights from %s", arch, weights)
     else:
         log.warning("%s: no weights file given; random initialisation (not the paper's ImageNet start)", arch)
@@ -134,8 +135,9 @@ def _labels(rows: Sequence[ManifestRow], cats: Sequence[str]) -> np.ndarray:
     return np.array([[r.labels.get(c, 0) for c in cats] for r in rows], np.float32)
 
 
-def _predict_cnn(model: nn.Module, crops: np.ndarray, pcfg: PreprocessConfig, device: torch.device,
-                 batch: int = 32) -> np.ndarray:
+def _predict_cnn(
+    model: nn.Module, crops: np.ndarray, pcfg: PreprocessConfig, device: torch.device, batch: int = 32
+) -> np.ndarray:
     model.eval()
     out = []
     with torch.inference_mode():
@@ -180,9 +182,16 @@ def train_cnn(cfg: CNNConfig, splits: dict[str, list[ManifestRow]]) -> tuple[nn.
             log.info("%s step %d/%d loss %.4f", cfg.arch, step, total, float(np.mean(losses[-20:])))
     th, rep = _threshold_and_measure(model, splits, crops, pcfg, cats, device)
     name = f"{'ResNet-50' if cfg.arch == 'resnet50' else 'VGG-16'} ({'pretrained' if cfg.weights else 'random init'})"
-    return model, {"row": summary_row(name, rep), "metrics": rep, "thresholds": th, "steps": len(losses),
-                   "seconds": time.monotonic() - t0, "first_loss": losses[0] if losses else None,
-                   "last_loss": float(np.mean(losses[-10:])) if losses else None, "config": asdict(cfg)}
+    return model, {
+        "row": summary_row(name, rep),
+        "metrics": rep,
+        "thresholds": th,
+        "steps": len(losses),
+        "seconds": time.monotonic() - t0,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": float(np.mean(losses[-10:])) if losses else None,
+        "config": asdict(cfg),
+    }
 
 
 def _epoch_batches(n: int, batch_size: int, total: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -197,8 +206,9 @@ def _epoch_batches(n: int, batch_size: int, total: int, rng: np.random.Generator
             step += 1
 
 
-def _augmented(crops: np.ndarray, idx: np.ndarray, rng: np.random.Generator, cfg: CNNConfig,
-               pcfg: PreprocessConfig) -> np.ndarray:
+def _augmented(
+    crops: np.ndarray, idx: np.ndarray, rng: np.random.Generator, cfg: CNNConfig, pcfg: PreprocessConfig
+) -> np.ndarray:
     """``[B, 3, S, S]`` inputs: each crop colour-jittered and mirrored with probability ½ (as configured)."""
     recipe = ViewRecipe()
     xs = []
@@ -213,10 +223,14 @@ def _augmented(crops: np.ndarray, idx: np.ndarray, rng: np.random.Generator, cfg
     return np.stack(xs)
 
 
-def _threshold_and_measure(model: nn.Module, splits: dict[str, list[ManifestRow]], crops: dict[str, np.ndarray],
-                           pcfg: PreprocessConfig, cats: Sequence[str], device: torch.device) -> tuple[
-    dict[str, float], dict[str, Any]
-]:
+def _threshold_and_measure(
+    model: nn.Module,
+    splits: dict[str, list[ManifestRow]],
+    crops: dict[str, np.ndarray],
+    pcfg: PreprocessConfig,
+    cats: Sequence[str],
+    device: torch.device,
+) -> tuple[dict[str, float], dict[str, Any]]:
     """Thresholds chosen on val (train when there is none), metrics on test (val when there is none)."""
     val_key = "val" if splits.get("val") else "train"
     test_key = "test" if splits.get("test") else val_key
@@ -224,15 +238,26 @@ def _threshold_and_measure(model: nn.Module, splits: dict[str, list[ManifestRow]
     for key in {val_key, test_key}:
         sc = _predict_cnn(model, crops[key], pcfg, device)
         p = len(cats)
-        preds[key] = E.Predictions(sc, np.zeros((len(sc), p, 1)), _labels(splits[key], cats).astype(np.int64),
-                                   np.zeros((len(sc), p, 1)), np.zeros((len(sc), p), bool),
-                                   [r.image for r in splits[key]])
+        preds[key] = E.Predictions(
+            sc,
+            np.zeros((len(sc), p, 1)),
+            _labels(splits[key], cats).astype(np.int64),
+            np.zeros((len(sc), p, 1)),
+            np.zeros((len(sc), p), bool),
+            [r.image for r in splits[key]],
+        )
     th, _ = E.choose_thresholds(preds[val_key], cats)
     return th, E.evaluate(preds[test_key], cats, th)
 
 
-def zeroshot(splits: dict[str, list[ManifestRow]], categories: Sequence[str], clip_model: str = "tiny",
-             pretrained: str = "", cache_dir: str | Path = "runs/cache", seed: int = 0) -> dict[str, Any]:
+def zeroshot(
+    splits: dict[str, list[ManifestRow]],
+    categories: Sequence[str],
+    clip_model: str = "tiny",
+    pretrained: str = "",
+    cache_dir: str | Path = "runs/cache",
+    seed: int = 0,
+) -> dict[str, Any]:
     """The zero-shot CLIP score (``mode="zeroshot"``) on the same data: threshold on val, metrics on test.
 
     Features come from the feature cache (the same as training's when the backbone is the same).
@@ -246,15 +271,21 @@ def zeroshot(splits: dict[str, list[ManifestRow]], categories: Sequence[str], cl
     preds = {}
     for key in ("val", "test"):
         if splits.get(key):
-            cache = build_or_load(model.backbone, splits[key], categories, model.card.preprocess, model.grid,
-                                  PLAIN, cache_dir, key)
+            cache = build_or_load(
+                model.backbone, splits[key], categories, model.card.preprocess, model.grid, PLAIN, cache_dir, key
+            )
             preds[key] = E.predict_features(model, cache)
     val_key = "val" if "val" in preds else "test"
     th, mth = E.choose_thresholds(preds[val_key], categories)
     rep = E.evaluate(preds.get("test", preds[val_key]), categories, th, mth)
     name = f"zero-shot CLIP {clip_model} ({pretrained or 'random init'})"
-    return {"row": summary_row(name, rep), "metrics": rep, "thresholds": th, "map_thresholds": mth,
-            "seconds": time.monotonic() - t0}
+    return {
+        "row": summary_row(name, rep),
+        "metrics": rep,
+        "thresholds": th,
+        "map_thresholds": mth,
+        "seconds": time.monotonic() - t0,
+    }
 
 
 def run_rows(run_dir: str | Path) -> dict[str, Any]:
@@ -281,15 +312,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", help="manifest or folder (same splits as training: split field or id hash)")
     add_options(parser, CNNConfig, exclude=("arch", "weights"))
     parser.add_argument("--out", default="runs/baselines", help="folder for baselines.json and baselines.md")
-    parser.add_argument("--models", nargs="+", default=["resnet50", "vgg16", "zeroshot"],
-                        choices=("resnet50", "vgg16", "zeroshot"))
+    parser.add_argument(
+        "--models", nargs="+", default=["resnet50", "vgg16", "zeroshot"], choices=("resnet50", "vgg16", "zeroshot")
+    )
     parser.add_argument("--resnet-weights", default="", help="local torchvision ResNet-50 state dict")
     parser.add_argument("--vgg-weights", default="", help="local torchvision VGG-16 state dict")
     parser.add_argument("--clip-model", default="tiny", help="DangerCLIP config of the zero-shot row")
     parser.add_argument("--pretrained", default="", help="CLIP weights of the zero-shot row")
     parser.add_argument("--cache-dir", default="", help="feature cache (default <out>/cache)")
-    parser.add_argument("--with-run", action="append", default=[],
-                        help="a finished `dangerclip train` folder whose test row joins the table (repeatable)")
+    parser.add_argument(
+        "--with-run",
+        action="append",
+        default=[],
+        help="a finished `dangerclip train` folder whose test row joins the table (repeatable)",
+    )
     parser.add_argument("--skip-bad", action="store_true", help="drop bad manifest rows instead of stopping")
 
 
@@ -306,15 +342,24 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     for name in args.models:
         if name == "zeroshot":
-            results[name] = zeroshot(splits, cats, args.clip_model, args.pretrained,
-                                     args.cache_dir or out / "cache", base.seed)
+            results[name] = zeroshot(
+                splits, cats, args.clip_model, args.pretrained, args.cache_dir or out / "cache", base.seed
+            )
         else:
             weights = args.resnet_weights if name == "resnet50" else args.vgg_weights
             _, results[name] = train_cnn(dataclasses.replace(base, arch=name, weights=weights), splits)
         log.info("%s: %s", name, results[name]["row"])
     table_rows = [run_rows(d) for d in args.with_run] + [r["row"] for r in results.values()]
-    md = "\n".join(["# Baselines", "", f"data: `{args.data}` (test split; thresholds chosen on val)", "",
-                    comparison_table(table_rows), ""])
+    md = "\n".join(
+        [
+            "# Baselines",
+            "",
+            f"data: `{args.data}` (test split; thresholds chosen on val)",
+            "",
+            comparison_table(table_rows),
+            "",
+        ]
+    )
     atomic_write_text(out / "baselines.md", md)
     write_json(out / "baselines.json", {"rows": table_rows, "results": results})
     print(md)

@@ -144,9 +144,7 @@ def _file_sig(path: str) -> list[object]:
     return [path, st.st_size, st.st_mtime_ns]
 
 
-def feature_key(
-    backbone_sha256: str, cfg: PreprocessConfig, recipe: ViewRecipe, rows: Sequence[ManifestRow]
-) -> str:
+def feature_key(backbone_sha256: str, cfg: PreprocessConfig, recipe: ViewRecipe, rows: Sequence[ManifestRow]) -> str:
     """The sha256 that names a feature cache: backbone, preprocessing, view recipe and image files."""
     doc = {
         "format": FORMAT_VERSION,
@@ -163,8 +161,11 @@ def targets_key(rows: Sequence[ManifestRow], categories: Sequence[str], grid: tu
     doc = {
         "categories": list(categories),
         "grid": list(grid),
-        "rows": [[r.labels.get(c, 0) for c in categories] + [_file_sig(r.masks[c]) if c in r.masks else None
-                                                              for c in categories] for r in rows],
+        "rows": [
+            [r.labels.get(c, 0) for c in categories]
+            + [_file_sig(r.masks[c]) if c in r.masks else None for c in categories]
+            for r in rows
+        ],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -223,14 +224,13 @@ def build_or_load(
         meta = json.loads((path / "meta.json").read_text())
         if meta.get("key") == fkey:
             if not targets.is_file():
-                _write_targets(path, targets, rows, categories, grid, cfg, np.load(path / "ok.npy"),
-                               np.load(path / "sizes.npy"))
+                _write_targets(
+                    path, targets, rows, categories, grid, cfg, np.load(path / "ok.npy"), np.load(path / "sizes.npy")
+                )
             log.info("feature cache %s: reused (%d images x %d views)", path, len(rows), len(views))
-            return FeatureCache(path, targets, CacheStats(False, len(rows), len(views), 0,
-                                                          time.monotonic() - t0))
+            return FeatureCache(path, targets, CacheStats(False, len(rows), len(views), 0, time.monotonic() - t0))
     encoded = _build(backbone, rows, cfg, grid, recipe, path, fkey, skip_bad, encode_batch, progress)
-    _write_targets(path, targets, rows, categories, grid, cfg, np.load(path / "ok.npy"),
-                               np.load(path / "sizes.npy"))
+    _write_targets(path, targets, rows, categories, grid, cfg, np.load(path / "ok.npy"), np.load(path / "sizes.npy"))
     if prune:
         for other in root.glob(f"{name}-*"):
             if other != path and other.is_dir():
@@ -326,8 +326,9 @@ def _build(
         np.save(tmp / "ok.npy", ok)
         np.save(tmp / "sizes.npy", sizes)
         if issues:
-            log.warning("feature cache: %d image(s) skipped (skip_bad): %s", len(issues),
-                        "; ".join(map(str, issues[:5])))
+            log.warning(
+                "feature cache: %d image(s) skipped (skip_bad): %s", len(issues), "; ".join(map(str, issues[:5]))
+            )
         meta = {
             "key": fkey,
             "format": FORMAT_VERSION,
@@ -370,8 +371,14 @@ def _load_rows(
 
 
 def _write_targets(
-    path: Path, targets: Path, rows: Sequence[ManifestRow], categories: Sequence[str],
-    grid: tuple[int, int], cfg: PreprocessConfig, ok: np.ndarray, sizes: np.ndarray,
+    path: Path,
+    targets: Path,
+    rows: Sequence[ManifestRow],
+    categories: Sequence[str],
+    grid: tuple[int, int],
+    cfg: PreprocessConfig,
+    ok: np.ndarray,
+    sizes: np.ndarray,
 ) -> None:
     k, p = len(categories), grid[0] * grid[1]
     labels = np.zeros((len(rows), k), np.float32)

@@ -139,13 +139,17 @@ def load_mask(path: str | Path, image_size: tuple[int, int]) -> np.ndarray:
     """
     im = load_image(path)
     if im.size != tuple(image_size):
-        raise ImageError("decode_error", f"mask {path} is {im.size[0]}x{im.size[1]}, image is "
-                                         f"{image_size[0]}x{image_size[1]}")
+        raise ImageError(
+            "decode_error", f"mask {path} is {im.size[0]}x{im.size[1]}, image is {image_size[0]}x{image_size[1]}"
+        )
     return (np.asarray(im.convert("L")) > 0).astype(np.float32)
 
 
 def row_mask_grid(
-    row: ManifestRow, categories: Sequence[str], image_size: tuple[int, int], grid: tuple[int, int],
+    row: ManifestRow,
+    categories: Sequence[str],
+    image_size: tuple[int, int],
+    grid: tuple[int, int],
     cfg: PreprocessConfig,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A row's masks on the patch grid.
@@ -164,8 +168,9 @@ def row_mask_grid(
         if c in row.masks:
             m = load_mask(row.masks[c], image_size)
             if row.labels.get(c, 0) == 0 and m.any():
-                log.warning("row %s (line %d): negative for %r but its mask is not empty; using it", row.id,
-                            row.line, c)
+                log.warning(
+                    "row %s (line %d): negative for %r but its mask is not empty; using it", row.id, row.line, c
+                )
             masks[j] = mask_to_grid(m, grid, cfg).reshape(-1)
             valid[j] = True
         elif row.labels.get(c, 0) == 0:
@@ -248,9 +253,7 @@ def color_jitter(rgb: np.ndarray, rng: np.random.Generator, recipe: ViewRecipe) 
     return out
 
 
-def render_views(
-    img: Image.Image, image_id: str, cfg: PreprocessConfig, recipe: ViewRecipe
-) -> np.ndarray:
+def render_views(img: Image.Image, image_id: str, cfg: PreprocessConfig, recipe: ViewRecipe) -> np.ndarray:
     """All views of one image as model inputs.
 
     Args:

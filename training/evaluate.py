@@ -143,10 +143,8 @@ def choose_thresholds(
     """
     th, mth = {}, {}
     for j, c in enumerate(categories):
-        th[c] = M.choose_threshold(pred.scores[:, j], pred.labels[:, j], target=target,
-                                   min_precision=min_precision)
-        mth[c] = M.choose_map_threshold(pred.maps[:, j], pred.masks[:, j], pred.labels[:, j],
-                                        pred.mask_valid[:, j])
+        th[c] = M.choose_threshold(pred.scores[:, j], pred.labels[:, j], target=target, min_precision=min_precision)
+        mth[c] = M.choose_map_threshold(pred.maps[:, j], pred.masks[:, j], pred.labels[:, j], pred.mask_valid[:, j])
     return th, mth
 
 
@@ -178,9 +176,11 @@ def evaluate(
     return rep
 
 
-def card_metrics(val: dict[str, Any], test: dict[str, Any] | None, map_thresholds: dict[str, float],
-                 split: str) -> dict[str, Any]:
+def card_metrics(
+    val: dict[str, Any], test: dict[str, Any] | None, map_thresholds: dict[str, float], split: str
+) -> dict[str, Any]:
     """The compact metrics block written into the model card."""
+
     def brief(rep: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {"n": rep["n"]}
         for c, r in rep["per_category"].items():
@@ -202,12 +202,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="checkpoint (.safetensors) or exported model (.onnx)")
     parser.add_argument("data", help="manifest (.jsonl/.csv) or folder <root>/<category or negative>/*")
     parser.add_argument("--split", default="test", help="split to report on: train/val/test/all (default: test)")
-    parser.add_argument("--choose-thresholds", action="store_true",
-                        help="choose thresholds on the val split instead of using the card's")
+    parser.add_argument(
+        "--choose-thresholds",
+        action="store_true",
+        help="choose thresholds on the val split instead of using the card's",
+    )
     parser.add_argument("--threshold-target", choices=("f1", "precision"), default="f1")
     parser.add_argument("--min-precision", type=float, default=0.9)
-    parser.add_argument("--write-card", action="store_true",
-                        help="write the chosen thresholds and metrics into the checkpoint's card (.safetensors)")
+    parser.add_argument(
+        "--write-card",
+        action="store_true",
+        help="write the chosen thresholds and metrics into the checkpoint's card (.safetensors)",
+    )
     parser.add_argument("--pretrained", default=None, help="CLIP weights for a checkpoint without them")
     parser.add_argument("--out", default="", help="folder for eval.json and plots (default: print only)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -251,21 +257,32 @@ def run(args: argparse.Namespace) -> int:
         if not val_rows:
             raise SystemExit(f"{args.data}: no val split to choose thresholds on")
         vp = predict_images(model, val_rows, cats, args.batch_size)
-        thresholds, map_thresholds = choose_thresholds(vp, cats, target=args.threshold_target,
-                                                       min_precision=args.min_precision)
+        thresholds, map_thresholds = choose_thresholds(
+            vp, cats, target=args.threshold_target, min_precision=args.min_precision
+        )
         val_rep = evaluate(vp, cats, thresholds, map_thresholds)
     pred = predict_images(model, eval_rows, cats, args.batch_size)
     rep = evaluate(pred, cats, thresholds, map_thresholds)
-    result = {"model": str(args.model), "data": str(args.data), "split": args.split, "thresholds": thresholds,
-              "map_thresholds": map_thresholds, "metrics": rep}
+    result = {
+        "model": str(args.model),
+        "data": str(args.data),
+        "split": args.split,
+        "thresholds": thresholds,
+        "map_thresholds": map_thresholds,
+        "metrics": rep,
+    }
     if args.write_card:
         if Path(args.model).suffix.lower() == ".onnx":
             raise SystemExit("--write-card needs a .safetensors checkpoint (re-export it afterwards)")
         from dangerclip.checkpoint import save_checkpoint
 
         assert val_rep is not None
-        save_checkpoint(model, args.model, thresholds=thresholds,
-                        metrics={**(card.metrics or {}), **card_metrics(val_rep, rep, map_thresholds, args.split)})
+        save_checkpoint(
+            model,
+            args.model,
+            thresholds=thresholds,
+            metrics={**(card.metrics or {}), **card_metrics(val_rep, rep, map_thresholds, args.split)},
+        )
         log.info("wrote thresholds %s into %s", thresholds, args.model)
     if args.out:
         from training import report

@@ -64,9 +64,9 @@ def finish(cfg: TrainConfig, model: Any, data: dict[str, Any], result: TrainResu
     _write_outputs(cfg, model, result, raw_map_thresholds, pred, n_train=len(data["rows"]["train"]))
 
 
-def _choose_and_measure(cfg: TrainConfig, model: Any, caches: dict[str, Any], result: TrainResult) -> tuple[
-    dict[str, float], Any
-]:
+def _choose_and_measure(
+    cfg: TrainConfig, model: Any, caches: dict[str, Any], result: TrainResult
+) -> tuple[dict[str, float], Any]:
     """Choose thresholds on val, fold the map threshold into the head, measure val and test.
 
     Returns:
@@ -78,8 +78,9 @@ def _choose_and_measure(cfg: TrainConfig, model: Any, caches: dict[str, Any], re
     cats = cfg.categories
     val_cache = caches.get("val", caches["train"])
     vp = E.predict_features(model, val_cache)
-    thresholds, map_thresholds = E.choose_thresholds(vp, cats, target=cfg.threshold_target,
-                                                     min_precision=cfg.min_precision)
+    thresholds, map_thresholds = E.choose_thresholds(
+        vp, cats, target=cfg.threshold_target, min_precision=cfg.min_precision
+    )
     served = dict(map_thresholds)
     if cfg.calibrate_maps:
         served = calibrate_map_bias(model, map_thresholds)
@@ -94,8 +95,9 @@ def _choose_and_measure(cfg: TrainConfig, model: Any, caches: dict[str, Any], re
     return map_thresholds, pred
 
 
-def _write_outputs(cfg: TrainConfig, model: Any, result: TrainResult, raw_map_thresholds: dict[str, float],
-                   pred: Any, n_train: int) -> None:
+def _write_outputs(
+    cfg: TrainConfig, model: Any, result: TrainResult, raw_map_thresholds: dict[str, float], pred: Any, n_train: int
+) -> None:
     from dangerclip.checkpoint import save_checkpoint
     from training.evaluate import card_metrics
 
@@ -103,19 +105,30 @@ def _write_outputs(cfg: TrainConfig, model: Any, result: TrainResult, raw_map_th
     card_m = card_metrics(metrics["val"], metrics.get("test"), result.map_thresholds, "test")
     # The thresholds on the head's own (uncalibrated) map scale, before folding: how far off 0.5 it was.
     card_m["map_thresholds_raw"] = dict(raw_map_thresholds)
-    card_m.update({"iterations": result.steps, "dense": cfg.dense, "batch_size": cfg.batch_size,
-                   "data": str(cfg.data), "threshold_target": cfg.threshold_target})
-    notes = (f"Head trained {result.steps} steps ({'BCE + focal + dice' if cfg.dense else 'BCE only'}) on "
-             f"{n_train} images; thresholds chosen on val ({cfg.threshold_target}).")
+    card_m.update(
+        {
+            "iterations": result.steps,
+            "dense": cfg.dense,
+            "batch_size": cfg.batch_size,
+            "data": str(cfg.data),
+            "threshold_target": cfg.threshold_target,
+        }
+    )
+    notes = (
+        f"Head trained {result.steps} steps ({'BCE + focal + dice' if cfg.dense else 'BCE only'}) on "
+        f"{n_train} images; thresholds chosen on val ({cfg.threshold_target})."
+    )
     ckpt = out / "model.safetensors"
-    save_checkpoint(model, ckpt, version=cfg.version, thresholds=result.thresholds, metrics=card_m, trained=True,
-                    notes=notes)
+    save_checkpoint(
+        model, ckpt, version=cfg.version, thresholds=result.thresholds, metrics=card_m, trained=True, notes=notes
+    )
     result.checkpoint = ckpt
-    write_json(out / "eval.json",
-               {"thresholds": result.thresholds, "map_thresholds": result.map_thresholds, "metrics": metrics})
+    write_json(
+        out / "eval.json",
+        {"thresholds": result.thresholds, "map_thresholds": result.map_thresholds, "metrics": metrics},
+    )
     split = "test" if "test" in metrics else "val"
-    log.info("wrote %s; %s F1 %.3f AP %.3f", ckpt, split, metrics[split]["macro"]["f1"],
-             metrics[split]["macro"]["ap"])
+    log.info("wrote %s; %s F1 %.3f AP %.3f", ckpt, split, metrics[split]["macro"]["f1"], metrics[split]["macro"]["ap"])
     if cfg.export:
         from dangerclip.export import export_onnx
 

@@ -226,8 +226,12 @@ def multilabel_report(
         flagged = (s >= np.asarray(thresholds)[None, :]).any(axis=1)
         y_any = y.any(axis=1).astype(np.int64)
         c = counts_at(flagged.astype(np.float64), y_any, 0.5)
-        out["any"] = {"precision": c.precision, "recall": c.recall, "f1": c.f1,
-                      "confusion_matrix": c.confusion_matrix()}
+        out["any"] = {
+            "precision": c.precision,
+            "recall": c.recall,
+            "f1": c.f1,
+            "confusion_matrix": c.confusion_matrix(),
+        }
     return out
 
 
@@ -319,15 +323,17 @@ def localisation_report(
         out["peak_mean"] = float(peaks.mean())
         out["peak_above_threshold"] = float(np.mean(peaks >= map_threshold))
     else:
-        out.update(topk_iou=nan, pointing=nan, iou=nan, **{"iou@0.5": nan}, peak_mean=nan,
-                   peak_above_threshold=nan)
+        out.update(topk_iou=nan, pointing=nan, iou=nan, **{"iou@0.5": nan}, peak_mean=nan, peak_above_threshold=nan)
     neg = np.nonzero(~y)[0]
     out["negative_area"] = float(np.mean(maps[neg] >= map_threshold)) if neg.size else nan
     return out
 
 
 def choose_map_threshold(
-    maps: np.ndarray, masks: np.ndarray, labels: np.ndarray, mask_valid: np.ndarray,
+    maps: np.ndarray,
+    masks: np.ndarray,
+    labels: np.ndarray,
+    mask_valid: np.ndarray,
     candidates: np.ndarray | None = None,
 ) -> float:
     """The map threshold with the best mean IoU on validation positives that have masks.

@@ -28,8 +28,9 @@ def _plt() -> Any:
     return plt
 
 
-def plot_pr_curves(pred: Any, categories: Sequence[str], path: str | Path,
-                   thresholds: dict[str, float] | None = None) -> Path:
+def plot_pr_curves(
+    pred: Any, categories: Sequence[str], path: str | Path, thresholds: dict[str, float] | None = None
+) -> Path:
     """Precision-recall curve per category, with the operating point at its threshold."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 4.5))
@@ -64,15 +65,15 @@ def plot_loss_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Pat
         if tr and any(h[key] > 0 for h in tr):
             axes[0].plot([h["step"] for h in tr], [h[key] for h in tr], color=colour, label=f"train {key}")
         if va and any(h[key] > 0 for h in va):
-            axes[0].plot([h["step"] for h in va], [h[key] for h in va], "--o", color=colour, ms=3,
-                         label=f"val {key}")
+            axes[0].plot([h["step"] for h in va], [h[key] for h in va], "--o", color=colour, ms=3, label=f"val {key}")
     axes[0].set(xlabel="step", ylabel="loss", title="Losses", yscale="log")
     axes[0].grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     for key in ("ap", "f1@0.5", "topk_iou", "pointing"):
         if va and key in va[0]:
-            axes[1].plot([h["step"] for h in va], [h[key] if h[key] is not None else np.nan for h in va], "-o",
-                         ms=3, label=key)
+            axes[1].plot(
+                [h["step"] for h in va], [h[key] if h[key] is not None else np.nan for h in va], "-o", ms=3, label=key
+            )
     axes[1].set(xlabel="step", title="Validation", ylim=(0, 1.02))
     axes[1].grid(alpha=0.3)
     axes[1].legend(fontsize=8)
@@ -83,9 +84,15 @@ def plot_loss_curves(history: Sequence[dict[str, Any]], path: str | Path) -> Pat
     return path
 
 
-def plot_danger_grid(pred: Any, categories: Sequence[str], cfg: PreprocessConfig, path: str | Path,
-                     thresholds: dict[str, float] | None = None, map_thresholds: dict[str, float] | None = None,
-                     n: int = 12) -> Path:
+def plot_danger_grid(
+    pred: Any,
+    categories: Sequence[str],
+    cfg: PreprocessConfig,
+    path: str | Path,
+    thresholds: dict[str, float] | None = None,
+    map_thresholds: dict[str, float] | None = None,
+    n: int = 12,
+) -> Path:
     """A grid of images (as the model sees them) with the first category's danger map over them.
 
     Picks true positives, misses, false alarms and true negatives (in that order) so the grid shows the
@@ -96,8 +103,12 @@ def plot_danger_grid(pred: Any, categories: Sequence[str], cfg: PreprocessConfig
     th = (thresholds or {}).get(c0, 0.5)
     mth = (map_thresholds or {}).get(c0, 0.5)
     s, y = pred.scores[:, 0], pred.labels[:, 0]
-    groups = [np.nonzero((y == 1) & (s >= th))[0], np.nonzero((y == 1) & (s < th))[0],
-              np.nonzero((y == 0) & (s >= th))[0], np.nonzero((y == 0) & (s < th))[0]]
+    groups = [
+        np.nonzero((y == 1) & (s >= th))[0],
+        np.nonzero((y == 1) & (s < th))[0],
+        np.nonzero((y == 0) & (s >= th))[0],
+        np.nonzero((y == 0) & (s < th))[0],
+    ]
     pick: list[int] = []
     for gi, g in enumerate(groups):
         want = {0: n // 2, 1: n // 6, 2: n // 6}.get(gi, n)
@@ -120,14 +131,26 @@ def plot_danger_grid(pred: Any, categories: Sequence[str], cfg: PreprocessConfig
         m = pred.maps[i, 0].reshape(side, side)
         ax.imshow(img)
         # Opacity follows the map, so safe regions show the image as it is.
-        ax.imshow(m, cmap="inferno", alpha=np.clip(0.15 + 0.6 * m, 0, 0.75), vmin=0, vmax=1, extent=(0, S, S, 0),
-                  interpolation="nearest")
+        ax.imshow(
+            m,
+            cmap="inferno",
+            alpha=np.clip(0.15 + 0.6 * m, 0, 0.75),
+            vmin=0,
+            vmax=1,
+            extent=(0, S, S, 0),
+            interpolation="nearest",
+        )
         if m.max() >= mth:
-            ax.contour(np.linspace(0, S, side), np.linspace(0, S, side), m, levels=[mth], colors="white",
-                       linewidths=1)
+            ax.contour(np.linspace(0, S, side), np.linspace(0, S, side), m, levels=[mth], colors="white", linewidths=1)
         if pred.mask_valid[i, 0] and pred.masks[i, 0].max() > 0:
-            ax.contour(np.linspace(0, S, side), np.linspace(0, S, side), pred.masks[i, 0].reshape(side, side),
-                       levels=[0.5], colors="lime", linewidths=1)
+            ax.contour(
+                np.linspace(0, S, side),
+                np.linspace(0, S, side),
+                pred.masks[i, 0].reshape(side, side),
+                levels=[0.5],
+                colors="lime",
+                linewidths=1,
+            )
         verdict = ("TP" if y[i] else "FP") if s[i] >= th else ("FN" if y[i] else "TN")
         ax.set_title(f"{verdict} score {s[i]:.2f} peak {m.max():.2f}", fontsize=8)
     fig.suptitle(f"'{c0}' danger maps (white: map >= {mth:.2f}, green: mask)", fontsize=10)
@@ -171,30 +194,47 @@ def comparison_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def metrics_tables(rep: dict[str, Any]) -> str:
     """Per-category classification and localisation tables of one ``evaluate`` result."""
-    lines = ["| category | n | pos | threshold | precision | recall | F1 | AP | ROC-AUC "
-             "| confusion [[tn, fp], [fn, tp]] |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| category | n | pos | threshold | precision | recall | F1 | AP | ROC-AUC | confusion [[tn, fp], [fn, tp]] |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for c, r in rep["per_category"].items():
-        lines.append(f"| {c} | {r['n']} | {r['positives']} | {_f(r['threshold'])} | {_f(r['precision'])} | "
-                     f"{_f(r['recall'])} | {_f(r['f1'])} | {_f(r['ap'])} | {_f(r['roc_auc'])} | "
-                     f"{r['confusion_matrix']} |")
+        lines.append(
+            f"| {c} | {r['n']} | {r['positives']} | {_f(r['threshold'])} | {_f(r['precision'])} | "
+            f"{_f(r['recall'])} | {_f(r['f1'])} | {_f(r['ap'])} | {_f(r['roc_auc'])} | "
+            f"{r['confusion_matrix']} |"
+        )
     if "any" in rep:
         a = rep["any"]
-        lines.append(f"| any danger | | | | {_f(a['precision'])} | {_f(a['recall'])} | {_f(a['f1'])} | | | "
-                     f"{a['confusion_matrix']} |")
-    lines += ["", "| category | images with masks | top-k IoU | pointing | map threshold | IoU@threshold | "
-                  "IoU@0.5 | mean peak | peak ≥ threshold | negative area ≥ threshold |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| any danger | | | | {_f(a['precision'])} | {_f(a['recall'])} | {_f(a['f1'])} | | | "
+            f"{a['confusion_matrix']} |"
+        )
+    lines += [
+        "",
+        "| category | images with masks | top-k IoU | pointing | map threshold | IoU@threshold | "
+        "IoU@0.5 | mean peak | peak ≥ threshold | negative area ≥ threshold |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for c, r in rep["per_category"].items():
         loc = r["localisation"]
-        lines.append(f"| {c} | {loc['n']} | {_f(loc['topk_iou'])} | {_f(loc['pointing'])} | "
-                     f"{_f(loc['map_threshold'])} | {_f(loc['iou'])} | {_f(loc['iou@0.5'])} | "
-                     f"{_f(loc['peak_mean'])} | {_f(loc['peak_above_threshold'])} | {_f(loc['negative_area'])} |")
+        lines.append(
+            f"| {c} | {loc['n']} | {_f(loc['topk_iou'])} | {_f(loc['pointing'])} | "
+            f"{_f(loc['map_threshold'])} | {_f(loc['iou'])} | {_f(loc['iou@0.5'])} | "
+            f"{_f(loc['peak_mean'])} | {_f(loc['peak_above_threshold'])} | {_f(loc['negative_area'])} |"
+        )
     return "\n".join(lines)
 
 
-def write_report(out: Path, cfg: Any, metrics: dict[str, Any], history: Sequence[dict[str, Any]], pred: Any,
-                 card: ModelCard, extra_rows: Sequence[dict[str, Any]] = ()) -> Path:
+def write_report(
+    out: Path,
+    cfg: Any,
+    metrics: dict[str, Any],
+    history: Sequence[dict[str, Any]],
+    pred: Any,
+    card: ModelCard,
+    extra_rows: Sequence[dict[str, Any]] = (),
+) -> Path:
     """Write ``<out>/report.md`` and ``<out>/plots/*.png``.
 
     Args:
@@ -230,11 +270,15 @@ def write_report(out: Path, cfg: Any, metrics: dict[str, Any], history: Sequence
         + (f", each grey with probability {cfg.grayscale:g})" if cfg.color_views else ")"),
         f"- thresholds chosen on val ({cfg.threshold_target}): "
         + ", ".join(f"{c} {t:.3f}" for c, t in card.thresholds.items()),
-        "- maps: " + ("IoU-best val threshold ("
-                      + ", ".join(f"{c} {t:.3g}" for c, t in (card.metrics.get("map_thresholds_raw") or {}).items())
-                      + " on the trained map scale) folded into the map bias; served maps read danger at "
-                      + ", ".join(f"{c} {t:.2f}" for c, t in mth.items()) if cfg.calibrate_maps
-                      else "uncalibrated; map thresholds " + ", ".join(f"{c} {t:.3g}" for c, t in mth.items())),
+        "- maps: "
+        + (
+            "IoU-best val threshold ("
+            + ", ".join(f"{c} {t:.3g}" for c, t in (card.metrics.get("map_thresholds_raw") or {}).items())
+            + " on the trained map scale) folded into the map bias; served maps read danger at "
+            + ", ".join(f"{c} {t:.2f}" for c, t in mth.items())
+            if cfg.calibrate_maps
+            else "uncalibrated; map thresholds " + ", ".join(f"{c} {t:.3g}" for c, t in mth.items())
+        ),
         "",
         f"## Results on the {split} split",
         "",

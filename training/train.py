@@ -49,8 +49,15 @@ log = logging.getLogger(__name__)
 def build_model(cfg: TrainConfig, device: torch.device) -> Any:
     from dangerclip.factory import create_model
 
-    return create_model(cfg.model, cfg.pretrained or None, prompts=cfg.categories, mode="trained",
-                        seed=cfg.seed, version=cfg.version, device=device)
+    return create_model(
+        cfg.model,
+        cfg.pretrained or None,
+        prompts=cfg.categories,
+        mode="trained",
+        seed=cfg.seed,
+        version=cfg.version,
+        device=device,
+    )
 
 
 def load_splits(cfg: TrainConfig) -> dict[str, list[Any]]:
@@ -69,8 +76,9 @@ def load_splits(cfg: TrainConfig) -> dict[str, list[Any]]:
         raise ValueError(f"{cfg.data}: the train split is empty")
     if not split_rows["val"]:
         log.warning("no validation rows: thresholds will be chosen on the training split (optimistic)")
-    log.info("data: %s", ", ".join(f"{s} {len(r)} ({sum(x.positive for x in r)} positive)"
-                                   for s, r in split_rows.items()))
+    log.info(
+        "data: %s", ", ".join(f"{s} {len(r)} ({sum(x.positive for x in r)} positive)" for s, r in split_rows.items())
+    )
     return split_rows
 
 
@@ -91,8 +99,17 @@ def prepare_data(cfg: TrainConfig, model: Any, split_rows: dict[str, list[Any]] 
         if not r:
             continue
         caches[s] = build_or_load(
-            model.backbone, r, cats, card.preprocess, tuple(card.grid), recipe if s == "train" else PLAIN,
-            cache_root, s, skip_bad=cfg.skip_bad, encode_batch=cfg.encode_batch, progress=cfg.progress,
+            model.backbone,
+            r,
+            cats,
+            card.preprocess,
+            tuple(card.grid),
+            recipe if s == "train" else PLAIN,
+            cache_root,
+            s,
+            skip_bad=cfg.skip_bad,
+            encode_batch=cfg.encode_batch,
+            progress=cfg.progress,
         )
     return {"rows": split_rows, "caches": caches}
 
@@ -106,13 +123,24 @@ def _val_step_metrics(model: Any, cache: Any, cfg: TrainConfig, device: torch.de
     model.head.eval()
     with torch.inference_mode():
         out = model.head(b["g"].to(device), b["patches"].to(device))
-        losses = danger_loss(out.logits.float(), out.map_logits.float(), b["labels"].to(device),
-                             b["masks"].to(device), b["mask_valid"].to(device),
-                             weights=cfg.effective_loss_weights, focal_alpha=cfg.focal_alpha)
+        losses = danger_loss(
+            out.logits.float(),
+            out.map_logits.float(),
+            b["labels"].to(device),
+            b["masks"].to(device),
+            b["mask_valid"].to(device),
+            weights=cfg.effective_loss_weights,
+            focal_alpha=cfg.focal_alpha,
+        )
     model.head.train()
     rep = E.evaluate(pred, cfg.categories, {c: 0.5 for c in cfg.categories})
-    return {**{k: float(v) for k, v in losses.items()}, "ap": rep["macro"]["ap"], "f1@0.5": rep["macro"]["f1"],
-            "topk_iou": rep["macro"]["topk_iou"], "pointing": rep["macro"]["pointing"]}
+    return {
+        **{k: float(v) for k, v in losses.items()},
+        "ap": rep["macro"]["ap"],
+        "f1@0.5": rep["macro"]["f1"],
+        "topk_iou": rep["macro"]["topk_iou"],
+        "pointing": rep["macro"]["pointing"],
+    }
 
 
 def train(config: TrainConfig, model: Any = None) -> TrainResult:
@@ -188,8 +216,15 @@ class _Optimisation:
         return cls(opt, sched, scaler, step, amp_dtype)
 
 
-def _run_steps(cfg: TrainConfig, model: Any, caches: dict[str, Any], optim: _Optimisation, device: torch.device,
-               out: Path, start: int) -> TrainResult:
+def _run_steps(
+    cfg: TrainConfig,
+    model: Any,
+    caches: dict[str, Any],
+    optim: _Optimisation,
+    device: torch.device,
+    out: Path,
+    start: int,
+) -> TrainResult:
     """Steps ``start`` to ``cfg.iterations`` (or until a stop), logging, evaluating and checkpointing."""
     train_cache = caches["train"]
     sampler = BatchSampler(train_cache.valid_indices, cfg.batch_size, train_cache.num_views, cfg.seed)
@@ -210,8 +245,15 @@ def _run_steps(cfg: TrainConfig, model: Any, caches: dict[str, Any], optim: _Opt
                 if step % cfg.log_every == 0 or step == cfg.iterations:
                     rec = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
                     last_loss = rec["loss"]
-                    mlog.write({"step": step, "split": "train", "lr": optim.step.lr, **rec,
-                                "time": round(time.monotonic() - t_steps, 3)})
+                    mlog.write(
+                        {
+                            "step": step,
+                            "split": "train",
+                            "lr": optim.step.lr,
+                            **rec,
+                            "time": round(time.monotonic() - t_steps, 3),
+                        }
+                    )
                     window.clear()
                 if cfg.eval_every and "val" in caches and (step % cfg.eval_every == 0 or step == cfg.iterations):
                     mlog.write({"step": step, "split": "val", **_val_step_metrics(model, caches["val"], cfg, device)})
@@ -230,12 +272,26 @@ def _run_steps(cfg: TrainConfig, model: Any, caches: dict[str, Any], optim: _Opt
         last_loss = float(np.mean([w["loss"] for w in window]))
     seconds = time.monotonic() - t_steps
     log.info("trained %d steps in %.1fs (%.1f ms/step)", step - start, seconds, 1000 * seconds / max(1, step - start))
-    return TrainResult(out=out, checkpoint=None, onnx=None, report=None, steps=step, final_loss=last_loss,
-                       interrupted=interrupted, model=model)
+    return TrainResult(
+        out=out,
+        checkpoint=None,
+        onnx=None,
+        report=None,
+        steps=step,
+        final_loss=last_loss,
+        interrupted=interrupted,
+        model=model,
+    )
 
 
-def _step(cfg: TrainConfig, head: torch.nn.Module, cache: Any, batch: tuple[np.ndarray, np.ndarray],
-          optim: _Optimisation, device: torch.device) -> dict[str, float]:
+def _step(
+    cfg: TrainConfig,
+    head: torch.nn.Module,
+    cache: Any,
+    batch: tuple[np.ndarray, np.ndarray],
+    optim: _Optimisation,
+    device: torch.device,
+) -> dict[str, float]:
     """One optimiser step on a cached batch; returns its loss terms and gradient norm."""
     from dangerclip.losses import danger_loss
 
@@ -243,8 +299,15 @@ def _step(cfg: TrainConfig, head: torch.nn.Module, cache: Any, batch: tuple[np.n
     b = {k: v.to(device, non_blocking=True) for k, v in cache.batch(idx, views).items()}
     with autocast(optim.amp_dtype):
         o = head(b["g"], b["patches"])
-    losses = danger_loss(o.logits.float(), o.map_logits.float(), b["labels"], b["masks"], b["mask_valid"],
-                         weights=cfg.effective_loss_weights, focal_alpha=cfg.focal_alpha)
+    losses = danger_loss(
+        o.logits.float(),
+        o.map_logits.float(),
+        b["labels"],
+        b["masks"],
+        b["mask_valid"],
+        weights=cfg.effective_loss_weights,
+        focal_alpha=cfg.focal_alpha,
+    )
     grad_norm = optim.step(losses["loss"])
     return {k: float(v.detach()) for k, v in losses.items()} | {"grad_norm": grad_norm}
 
@@ -273,14 +336,21 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0
     res = train(cfg)
-    summary = {"out": str(res.out), "steps": res.steps, "interrupted": res.interrupted,
-               "checkpoint": str(res.checkpoint) if res.checkpoint else None,
-               "onnx": str(res.onnx) if res.onnx else None, "report": str(res.report) if res.report else None,
-               "thresholds": res.thresholds, "seconds": round(res.seconds, 1)}
+    summary = {
+        "out": str(res.out),
+        "steps": res.steps,
+        "interrupted": res.interrupted,
+        "checkpoint": str(res.checkpoint) if res.checkpoint else None,
+        "onnx": str(res.onnx) if res.onnx else None,
+        "report": str(res.report) if res.report else None,
+        "thresholds": res.thresholds,
+        "seconds": round(res.seconds, 1),
+    }
     for split in ("val", "test"):
         if split in res.metrics:
             m = res.metrics[split]["macro"]
-            summary[split] = {k: (None if isinstance(v, float) and math.isnan(v) else round(v, 4))
-                              for k, v in m.items()}
+            summary[split] = {
+                k: (None if isinstance(v, float) and math.isnan(v) else round(v, 4)) for k, v in m.items()
+            }
     print(json.dumps(summary, indent=1))
     return 3 if res.interrupted else 0

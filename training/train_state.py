@@ -22,16 +22,34 @@ log = logging.getLogger(__name__)
 
 CKPT_FORMAT = "dangerclip-train-state/1"
 
-RESUME_FREE = {"resume", "stop_after", "progress", "export", "report", "tensorboard", "checkpoint_every",
-               "keep_checkpoints", "threads", "device", "cache_dir", "out", "log_every", "eval_every",
-               "skip_bad", "version", "encode_batch", "calibrate_maps", "threshold_target", "min_precision"}
+RESUME_FREE = {
+    "resume",
+    "stop_after",
+    "progress",
+    "export",
+    "report",
+    "tensorboard",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "threads",
+    "device",
+    "cache_dir",
+    "out",
+    "log_every",
+    "eval_every",
+    "skip_bad",
+    "version",
+    "encode_batch",
+    "calibrate_maps",
+    "threshold_target",
+    "min_precision",
+}
 """Config fields that may differ between an interrupted run and its resumption without changing the result."""
 
 
 def rng_state() -> dict[str, Any]:
     """Python's, numpy's, torch's (and CUDA's) global RNG states."""
-    st: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                          "python": random.getstate()}
+    st: dict[str, Any] = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
@@ -56,8 +74,9 @@ def latest_checkpoint(out: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def save_state(path: Path, step: int, model: Any, opt: Any, sched: Any, scaler: Any, cfg: TrainConfig,
-               backbone_sha: str) -> None:
+def save_state(
+    path: Path, step: int, model: Any, opt: Any, sched: Any, scaler: Any, cfg: TrainConfig, backbone_sha: str
+) -> None:
     """Write a resumable checkpoint of ``step`` atomically."""
     state = {
         "format": CKPT_FORMAT,
@@ -76,8 +95,7 @@ def save_state(path: Path, step: int, model: Any, opt: Any, sched: Any, scaler: 
 
 def save_step(out: Path, step: int, model: Any, opt: Any, sched: Any, scaler: Any, cfg: TrainConfig) -> None:
     """Checkpoint ``step`` into the run folder and keep only the newest ``cfg.keep_checkpoints``."""
-    save_state(checkpoint_dir(out) / f"step_{step:06d}.pt", step, model, opt, sched, scaler, cfg,
-               model.backbone.sha256)
+    save_state(checkpoint_dir(out) / f"step_{step:06d}.pt", step, model, opt, sched, scaler, cfg, model.backbone.sha256)
     ckpts = sorted(checkpoint_dir(out).glob("step_*.pt"))
     for p in ckpts[: max(0, len(ckpts) - max(cfg.keep_checkpoints, 1))]:
         p.unlink(missing_ok=True)

@@ -57,12 +57,45 @@ def test_resnet_fine_tunes_and_reports_a_row(splits) -> None:
 def test_cli_zeroshot_row_with_a_training_run(tiny_model, splits, tmp_path: Path, capsys) -> None:
     man = make_dataset(tmp_path / "ds", n=24)
     run = tmp_path / "run"
-    assert cli_main(["train", "--data", str(man), "--out", str(run), "--iterations", "4", "--batch-size", "6",
-                     "--color-views", "0", "--no-export", "--no-report", "--no-progress", "--threads", "1"]) == 0
+    assert (
+        cli_main(
+            [
+                "train",
+                "--data",
+                str(man),
+                "--out",
+                str(run),
+                "--iterations",
+                "4",
+                "--batch-size",
+                "6",
+                "--color-views",
+                "0",
+                "--no-export",
+                "--no-report",
+                "--no-progress",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     before = sorted(p.name for p in (run / "cache").glob("test-*"))
-    rc = cli_main(["baselines", str(man), "--models", "zeroshot", "--out", str(tmp_path / "b"),
-                   "--cache-dir", str(run / "cache"), "--with-run", str(run)])
+    rc = cli_main(
+        [
+            "baselines",
+            str(man),
+            "--models",
+            "zeroshot",
+            "--out",
+            str(tmp_path / "b"),
+            "--cache-dir",
+            str(run / "cache"),
+            "--with-run",
+            str(run),
+        ]
+    )
     assert rc == 0
     md = (tmp_path / "b" / "baselines.md").read_text()
     assert "| DangerCLIP tiny |" in md and "| zero-shot CLIP tiny (random init) |" in md

@@ -80,12 +80,14 @@ def test_cache_is_reused_and_invalidated(rows, tmp_path: Path) -> None:
     assert not first.path.exists()  # pruned: same name, stale key
     cfg2 = replace(CFG, interpolation="bilinear")
     assert C.build_or_load(enc, rows, ["weapon"], cfg2, GRID, PLAIN, root, "train").stats.built
-    assert C.build_or_load(enc, rows, ["weapon"], cfg2, GRID, ViewRecipe(flip=True, color_views=0), root,
-                           "train").stats.built
+    assert C.build_or_load(
+        enc, rows, ["weapon"], cfg2, GRID, ViewRecipe(flip=True, color_views=0), root, "train"
+    ).stats.built
     # A changed image file changes the key too.
     Path(rows[0].image).write_bytes(Path(rows[2].image).read_bytes())
-    assert C.build_or_load(enc, rows, ["weapon"], cfg2, GRID, ViewRecipe(flip=True, color_views=0), root,
-                           "train").stats.built
+    assert C.build_or_load(
+        enc, rows, ["weapon"], cfg2, GRID, ViewRecipe(flip=True, color_views=0), root, "train"
+    ).stats.built
     # Relabelling re-computes only the small targets file, not the features.
     calls = enc.calls
     rows[1].labels = {"weapon": 1}
@@ -104,8 +106,7 @@ def test_undecodable_rows_are_listed_before_training(rows, tmp_path: Path) -> No
         C.build_or_load(CountingEncoder(), rows, ["weapon"], CFG, GRID, PLAIN, tmp_path / "c", "train")
     assert [i.line for i in e.value.issues] == [3, 6]
     assert not list((tmp_path / "c").glob("train-*"))  # nothing half-built is left
-    fc = C.build_or_load(CountingEncoder(), rows, ["weapon"], CFG, GRID, PLAIN, tmp_path / "c", "train",
-                         skip_bad=True)
+    fc = C.build_or_load(CountingEncoder(), rows, ["weapon"], CFG, GRID, PLAIN, tmp_path / "c", "train", skip_bad=True)
     assert fc.valid_indices.tolist() == [0, 1, 3, 4, 6, 7, 8, 9]
 
 

@@ -17,8 +17,13 @@ from training import data as D
 
 
 def make_dataset(
-    root: Path, n: int = 24, seed: int = 0, size: tuple[int, int] = (96, 80), splits: bool = True,
-    masks: bool = True, two_categories: bool = False,
+    root: Path,
+    n: int = 24,
+    seed: int = 0,
+    size: tuple[int, int] = (96, 80),
+    splits: bool = True,
+    masks: bool = True,
+    two_categories: bool = False,
 ) -> Path:
     """Write ``n`` small images (half with a dark bar "weapon" and its exact mask, half with a red disc)
     and a JSONL manifest; returns the manifest path. ``two_categories`` labels ``weapon`` and ``disc``

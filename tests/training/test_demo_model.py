@@ -71,9 +71,7 @@ def test_ci_build_reports_every_figure(ci_build: tuple[DemoConfig, dict]) -> Non
 
 
 @pytest.mark.slow
-def test_second_build_reuses_every_stage(
-    ci_build: tuple[DemoConfig, dict], caplog: pytest.LogCaptureFixture
-) -> None:
+def test_second_build_reuses_every_stage(ci_build: tuple[DemoConfig, dict], caplog: pytest.LogCaptureFixture) -> None:
     cfg, _ = ci_build
     stamp = (Path(cfg.work) / "backbone" / "clip.safetensors").stat().st_mtime_ns
     caplog.set_level("INFO")
@@ -215,20 +213,76 @@ def test_command_line_options_reach_the_recipes() -> None:
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    argv = ["--ci", "--work", "w", "--categories", "gun,knife", "--backbone", "none", "--pretrain-steps", "7",
-            "--pretrain-device", "cpu", "--global-words", "--iterations", "400", "--color-views", "2",
-            "--grayscale", "0.3", "--threads", "1", "--seed", "5", "--no-ablation"]
+    argv = [
+        "--ci",
+        "--work",
+        "w",
+        "--categories",
+        "gun,knife",
+        "--backbone",
+        "none",
+        "--pretrain-steps",
+        "7",
+        "--pretrain-device",
+        "cpu",
+        "--global-words",
+        "--iterations",
+        "400",
+        "--color-views",
+        "2",
+        "--grayscale",
+        "0.3",
+        "--threads",
+        "1",
+        "--seed",
+        "5",
+        "--no-ablation",
+    ]
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     assert (cfg.work, cfg.categories, cfg.backbone, cfg.ablation) == ("w", ["gun", "knife"], "", False)
-    assert (cfg.pretrain.steps, cfg.pretrain.device, cfg.pretrain.global_words, cfg.pretrain.seed) == (7, "cpu", True, 5)
+    assert (cfg.pretrain.steps, cfg.pretrain.device, cfg.pretrain.global_words, cfg.pretrain.seed) == (
+        7,
+        "cpu",
+        True,
+        5,
+    )
     head = cfg.head
     assert (head.iterations, head.warmup, head.color_views, head.grayscale, head.threads, head.seed) == (
-        400, 20, 2, 0.3, 1, 5)
+        400,
+        20,
+        2,
+        0.3,
+        1,
+        5,
+    )
     assert cfg.n_head == DemoConfig.ci("w", "a").n_head  # --ci sizes stand where no option overrides them
     assert config_from_args(parser.parse_args([])) == DemoConfig()
     # The report records the command as given, whoever called run().
     assert command_line("dangerclip demo-model", add_arguments, args) == "dangerclip demo-model " + " ".join(
-        ["--work", "w", "--categories", "gun,knife", "--backbone", "none", "--no-ablation", "--pretrain-steps", "7",
-         "--pretrain-global-words", "--pretrain-device", "cpu", "--iterations", "400", "--color-views", "2",
-         "--grayscale", "0.3", "--threads", "1", "--seed", "5", "--ci"])
+        [
+            "--work",
+            "w",
+            "--categories",
+            "gun,knife",
+            "--backbone",
+            "none",
+            "--no-ablation",
+            "--pretrain-steps",
+            "7",
+            "--pretrain-global-words",
+            "--pretrain-device",
+            "cpu",
+            "--iterations",
+            "400",
+            "--color-views",
+            "2",
+            "--grayscale",
+            "0.3",
+            "--threads",
+            "1",
+            "--seed",
+            "5",
+            "--ci",
+        ]
+    )

@@ -68,8 +68,9 @@ def test_evaluate_matches_hand_computed_numbers() -> None:
 def test_calibration_folds_the_map_threshold_into_the_bias(tiny_model, tmp_path: Path) -> None:
     model = copy.deepcopy(tiny_model)
     rows = load_rows(make_dataset(tmp_path / "ds", n=4), ["weapon"])
-    cache = build_or_load(model.backbone, rows, ["weapon"], model.card.preprocess, model.grid, PLAIN,
-                          tmp_path / "c", "val")
+    cache = build_or_load(
+        model.backbone, rows, ["weapon"], model.card.preprocess, model.grid, PLAIN, tmp_path / "c", "val"
+    )
     before = E.predict_features(model, cache)
     served = calibrate_map_bias(model, {"weapon": 0.3})
     after = E.predict_features(model, cache)
@@ -106,8 +107,16 @@ def test_eval_cli_on_checkpoint_and_onnx_agree(tiny_model, tmp_path: Path, capsy
 
 def test_feature_and_image_predictions_agree(tiny_model, tmp_path: Path) -> None:
     rows = load_rows(make_dataset(tmp_path / "ds", n=6), ["weapon"])
-    cache = build_or_load(tiny_model.backbone, rows, ["weapon"], tiny_model.card.preprocess, tiny_model.grid,
-                          PLAIN, tmp_path / "c", "test")
+    cache = build_or_load(
+        tiny_model.backbone,
+        rows,
+        ["weapon"],
+        tiny_model.card.preprocess,
+        tiny_model.grid,
+        PLAIN,
+        tmp_path / "c",
+        "test",
+    )
     pf = E.predict_features(tiny_model, cache)
     pi = E.predict_images(tiny_model, rows, ["weapon"])
     np.testing.assert_allclose(pf.scores, pi.scores, atol=3e-3)

@@ -102,9 +102,7 @@ def test_pretrain_reduces_the_loss_and_saves_loadable_weights(small_set: Path, t
 
     path = pt.save_clip(model, tmp_path / "clip.safetensors")
     back = pt.load_clip(path)
-    for (k, a), (_, b) in zip(
-        sorted(model.state_dict().items()), sorted(back.state_dict().items()), strict=True
-    ):
+    for (k, a), (_, b) in zip(sorted(model.state_dict().items()), sorted(back.state_dict().items()), strict=True):
         assert torch.equal(a, b), k
 
 
@@ -149,9 +147,7 @@ def test_cli_runs_and_reports(small_set: Path, tmp_path: Path, capsys: pytest.Ca
     from dangerclip.cli import main
 
     out = tmp_path / "c.safetensors"
-    rc = main(
-        ["pretrain", str(small_set), "-o", str(out), "--steps", "2", "--batch-size", "8", "--limit", "16"]
-    )
+    rc = main(["pretrain", str(small_set), "-o", str(out), "--steps", "2", "--batch-size", "8", "--limit", "16"])
     assert rc == 0 and out.is_file()
     assert '"steps": 2' in capsys.readouterr().out
 
@@ -226,4 +222,3 @@ def test_pretraining_the_conv_stem_config_reduces_the_loss() -> None:
     res = pt.pretrain(clip, data, cfg)
     assert res.steps == 12 and np.mean(res.losses[-3:]) < np.mean(res.losses[:3])
     assert next(clip.parameters()).device.type == "cpu" and not clip.training
-

@@ -27,9 +27,23 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(dataset: Path, out: Path, cache: Path, **kw) -> TrainConfig:
-    base = dict(data=str(dataset), out=str(out), cache_dir=str(cache), batch_size=6, iterations=24, lr=1e-3,
-                warmup=3, color_views=1, log_every=2, eval_every=0, checkpoint_every=0, export=False,
-                report=False, progress=False, threads=1)
+    base = dict(
+        data=str(dataset),
+        out=str(out),
+        cache_dir=str(cache),
+        batch_size=6,
+        iterations=24,
+        lr=1e-3,
+        warmup=3,
+        color_views=1,
+        log_every=2,
+        eval_every=0,
+        checkpoint_every=0,
+        export=False,
+        report=False,
+        progress=False,
+        threads=1,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -58,8 +72,7 @@ def test_loss_decreases_and_no_dense_ablation(tiny_model, dataset: Path, tmp_pat
     assert res.checkpoint is not None and res.checkpoint.is_file()
     # The backbone was frozen: same weights, same hash.
     assert res.model.backbone.sha256 == tiny_model.backbone.sha256
-    ab = train(_cfg(dataset, tmp_path / "nodense", cache, dense=False, iterations=4),
-               model=copy.deepcopy(tiny_model))
+    ab = train(_cfg(dataset, tmp_path / "nodense", cache, dense=False, iterations=4), model=copy.deepcopy(tiny_model))
     hist_ab = [h for h in read_history(tmp_path / "nodense" / "metrics.jsonl") if h["split"] == "train"]
     assert all(h["loss"] == pytest.approx(h["bce"]) for h in hist_ab)
     assert ab.metrics["val"]["n"] > 0
@@ -68,8 +81,7 @@ def test_loss_decreases_and_no_dense_ablation(tiny_model, dataset: Path, tmp_pat
 def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_model, dataset: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     full = train(_cfg(dataset, tmp_path / "full", cache, iterations=10), model=copy.deepcopy(tiny_model))
-    part = train(_cfg(dataset, tmp_path / "part", cache, iterations=10, stop_after=4),
-                 model=copy.deepcopy(tiny_model))
+    part = train(_cfg(dataset, tmp_path / "part", cache, iterations=10, stop_after=4), model=copy.deepcopy(tiny_model))
     assert part.interrupted and part.steps == 4 and part.checkpoint is None
     assert (tmp_path / "part" / "checkpoints" / "step_000004.pt").is_file()
     # Resume in a fresh model (as a new process would); its head starts from other weights on purpose.
@@ -87,21 +99,44 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tiny_model, dataset: 
     assert steps == [2, 4, 6, 8, 10]
     # A resume with a config that changes the result is refused.
     with pytest.raises(ValueError, match="lr"):
-        train(_cfg(dataset, tmp_path / "part", cache, iterations=12, lr=5e-4, resume="auto"),
-              model=copy.deepcopy(tiny_model))
+        train(
+            _cfg(dataset, tmp_path / "part", cache, iterations=12, lr=5e-4, resume="auto"),
+            model=copy.deepcopy(tiny_model),
+        )
 
 
 def test_cli_run_writes_checkpoint_onnx_and_report(dataset: Path, tmp_path: Path, capsys) -> None:
     conf = tmp_path / "train.json"
-    conf.write_text(json.dumps({"data": str(dataset), "out": str(tmp_path / "run"), "iterations": 8,
-                                "batch_size": 6, "color_views": 0, "log_every": 2, "eval_every": 4,
-                                "checkpoint_every": 4, "threads": 1}))
+    conf.write_text(
+        json.dumps(
+            {
+                "data": str(dataset),
+                "out": str(tmp_path / "run"),
+                "iterations": 8,
+                "batch_size": 6,
+                "color_views": 0,
+                "log_every": 2,
+                "eval_every": 4,
+                "checkpoint_every": 4,
+                "threads": 1,
+            }
+        )
+    )
     rc = cli_main(["train", str(conf), "--lr", "0.001", "--no-progress", "--warmup", "2"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     run = tmp_path / "run"
-    for name in ("model.safetensors", "model.onnx", "report.md", "eval.json", "metrics.jsonl", "config.json",
-                 "plots/pr_curve.png", "plots/loss_curves.png", "plots/danger_maps.png"):
+    for name in (
+        "model.safetensors",
+        "model.onnx",
+        "report.md",
+        "eval.json",
+        "metrics.jsonl",
+        "config.json",
+        "plots/pr_curve.png",
+        "plots/loss_curves.png",
+        "plots/danger_maps.png",
+    ):
         assert (run / name).is_file(), name
     assert summary["steps"] == 8 and summary["test"]["f1"] is not None
     meta, _ = read_checkpoint(run / "model.safetensors")
@@ -121,8 +156,10 @@ def test_two_categories_end_to_end(tiny_model, tmp_path: Path) -> None:
 
     man = make_dataset(tmp_path / "ds", n=24, two_categories=True)
     model = create_model("tiny", prompts=["weapon", "disc"], seed=0)
-    res = train(_cfg(man, tmp_path / "run", tmp_path / "cache", categories=["weapon", "disc"], iterations=4,
-                     report=True), model=model)
+    res = train(
+        _cfg(man, tmp_path / "run", tmp_path / "cache", categories=["weapon", "disc"], iterations=4, report=True),
+        model=model,
+    )
     test = res.metrics["test"]
     assert set(test["per_category"]) == {"weapon", "disc"} and "any" in test
     # Discs have no masks: no localisation images for them, but the weapon's are measured.
@@ -161,8 +198,13 @@ def test_config_files_and_validation(tmp_path: Path) -> None:
 
 def test_cli_reports_bad_rows_before_training(tmp_path: Path, capsys) -> None:
     man = make_dataset(tmp_path / "ds", n=4)
-    man.write_text(man.read_text() + json.dumps({"image": "gone.png", "label": 1}) + "\n"
-                   + json.dumps({"image": "img_001.png", "label": 7}) + "\n")
+    man.write_text(
+        man.read_text()
+        + json.dumps({"image": "gone.png", "label": 1})
+        + "\n"
+        + json.dumps({"image": "img_001.png", "label": 7})
+        + "\n"
+    )
     rc = cli_main(["train", "--data", str(man), "--out", str(tmp_path / "run"), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2

@@ -29,7 +29,10 @@ def _brief(eval_json: Path, split: str) -> dict[str, Any]:
 
 
 def stage_export(
-    cfg: DemoConfig, weights: Path, pre: dict[str, Any], runs: dict[str, dict[str, Any]],
+    cfg: DemoConfig,
+    weights: Path,
+    pre: dict[str, Any],
+    runs: dict[str, dict[str, Any]],
     command: str = "dangerclip demo-model",
 ) -> Path:
     """Write the dense model (checkpoint with its vision tower, ONNX) and the reports into ``cfg.assets``.
@@ -67,9 +70,7 @@ def stage_export(
     report: dict[str, Any] = {
         "command": command,
         "config": asdict(cfg),
-        "pretrain": {
-            k: pre.get(k) for k in ("train", "heldout", "probe_before", "probe_after", "recipe", "source")
-        },
+        "pretrain": {k: pre.get(k) for k in ("train", "heldout", "probe_before", "probe_after", "recipe", "source")},
         "dense": _brief(Path(runs["dense"]["checkpoint"]).parent / "eval.json", split),
         "thresholds": runs["dense"].get("thresholds"),
         "map_thresholds": runs["dense"].get("map_thresholds"),
@@ -97,9 +98,7 @@ def _markdown(rep: dict[str, Any]) -> str:
     lines = [
         "# DangerCLIP offline demo model",
         "",
-        "Built by `"
-        + rep["command"]
-        + "` (`training/demo_model/`). Synthetic data only: these figures show",
+        "Built by `" + rep["command"] + "` (`training/demo_model/`). Synthetic data only: these figures show",
         "that the pipeline works on images whose masks are exact; they are not a claim about real images.",
         "",
         f"## Held-out synthetic test split (n = {rep['dense'].get('n')})",

@@ -13,8 +13,19 @@ from training.demo_model.build import build
 from training.demo_model.config import DemoConfig
 from training.pretrain.config import PretrainConfig
 
-DEMO_OPTIONS = ("work", "assets", "categories", "model", "backbone", "n_head", "n_pretrain", "pretrain_grayscale",
-                "workers", "ablation", "probe_images")
+DEMO_OPTIONS = (
+    "work",
+    "assets",
+    "categories",
+    "model",
+    "backbone",
+    "n_head",
+    "n_pretrain",
+    "pretrain_grayscale",
+    "workers",
+    "ablation",
+    "probe_images",
+)
 HEAD_OPTIONS = ("iterations", "batch_size", "lr", "color_views", "grayscale", "threads")
 HEAD_FLAGS = {name: ("--" + name.replace("_", "-"),) for name in ("iterations", "color_views", "grayscale", "threads")}
 
@@ -22,12 +33,21 @@ HEAD_FLAGS = {name: ("--" + name.replace("_", "-"),) for name in ("iterations", 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, DemoConfig, only=DEMO_OPTIONS, custom={"categories": {"type": comma_list, "nargs": None}})
     pre = parser.add_argument_group("pre-training (with --backbone none)")
-    add_options(pre, PretrainConfig, prefix="pretrain", exclude=("seed",),
-                flags={"global_words": ("--pretrain-global-words", "--global-words")})
+    add_options(
+        pre,
+        PretrainConfig,
+        prefix="pretrain",
+        exclude=("seed",),
+        flags={"global_words": ("--pretrain-global-words", "--global-words")},
+    )
     head = parser.add_argument_group("head training")
     add_options(head, TrainConfig, prefix="head", only=HEAD_OPTIONS, flags=HEAD_FLAGS)
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seeds the backbone's initialisation and pre-training, and the head (default: 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seeds the backbone's initialisation and pre-training, and the head (default: 0)",
+    )
     parser.add_argument("--ci", action="store_true", help="toy sizes for tests (< 1 minute; figures mean nothing)")
     parser.add_argument("--force", action="store_true", help="redo every stage even when cached")
 

@@ -155,9 +155,9 @@ def _probe(clip: nn.Module, manifest: Path, limit: int) -> dict[str, Any]:
     return pt.linear_probe(feats, cover)
 
 
-def stage_train(cfg: DemoConfig, data: dict[str, Path], weights: Path, dense: bool, force: bool = False) -> dict[
-    str, Any
-]:
+def stage_train(
+    cfg: DemoConfig, data: dict[str, Path], weights: Path, dense: bool, force: bool = False
+) -> dict[str, Any]:
     """Train (or reuse) the head with or without the dense losses; returns the stage record."""
     from training.train import train
 

@@ -196,8 +196,7 @@ def synthetic_caption_data(
     (greyscale uploads exist); the other images are the same as with ``grayscale=0``.
     """
     jobs = [
-        (seed, lo, min(n, lo + _STREAM_CHUNK), size, tuple(categories), grayscale)
-        for lo in range(0, n, _STREAM_CHUNK)
+        (seed, lo, min(n, lo + _STREAM_CHUNK), size, tuple(categories), grayscale) for lo in range(0, n, _STREAM_CHUNK)
     ]
     parts = map_in_processes(_caption_chunk, jobs, workers)
     imgs = np.concatenate([p[0] for p in parts])

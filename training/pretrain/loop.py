@@ -96,9 +96,16 @@ def pretrain(clip: nn.Module, data: CaptionData, cfg: PretrainConfig) -> Pretrai
         res.losses.append(float(loss.item()))
         res.steps = step + 1
         if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps - 1):
-            log.info("pretrain step %d/%d loss %.4f (%s) lr %.2e scale %.1f (%.1f s)", step + 1, cfg.steps,
-                     res.losses[-1], " ".join(f"{k} {v.item():.3f}" for k, v in terms.items()), lr,
-                     float(clip.logit_scale.exp().detach()), time.perf_counter() - t0)
+            log.info(
+                "pretrain step %d/%d loss %.4f (%s) lr %.2e scale %.1f (%.1f s)",
+                step + 1,
+                cfg.steps,
+                res.losses[-1],
+                " ".join(f"{k} {v.item():.3f}" for k, v in terms.items()),
+                lr,
+                float(clip.logit_scale.exp().detach()),
+                time.perf_counter() - t0,
+            )
         if cfg.time_limit_s and time.perf_counter() - t0 > cfg.time_limit_s:
             log.warning("pretrain: time limit %.0f s reached after %d steps", cfg.time_limit_s, step + 1)
             res.stopped_early = True
@@ -121,8 +128,14 @@ def _batches(n: int, batch_size: int, g: torch.Generator) -> Iterator[torch.Tens
 class _Objective:
     """The weighted terms of one batch: global and dense-pooled InfoNCE, and word grounding."""
 
-    def __init__(self, cfg: PretrainConfig, clip: nn.Module, grounding: WordGrounding, words: torch.Tensor | None,
-                 g: torch.Generator) -> None:
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        clip: nn.Module,
+        grounding: WordGrounding,
+        words: torch.Tensor | None,
+        g: torch.Generator,
+    ) -> None:
         self.cfg, self.clip, self.grounding, self.words, self.g = cfg, clip, grounding, words, g
         self.weights = {"clip": cfg.clip_weight, "dense": cfg.dense_weight, "words": cfg.tag_weight}
         n_patches = int(clip.visual.grid_size[0] * clip.visual.grid_size[1])
@@ -149,9 +162,9 @@ class _Objective:
             )
         return terms
 
-    def _captions(self, data: CaptionData, idx: torch.Tensor, device: torch.device) -> tuple[
-        torch.Tensor, torch.Tensor | None
-    ]:
+    def _captions(
+        self, data: CaptionData, idx: torch.Tensor, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Normalised caption embeddings ``[B, D]`` and, with hard negatives, theirs."""
         tok = data.tokens[idx].to(device)
         if not self.cfg.hard_negatives:

@@ -58,9 +58,7 @@ def patch_features(
     manifest = Path(manifest)
     rows = read_caption_rows(manifest, splits)[:limit]
     size = int(
-        clip.visual.image_size[0]
-        if isinstance(clip.visual.image_size, (tuple, list))
-        else clip.visual.image_size
+        clip.visual.image_size[0] if isinstance(clip.visual.image_size, (tuple, list)) else clip.visual.image_size
     )
     gh, gw = clip.visual.grid_size
     feats, covers, labels = [], [], []
@@ -68,10 +66,7 @@ def patch_features(
     for s in range(0, len(rows), 64):
         chunk = rows[s : s + 64]
         imgs = np.stack(
-            [
-                np.asarray(Image.open(manifest.parent / r["image"]).convert("RGB").resize((size, size)))
-                for r in chunk
-            ]
+            [np.asarray(Image.open(manifest.parent / r["image"]).convert("RGB").resize((size, size))) for r in chunk]
         )
         _, p = dense_tokens(clip, normalise(torch.from_numpy(imgs)))
         feats.append(p.numpy().astype(np.float32))
@@ -139,9 +134,7 @@ def linear_probe(
     }
 
 
-def probe(
-    clip: nn.Module, manifest: str | Path, *, limit: int = 200, category: str = "weapon"
-) -> dict[str, float]:
+def probe(clip: nn.Module, manifest: str | Path, *, limit: int = 200, category: str = "weapon") -> dict[str, float]:
     """``linear_probe`` on ``limit`` held-out (``val``/``test``) images of a synthetic manifest."""
     feats, cover, _ = patch_features(clip, manifest, category=category, limit=limit, splits=("val", "test"))
     return linear_probe(feats, cover)

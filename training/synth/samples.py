@@ -98,7 +98,5 @@ def write_samples(out: str | Path, n: int = 16, seed: int = SAMPLE_SEED, size: i
         fmt, mode = SAMPLE_FORMATS[k % len(SAMPLE_FORMATS)]
         name = f"{'weapon' if lab else 'safe'}_{k:02d}"
         path = encode_sample(s.image, fmt, mode, out / name)
-        rows.append(
-            {"image": path.name, "labels": {"weapon": lab}, "caption": s.caption, "id": f"sample-{k:02d}"}
-        )
+        rows.append({"image": path.name, "labels": {"weapon": lab}, "caption": s.caption, "id": f"sample-{k:02d}"})
     return write_jsonl(out / "manifest.jsonl", rows)

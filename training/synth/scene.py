@@ -55,9 +55,7 @@ class SynthSample:
     caption: str
 
 
-def _jitter_colour(
-    r: np.random.Generator, rgb: tuple[int, int, int], amount: int = 18
-) -> tuple[int, int, int]:
+def _jitter_colour(r: np.random.Generator, rgb: tuple[int, int, int], amount: int = 18) -> tuple[int, int, int]:
     c = np.clip(np.asarray(rgb) + r.integers(-amount, amount + 1, 3), 0, 255)
     return int(c[0]), int(c[1]), int(c[2])
 
@@ -118,18 +116,14 @@ def _pick_colour(r: np.random.Generator, avoid: np.ndarray) -> str:
     return name
 
 
-def _place(
-    r: np.random.Generator, polys: list[Polygon], size: int, scale: float
-) -> list[list[tuple[float, float]]]:
+def _place(r: np.random.Generator, polys: list[Polygon], size: int, scale: float) -> list[list[tuple[float, float]]]:
     """Rotate, mirror, scale and translate local polygons into pixel coordinates, keeping the object in view."""
     a = r.uniform(0, 2 * math.pi)
     ca, sa = math.cos(a), math.sin(a)
     mirror = -1.0 if r.random() < 0.5 else 1.0
     s = scale * size
     pts = np.concatenate([np.asarray(p, np.float64) for p in polys])
-    pts_t = (
-        np.stack([pts[:, 0] * mirror * ca - pts[:, 1] * sa, pts[:, 0] * mirror * sa + pts[:, 1] * ca], 1) * s
-    )
+    pts_t = np.stack([pts[:, 0] * mirror * ca - pts[:, 1] * sa, pts[:, 0] * mirror * sa + pts[:, 1] * ca], 1) * s
     lo, hi = pts_t.min(0), pts_t.max(0)
     # Keep the whole object inside the image where it fits, so that labels never depend on a sliver.
     cx = r.uniform(-lo[0], size - hi[0]) if hi[0] - lo[0] < size else size / 2 - (lo[0] + hi[0]) / 2

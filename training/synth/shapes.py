@@ -12,9 +12,7 @@ Polygon = list[tuple[float, float]]
 """A polygon in an object's local frame: x along the object's long axis, roughly in [-0.5, 0.5]."""
 
 
-def _ellipse(
-    cx: float, cy: float, rx: float, ry: float, n: int = 24, a0: float = 0.0, a1: float = 360.0
-) -> Polygon:
+def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 24, a0: float = 0.0, a1: float = 360.0) -> Polygon:
     full = a1 - a0 >= 360
     # A closed ellipse must not repeat its first point; an arc keeps both end points.
     angles = np.linspace(a0, a1, n, endpoint=not full)
