@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -253,76 +253,36 @@ def _build(
     encode_batch: int,
     progress: bool,
 ) -> int:
+    """Encode every row's views into a temporary folder, then rename it to ``path``; returns views encoded."""
     views = recipe.views()
     n, v = len(rows), len(views)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    g_mm = p_mm = None
+    writer = _FeatureWriter(backbone, tmp, n, v)
     ok = np.zeros(n, bool)
     sizes = np.zeros((n, 2), np.int64)
     issues: list[ManifestIssue] = []
-    device = _device_of(backbone)
-    pending: list[tuple[int, np.ndarray]] = []
-    encoded = 0
-
-    def flush() -> None:
-        nonlocal g_mm, p_mm, encoded
-        if not pending:
-            return
-        x = torch.from_numpy(np.concatenate([a for _, a in pending])).to(device)
-        with torch.inference_mode():
-            g, patches = backbone.encode_dense(x)
-        g = g.float().cpu().numpy().reshape(len(pending), v, -1)
-        patches = patches.float().cpu().numpy().reshape(len(pending), v, *patches.shape[1:])
-        if g_mm is None:
-            g_mm = np.lib.format.open_memmap(tmp / "global.npy", "w+", np.float16, (n, v, g.shape[-1]))
-            p_mm = np.lib.format.open_memmap(tmp / "patches.npy", "w+", np.float16, (n, v, *patches.shape[2:]))
-        for j, (i, _) in enumerate(pending):
-            g_mm[i] = g[j]
-            p_mm[i] = patches[j]  # type: ignore[index]
-        encoded += len(pending) * v
-        pending.clear()
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=n, desc="encoding", unit="img")
+    bar = _progress_bar(n) if progress else None
     try:
-        # Decoding and rendering the next rows (Pillow and numpy release the GIL) overlaps with the
-        # backbone encoding the current ones; chunks keep at most two chunks of views in memory.
-        chunk = max(1, encode_batch // v)
-        starts = list(range(0, n, chunk))
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            fut = pool.submit(_load_rows, rows, starts[0], chunk, cfg, recipe) if starts else None
-            for c in range(len(starts)):
-                loaded = fut.result()  # type: ignore[union-attr]
-                if c + 1 < len(starts):
-                    fut = pool.submit(_load_rows, rows, starts[c + 1], chunk, cfg, recipe)
-                for i, views_i, size, err in loaded:
-                    if err is not None:
-                        issues.append(ManifestIssue(rows[i].line or i + 1, f"{rows[i].image}: {err}"))
-                        if not skip_bad:
-                            pending.clear()
-                    else:
-                        sizes[i] = size
-                        ok[i] = True
-                        # After a failure (strict mode) the cache will not be written: only validate the rest.
-                        if not issues or skip_bad:
-                            pending.append((i, views_i))
-                    if len(pending) * v >= encode_batch:
-                        flush()
-                    if bar is not None:
-                        bar.update(1)
+        for i, views_i, size, err in _prefetched(rows, max(1, encode_batch // v), cfg, recipe):
+            if err is not None:
+                issues.append(ManifestIssue(rows[i].line or i + 1, f"{rows[i].image}: {err}"))
+                if not skip_bad:
+                    writer.pending.clear()
+            else:
+                sizes[i] = size
+                ok[i] = True
+                # After a failure (strict mode) the cache will not be written: only validate the rest.
+                if not issues or skip_bad:
+                    writer.pending.append((i, views_i))
+            if len(writer.pending) * v >= encode_batch:
+                writer.flush()
+            if bar is not None:
+                bar.update(1)
         if issues and not skip_bad:
             raise ManifestError(f"dataset {path.name.split('-')[0]!r}", issues)
-        flush()
-        if g_mm is None:
-            raise ValueError("no image of the dataset could be decoded")
-        g_mm.flush()
-        p_mm.flush()  # type: ignore[union-attr]
-        del g_mm, p_mm
+        writer.close()
         np.save(tmp / "ok.npy", ok)
         np.save(tmp / "sizes.npy", sizes)
         if issues:
@@ -345,11 +305,81 @@ def _build(
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=list))
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
-        return encoded
+        return writer.encoded
     finally:
         if bar is not None:
             bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _FeatureWriter:
+    """Encodes pending views with the backbone and writes them into fp16 memory maps in ``folder``.
+
+    The maps are created at the first batch, when the embedding and patch shapes are known.
+    """
+
+    def __init__(self, backbone: DenseEncoder, folder: Path, n: int, v: int) -> None:
+        self.backbone, self.folder, self.n, self.v = backbone, folder, n, v
+        self.device = _device_of(backbone)
+        self.pending: list[tuple[int, np.ndarray]] = []
+        self.encoded = 0
+        self.g: np.ndarray | None = None
+        self.patches: np.ndarray | None = None
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        n, v, k = self.n, self.v, len(self.pending)
+        x = torch.from_numpy(np.concatenate([a for _, a in self.pending])).to(self.device)
+        with torch.inference_mode():
+            g, patches = self.backbone.encode_dense(x)
+        g = g.float().cpu().numpy().reshape(k, v, -1)
+        patches = patches.float().cpu().numpy().reshape(k, v, *patches.shape[1:])
+        if self.g is None or self.patches is None:
+            self.g = np.lib.format.open_memmap(self.folder / "global.npy", "w+", np.float16, (n, v, g.shape[-1]))
+            self.patches = np.lib.format.open_memmap(
+                self.folder / "patches.npy", "w+", np.float16, (n, v, *patches.shape[2:])
+            )
+        for j, (i, _) in enumerate(self.pending):
+            self.g[i] = g[j]
+            self.patches[i] = patches[j]
+        self.encoded += k * v
+        self.pending.clear()
+
+    def close(self) -> None:
+        """Encode what is pending and flush the maps to disk."""
+        self.flush()
+        if self.g is None or self.patches is None:
+            raise ValueError("no image of the dataset could be decoded")
+        for m in (self.g, self.patches):
+            m.flush()  # type: ignore[attr-defined]
+        self.g = self.patches = None
+
+
+def _prefetched(
+    rows: Sequence[ManifestRow], chunk: int, cfg: PreprocessConfig, recipe: ViewRecipe
+) -> Iterator[tuple[int, np.ndarray | None, tuple[int, int], str | None]]:
+    """``_load_rows`` chunk by chunk, the next chunk loading in a thread while the caller encodes this one.
+
+    Decoding and rendering (Pillow and numpy release the GIL) overlap with the backbone; at most two chunks
+    of views are in memory.
+    """
+    starts = list(range(0, len(rows), chunk))
+    if not starts:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        fut = pool.submit(_load_rows, rows, starts[0], chunk, cfg, recipe)
+        for c in range(len(starts)):
+            loaded = fut.result()
+            if c + 1 < len(starts):
+                fut = pool.submit(_load_rows, rows, starts[c + 1], chunk, cfg, recipe)
+            yield from loaded
+
+
+def _progress_bar(n: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=n, desc="encoding", unit="img")
 
 
 def _load_rows(

@@ -242,23 +242,12 @@ def _run_steps(
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix({k: f"{window[-1][k]:.3f}" for k in ("loss", "bce", "focal", "dice")})
-                if step % cfg.log_every == 0 or step == cfg.iterations:
-                    rec = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                    last_loss = rec["loss"]
-                    mlog.write(
-                        {
-                            "step": step,
-                            "split": "train",
-                            "lr": optim.step.lr,
-                            **rec,
-                            "time": round(time.monotonic() - t_steps, 3),
-                        }
-                    )
-                    window.clear()
-                if cfg.eval_every and "val" in caches and (step % cfg.eval_every == 0 or step == cfg.iterations):
+                if _due(step, cfg.log_every, cfg.iterations):
+                    last_loss = _log_window(mlog, step, window, optim.step.lr, time.monotonic() - t_steps)
+                if cfg.eval_every and "val" in caches and _due(step, cfg.eval_every, cfg.iterations):
                     mlog.write({"step": step, "split": "val", **_val_step_metrics(model, caches["val"], cfg, device)})
                 stop_now = bool(cfg.stop_after and cfg.stop_after <= step < cfg.iterations) or sig["stop"]
-                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or stop_now:
+                if stop_now or _due(step, cfg.checkpoint_every):
                     save_step(out, step, model, optim.opt, optim.sched, optim.scaler, cfg)
                 if stop_now:
                     interrupted = step < cfg.iterations
@@ -282,6 +271,19 @@ def _run_steps(
         interrupted=interrupted,
         model=model,
     )
+
+
+def _due(step: int, every: int, last: int = -1) -> bool:
+    """Every ``every`` steps (never when 0), and at step ``last``."""
+    return bool(every and step % every == 0) or step == last
+
+
+def _log_window(mlog: MetricsLog, step: int, window: list[dict[str, float]], lr: float, seconds: float) -> float:
+    """Write the mean of each term over the steps since the last line; returns the mean loss."""
+    rec = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+    mlog.write({"step": step, "split": "train", "lr": lr, **rec, "time": round(seconds, 3)})
+    window.clear()
+    return rec["loss"]
 
 
 def _step(
