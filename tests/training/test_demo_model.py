@@ -213,76 +213,22 @@ def test_command_line_options_reach_the_recipes() -> None:
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    argv = [
-        "--ci",
-        "--work",
-        "w",
-        "--categories",
-        "gun,knife",
-        "--backbone",
-        "none",
-        "--pretrain-steps",
-        "7",
-        "--pretrain-device",
-        "cpu",
-        "--global-words",
-        "--iterations",
-        "400",
-        "--color-views",
-        "2",
-        "--grayscale",
-        "0.3",
-        "--threads",
-        "1",
-        "--seed",
-        "5",
-        "--no-ablation",
-    ]
+    argv = (
+        "--ci --work w --categories gun,knife --backbone none --pretrain-steps 7 --pretrain-device cpu"
+        " --global-words --iterations 400 --color-views 2 --grayscale 0.3 --threads 1 --seed 5 --no-ablation"
+    ).split()
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     assert (cfg.work, cfg.categories, cfg.backbone, cfg.ablation) == ("w", ["gun", "knife"], "", False)
-    assert (cfg.pretrain.steps, cfg.pretrain.device, cfg.pretrain.global_words, cfg.pretrain.seed) == (
-        7,
-        "cpu",
-        True,
-        5,
-    )
-    head = cfg.head
-    assert (head.iterations, head.warmup, head.color_views, head.grayscale, head.threads, head.seed) == (
-        400,
-        20,
-        2,
-        0.3,
-        1,
-        5,
-    )
+    pre, head = cfg.pretrain, cfg.head
+    assert (pre.steps, pre.device, pre.global_words, pre.seed) == (7, "cpu", True, 5)
+    assert (head.iterations, head.warmup, head.color_views, head.grayscale) == (400, 20, 2, 0.3)
+    assert (head.threads, head.seed) == (1, 5)
     assert cfg.n_head == DemoConfig.ci("w", "a").n_head  # --ci sizes stand where no option overrides them
     assert config_from_args(parser.parse_args([])) == DemoConfig()
     # The report records the command as given, whoever called run().
-    assert command_line("dangerclip demo-model", add_arguments, args) == "dangerclip demo-model " + " ".join(
-        [
-            "--work",
-            "w",
-            "--categories",
-            "gun,knife",
-            "--backbone",
-            "none",
-            "--no-ablation",
-            "--pretrain-steps",
-            "7",
-            "--pretrain-global-words",
-            "--pretrain-device",
-            "cpu",
-            "--iterations",
-            "400",
-            "--color-views",
-            "2",
-            "--grayscale",
-            "0.3",
-            "--threads",
-            "1",
-            "--seed",
-            "5",
-            "--ci",
-        ]
+    assert command_line("dangerclip demo-model", add_arguments, args) == (
+        "dangerclip demo-model --work w --categories gun,knife --backbone none --no-ablation --pretrain-steps 7"
+        " --pretrain-global-words --pretrain-device cpu --iterations 400 --color-views 2 --grayscale 0.3"
+        " --threads 1 --seed 5 --ci"
     )
