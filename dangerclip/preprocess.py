@@ -221,7 +221,9 @@ def _parsing() -> Iterator[None]:
     the process's memory without bound. Nothing is lost: a header Pillow warns about is skipped or refused. The
     bomb warning (an image between Pillow's ``MAX_IMAGE_PIXELS`` and twice that) refuses the image, as it always
     has. ``warnings.catch_warnings`` swaps the process's filter list, which is not thread-safe: hence the lock,
-    around the short metadata steps only. Decoding pixels warns about nothing that a file can vary.
+    around the short metadata steps only (a warning another thread raises during one is not shown). Decoding
+    pixels warns about nothing that a file can vary (``tests/dangerclip/test_decode_fuzz.py`` checks that no
+    decode warns at all).
     """
     with _PARSE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")

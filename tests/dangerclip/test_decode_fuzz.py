@@ -284,9 +284,11 @@ def test_random_bytes_have_one_terminal_outcome(data: bytes):
 @given(data=mutated(pool={f"refused-{k}": v for k, v in REFUSED.items()}))
 def test_refused_formats_stay_refused_whatever_their_bytes(data: bytes):
     # check_one_outcome asserts that whatever decodes is of an accepted format (a mangled ICO whose header is cut
-    # away may leave the PNG inside it); with every format accepted the same bytes reach the other parsers too.
+    # away may leave the PNG inside it); with every format accepted the same bytes reach the other parsers too
+    # (but EPS, which runs Ghostscript where it is installed).
     check_one_outcome(data)
-    check_one_outcome(data, formats=None)
+    Image.init()
+    check_one_outcome(data, formats=sorted(set(Image.OPEN) - {"EPS"}))
 
 
 # ---------------------------------------------------------------------------- bounded memory
