@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from dangerclip.card import ModelCard
-from dangerclip.preprocess import ImageError, decode_image, preprocess
+from dangerclip.preprocess import ImageError, check_formats, decode_image, preprocess
 from service.budget import PixelBudget
 from service.fetch import FetchError, UriFetcher
 from service.messages import (
@@ -217,6 +217,7 @@ class Handler:
             settings.uri_timeout_s,
         )
         card = scorer.card
+        self.formats = check_formats(settings.image_formats)  # a misspelt name must fail at start, not per record
         self.budget = PixelBudget(settings.decode_budget_pixels)
         # Decoding at twice the model's input side changes the preprocessed pixels by a rounding error and
         # spares the memory and time of a full-size decode (JPEG draft, box reduce).
@@ -255,11 +256,11 @@ class Handler:
                 data,
                 max_pixels=self.settings.max_pixels,
                 max_bytes=self.settings.max_bytes,
-                formats=self.settings.image_formats,
+                formats=self.formats,
                 min_side=self.min_side,
                 reserve=self.budget.reserve,
             )
-            width, height = img.size
+            width, height = img.info.get("source_size", img.size)  # the upload's size, not a reduced decode's
             fmt = getattr(img, "format", None)
             pixels = preprocess(img, self.scorer.card.preprocess)
         except ImageError as e:

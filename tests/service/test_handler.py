@@ -309,3 +309,17 @@ def test_outputs_carry_safe_headers_only() -> None:
     # over the cap, none pass through
     many = h.handle([rec(jpeg_bytes(1), b"k", headers=[("a", b"x" * 200)])])[0]
     assert "a" not in [k for k, _ in many.headers]
+
+
+def test_results_report_the_uploaded_size_and_unknown_formats_fail_at_start() -> None:
+    import io
+
+    from PIL import Image
+
+    h, _, _ = make_handler()
+    buf = io.BytesIO()
+    Image.new("RGB", (3000, 2000), (10, 200, 30)).save(buf, "JPEG")  # decoded at reduced scale
+    doc = ScoreResult.model_validate_json(h.handle([rec(buf.getvalue())])[0].value)
+    assert (doc.image.width, doc.image.height) == (3000, 2000)
+    with pytest.raises(ValueError):
+        make_handler(image_formats=["JPEG", "JPGE"])
