@@ -49,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-ms", type=int, default=50, help="DANGERCLIP_MAX_BATCH_WAIT_MS")
     p.add_argument("--rate", type=float, default=40.0, help="records/s the producer sends")
     p.add_argument("--interval", type=float, default=3.0, help="seconds between churn events")
-    p.add_argument("--settle-s", type=float, default=60.0,
-                   help="after the faults: bound on reaching zero outstanding inputs")
+    p.add_argument(
+        "--settle-s", type=float, default=60.0, help="after the faults: bound on reaching zero outstanding inputs"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the first run (run i uses seed + i)")
     p.add_argument("--model", type=Path, default=None, help="ONNX model (default: a tiny one, random weights)")
     p.add_argument("--max-seconds", type=float, default=1800.0, help="start no run after this long")
@@ -70,9 +71,16 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() - t_start > args.max_seconds:
                     print(f"stopping after {i} runs: --max-seconds {args.max_seconds:.0f} reached")
                     break
-                cfg = ChurnConfig(records=args.records, events=args.events, batch_size=args.batch_size,
-                                  wait_ms=args.wait_ms, rate_per_s=args.rate, interval_s=args.interval,
-                                  settle_s=args.settle_s, seed=args.seed + i)
+                cfg = ChurnConfig(
+                    records=args.records,
+                    events=args.events,
+                    batch_size=args.batch_size,
+                    wait_ms=args.wait_ms,
+                    rate_per_s=args.rate,
+                    interval_s=args.interval,
+                    settle_s=args.settle_s,
+                    seed=args.seed + i,
+                )
                 logs = tmp / f"run{i}"
                 logs.mkdir(exist_ok=True)
                 t0 = time.monotonic()
@@ -100,19 +108,24 @@ def main(argv: list[str] | None = None) -> int:
 
     if rows:
         print()
-        print(f"batch_size={args.batch_size} wait_ms={args.wait_ms} records/run={args.records} "
-              f"events/run={args.events} rate={args.rate:g}/s runs={len(rows)}")
+        print(
+            f"batch_size={args.batch_size} wait_ms={args.wait_ms} records/run={args.records} "
+            f"events/run={args.events} rate={args.rate:g}/s runs={len(rows)}"
+        )
         print(f"{'inputs produced':<34}{sum(r['produced'] for r in rows)}")
         print(f"{'inputs without an outcome':<34}{sum(r['without_outcome'] for r in rows)}")
         print(f"{'duplicates':<34}{sum(r['duplicates'] for r in rows)}")
         print(f"{'churn events':<34}{sum(r['churn_events'] for r in rows)}")
         print(f"{'worst time-to-outcome (s)':<34}{max(r['worst_time_to_outcome_s'] for r in rows)}")
-        print(f"{'crashes / bad SIGTERM exits':<34}{sum(r['crashed'] for r in rows)} / "
-              f"{sum(r['bad_sigterm_exits'] for r in rows)}")
+        print(
+            f"{'crashes / bad SIGTERM exits':<34}{sum(r['crashed'] for r in rows)} / "
+            f"{sum(r['bad_sigterm_exits'] for r in rows)}"
+        )
         print(f"{'runs that kept the contract':<34}{sum(r['ok'] for r in rows)} of {len(rows)}")
     if args.json_out:
-        args.json_out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": rows},
-                                            indent=2))
+        args.json_out.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": rows}, indent=2)
+        )
     return 0 if rows and all(r["ok"] for r in rows) else 1
 
 

@@ -279,16 +279,44 @@ def child(args: argparse.Namespace) -> int:
     if errors:
         print(errors[0], file=sys.stderr)
         return 1
-    print(json.dumps({"peak_mb": (peak - base) * 1024 / MB, "end_mb": (end - base) * 1024 / MB,
-                      "seconds": seconds, "reset": reset}))
+    print(
+        json.dumps(
+            {
+                "peak_mb": (peak - base) * 1024 / MB,
+                "end_mb": (end - base) * 1024 / MB,
+                "seconds": seconds,
+                "reset": reset,
+            }
+        )
+    )
     return 0
 
 
-def measure(paths: list[Path], impl: str, old_module: Path, max_pixels: int, min_side: int | None,
-            threads: int = 1, budget: int | None = None, env: dict[str, str] | None = None) -> dict[str, float]:
+def measure(
+    paths: list[Path],
+    impl: str,
+    old_module: Path,
+    max_pixels: int,
+    min_side: int | None,
+    threads: int = 1,
+    budget: int | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, float]:
     """Run ``child`` in a fresh interpreter; its report, or ``{"error": ...}``."""
-    cmd = [sys.executable, __file__, "--child", *map(str, paths), "--impl", impl, "--old-module", str(old_module),
-           "--max-pixels", str(max_pixels), "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        *map(str, paths),
+        "--impl",
+        impl,
+        "--old-module",
+        str(old_module),
+        "--max-pixels",
+        str(max_pixels),
+        "--threads",
+        str(threads),
+    ]
     if min_side:
         cmd += ["--child-min-side", str(min_side)]
     if budget:
@@ -320,10 +348,14 @@ def fidelity(paths: list[Path], min_side: int) -> None:
         d = np.abs(a - b)
         return f"{d.max():5.3f} {d.mean():6.4f} {(d * levels).max():5.1f} {(d * levels).mean():5.2f}"
 
-    print(f"\nreduced (min_side={min_side}) vs full decode after preprocess: max |d|, mean |d| in tensor units, "
-          f"then in 8-bit levels")
-    print(f"{'image':<26} {'size':>11} {'as file (draft for JPEG)':>32} {'as PNG (box reduce)':>28} "
-          f"{'full, JPEG q90 (for scale)':>28}")
+    print(
+        f"\nreduced (min_side={min_side}) vs full decode after preprocess: max |d|, mean |d| in tensor units, "
+        f"then in 8-bit levels"
+    )
+    print(
+        f"{'image':<26} {'size':>11} {'as file (draft for JPEG)':>32} {'as PNG (box reduce)':>28} "
+        f"{'full, JPEG q90 (for scale)':>28}"
+    )
     for path in paths:
         data = path.read_bytes()
         full = decode_image(data)
@@ -337,15 +369,18 @@ def fidelity(paths: list[Path], min_side: int) -> None:
         as_file = preprocess(decode_image(data, min_side=min_side), cfg)
         as_png = preprocess(decode_image(png, min_side=min_side), cfg)
         size = f"{full.width}x{full.height}"
-        print(f"{path.name[:26]:<26} {size:>11} {delta(ref, as_file):>32} {delta(ref, as_png):>28} "
-              f"{delta(ref, q90):>28}")
+        print(
+            f"{path.name[:26]:<26} {size:>11} {delta(ref, as_file):>32} {delta(ref, as_png):>28} {delta(ref, q90):>28}"
+        )
 
 
 def recommend(worst_per_px: float, pixels: int, model_mb: float, buffered_mb: float, slack: float) -> str:
     """The decode budget that keeps a worker inside 90 % of each memory limit, from the measured worst case."""
-    lines = [f"worst case with min_side: {worst_per_px:.1f} bytes per header pixel "
-             f"({worst_per_px * pixels / MB:.0f} MB for one {pixels / 1e6:.0f} MP image); allocator slack "
-             f"x{slack:.2f}; model process {model_mb:.0f} MB, buffered input {buffered_mb:.0f} MB"]
+    lines = [
+        f"worst case with min_side: {worst_per_px:.1f} bytes per header pixel "
+        f"({worst_per_px * pixels / MB:.0f} MB for one {pixels / 1e6:.0f} MP image); allocator slack "
+        f"x{slack:.2f}; model process {model_mb:.0f} MB, buffered input {buffered_mb:.0f} MB"
+    ]
     for limit_gib in (2, 3):
         limit_mb = limit_gib * 1024**3 / MB
         # Model process and buffered input first, then the decodes with the allocator's slack, inside 90 %.
@@ -377,8 +412,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cases", nargs="*", choices=sorted(CASES), help="these worst cases only")
     p.add_argument("--model-mb", type=float, default=400, help="the worker's memory without decodes")
     p.add_argument("--buffered-mb", type=float, default=134, help="input held by the worker (max_buffered_bytes)")
-    p.add_argument("--fidelity", nargs="+", type=Path, metavar="IMAGE",
-                   help="instead: how much min_side changes the model input on these (real, large) images")
+    p.add_argument(
+        "--fidelity",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help="instead: how much min_side changes the model input on these (real, large) images",
+    )
     # Internal: one measurement in a fresh process.
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--impl", choices=("old", "new"), help=argparse.SUPPRESS)
@@ -404,13 +444,22 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         old_module = tmp / "preprocess_old.py"
-        src = subprocess.run(["git", "-C", str(REPO), "show", f"{args.old_ref}:dangerclip/preprocess.py"],
-                             capture_output=True, text=True, check=True).stdout
+        src = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{args.old_ref}:dangerclip/preprocess.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         old_module.write_text(src)
-        print(f"{w} x {h} = {n / 1e6:.1f} MP, min_side {args.min_side}, old = {args.old_ref}; "
-              f"peak RSS above the baseline, MB = 10^6 bytes", flush=True)
-        print(f"{'image':<17} {'file kB':>7} {'mode':<5} {'old MB':>7} {'new MB':>7} {'min_side MB':>11} "
-              f"{'old/new':>7} {'old/min_side':>12} {'old s':>6} {'new s':>6} {'min_side s':>10}")
+        print(
+            f"{w} x {h} = {n / 1e6:.1f} MP, min_side {args.min_side}, old = {args.old_ref}; "
+            f"peak RSS above the baseline, MB = 10^6 bytes",
+            flush=True,
+        )
+        print(
+            f"{'image':<17} {'file kB':>7} {'mode':<5} {'old MB':>7} {'new MB':>7} {'min_side MB':>11} "
+            f"{'old/new':>7} {'old/min_side':>12} {'old s':>6} {'new s':>6} {'min_side s':>10}"
+        )
         rows: dict[str, dict[str, dict[str, float]]] = {}
         paths: dict[str, Path] = {}
         for name in names:
@@ -423,9 +472,12 @@ def main(argv: list[str] | None = None) -> int:
                 "new": measure([path], "new", old_module, n, None),
                 "min_side": measure([path], "new", old_module, n, args.min_side),
             }
-            print(f"{name:<17} {path.stat().st_size / 1000:>7.0f} {mode:<5} {_mb(r['old']):>7} {_mb(r['new']):>7} "
-                  f"{_mb(r['min_side']):>11} {_ratio(r['old'], r['new']):>7} {_ratio(r['old'], r['min_side']):>12} "
-                  f"{_sec(r['old']):>6} {_sec(r['new']):>6} {_sec(r['min_side']):>10}", flush=True)
+            print(
+                f"{name:<17} {path.stat().st_size / 1000:>7.0f} {mode:<5} {_mb(r['old']):>7} {_mb(r['new']):>7} "
+                f"{_mb(r['min_side']):>11} {_ratio(r['old'], r['new']):>7} {_ratio(r['old'], r['min_side']):>12} "
+                f"{_sec(r['old']):>6} {_sec(r['new']):>6} {_sec(r['min_side']):>10}",
+                flush=True,
+            )
             for k, m in r.items():
                 if "error" in m:
                     print(f"    {k}: {m['error']}")
@@ -435,13 +487,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'':<36} {'worst x2 MB':>11} {'s':>6} {'mixed MB':>9} {'after MB':>9} {'s':>6}")
         arena2 = {"MALLOC_ARENA_MAX": "2"}
         slack = 1.0
-        for label, budget, env in (("no budget", 0, None), (f"PixelBudget({n / 1e6:.0f} MP)", n, None),
-                                   (f"PixelBudget({n / 1e6:.0f} MP), MALLOC_ARENA_MAX=2", n, arena2),
-                                   (f"PixelBudget({2 * n / 1e6:.0f} MP)", 2 * n, None)):
+        for label, budget, env in (
+            ("no budget", 0, None),
+            (f"PixelBudget({n / 1e6:.0f} MP)", n, None),
+            (f"PixelBudget({n / 1e6:.0f} MP), MALLOC_ARENA_MAX=2", n, arena2),
+            (f"PixelBudget({2 * n / 1e6:.0f} MP)", 2 * n, None),
+        ):
             pair = measure([paths[worst]] * 2, "new", old_module, n, args.min_side, 2, budget, env)
             mixed = measure([paths[k] for k in names] * 2, "new", old_module, n, args.min_side, 2, budget, env)
-            print(f"  {label:<34} {_mb(pair):>11} {_sec(pair):>6} {_mb(mixed):>9} {_mb(mixed, 'end_mb'):>9} "
-                  f"{_sec(mixed):>6}", flush=True)
+            print(
+                f"  {label:<34} {_mb(pair):>11} {_sec(pair):>6} {_mb(mixed):>9} {_mb(mixed, 'end_mb'):>9} "
+                f"{_sec(mixed):>6}",
+                flush=True,
+            )
             if budget == n and env is None and "peak_mb" in mixed:
                 # One image of the worst size at a time, yet the mixed stream peaks higher: allocator slack.
                 slack = max(1.0, mixed["peak_mb"] / measured[worst])

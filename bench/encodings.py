@@ -63,11 +63,16 @@ def main() -> None:
         tp = int((flagged & y).sum())
         f1 = 2 * tp / max(1, int(flagged.sum()) + int(y.sum()))
         base = base or f1
-        row = {"encoding": name, "n": len(y), "f1": f1, "recall": tp / max(1, int(y.sum())),
-               "fp_rate": int((flagged & ~y).sum()) / max(1, int((~y).sum())), "f1_ratio": f1 / base}
+        row = {
+            "encoding": name,
+            "n": len(y),
+            "f1": f1,
+            "recall": tp / max(1, int(y.sum())),
+            "fp_rate": int((flagged & ~y).sum()) / max(1, int((~y).sum())),
+            "f1_ratio": f1 / base,
+        }
         rows.append(row)
-        print(f"{name:18s} {row['n']:5d} {f1:6.3f} {row['recall']:7.3f} {row['fp_rate']:8.3f} "
-              f"{row['f1_ratio']:10.2f}x")
+        print(f"{name:18s} {row['n']:5d} {f1:6.3f} {row['recall']:7.3f} {row['fp_rate']:8.3f} {row['f1_ratio']:10.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         old_out = {p: o.snapshot() for p, o in old_out.items()}  # what had ended by the cap
         # closing the server ends the connections the hung old calls still read from
 
-    print(f"timeout_s={args.timeout:g}, drip interval {args.interval:g} s, uri_max_bytes={max_bytes}, "
-          f"old = {args.old_ref}, cap {args.cap:g} s")
+    print(
+        f"timeout_s={args.timeout:g}, drip interval {args.interval:g} s, uri_max_bytes={max_bytes}, "
+        f"old = {args.old_ref}, cap {args.cap:g} s"
+    )
     print(f"{'path':<18} {'new s':>7}  {'new outcome':<18} {'old s':>7}  {'old outcome':<26} {'old/new':>8}")
 
     def shown(o: Outcome) -> tuple[str, float]:
@@ -126,10 +128,14 @@ def main(argv: list[str] | None = None) -> int:
             worst_old = max(worst_old, (ov, p))
     hung = sum(o.seconds is None for o in old_out.values())
     old_worst = f"{worst_old[0]:.2f} s" if hung == 0 else f">{args.cap:g} s"
-    print(f"worst time to outcome of a hostile input: new {worst_new[0]:.2f} s ({worst_new[1]}), "
-          f"old {old_worst} ({worst_old[1]}); old calls still running at the cap: {hung}")
-    print(f"exceptions other than FetchError: new {sum(o.escaped for o in new_out.values())}, "
-          f"old {sum(o.escaped for o in old_out.values())}")
+    print(
+        f"worst time to outcome of a hostile input: new {worst_new[0]:.2f} s ({worst_new[1]}), "
+        f"old {old_worst} ({worst_old[1]}); old calls still running at the cap: {hung}"
+    )
+    print(
+        f"exceptions other than FetchError: new {sum(o.escaped for o in new_out.values())}, "
+        f"old {sum(o.escaped for o in old_out.values())}"
+    )
     return 0
 
 

@@ -77,8 +77,12 @@ _TRANSPOSE = {
 }
 """EXIF orientation → the transposition that displays the image upright (as ``ImageOps.exif_transpose``)."""
 
-_SWAPS_SIDES = (Image.Transpose.TRANSPOSE, Image.Transpose.ROTATE_270, Image.Transpose.TRANSVERSE,
-                Image.Transpose.ROTATE_90)
+_SWAPS_SIDES = (
+    Image.Transpose.TRANSPOSE,
+    Image.Transpose.ROTATE_270,
+    Image.Transpose.TRANSVERSE,
+    Image.Transpose.ROTATE_90,
+)
 
 
 class ImageError(ValueError):
@@ -262,9 +266,7 @@ def _unidentified(data: bytes, allowed: tuple[str, ...] | None) -> str:
     return message
 
 
-def _load(
-    img: Image.Image, min_side: int | None
-) -> tuple[Image.Image, tuple[float, float], Image.Transpose | None]:
+def _load(img: Image.Image, min_side: int | None) -> tuple[Image.Image, tuple[float, float], Image.Transpose | None]:
     """Decode the pixels. Returns them apart from the plugin object, the source's extent in their coordinates
     (its size unless JPEG drew it smaller), and the EXIF orientation's transposition."""
     extent: tuple[float, float] = img.size

@@ -110,8 +110,10 @@ def _held_out_quality(metrics: dict) -> str:
     parts = []
     for cat, m in test.items():
         if isinstance(m, dict) and "f1" in m:
-            parts.append(f"{cat}: F1 {m['f1']:.2f}, AP {m.get('ap', float('nan')):.2f}, "
-                         f"threshold {m.get('threshold', float('nan')):.3f}")
+            parts.append(
+                f"{cat}: F1 {m['f1']:.2f}, AP {m.get('ap', float('nan')):.2f}, "
+                f"threshold {m.get('threshold', float('nan')):.3f}"
+            )
     return f"held-out test split (n={test.get('n', '?')}) " + "; ".join(parts) if parts else ""
 
 

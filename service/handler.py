@@ -225,9 +225,7 @@ class Handler:
         self.categories = list(card.prompts)
         # float32 in the scorer; rounded so the result says 0.9, not 0.8999999761581421
         self.thresholds = {c: round(float(t), 6) for c, t in zip(self.categories, scorer.thresholds, strict=True)}
-        self.model_ref = ModelRef(
-            name=card.name, version=card.version, sha256=scorer.sha256, trained=card.trained
-        )
+        self.model_ref = ModelRef(name=card.name, version=card.version, sha256=scorer.sha256, trained=card.trained)
 
     # ------------------------------------------------------------------ stage 1: decode (in the pool)
     def prepare(self, rec: InputRecord) -> Prepared | Rejected:
@@ -281,15 +279,11 @@ class Handler:
             raise _Reject(default_id(rec), "not_an_image", "record value is null (tombstone)")
         if not is_envelope(rec.headers):
             if len(value) > max_bytes:
-                raise _Reject(
-                    default_id(rec), "too_large", f"record is {len(value)} bytes, limit is {max_bytes}"
-                )
+                raise _Reject(default_id(rec), "too_large", f"record is {len(value)} bytes, limit is {max_bytes}")
             return default_id(rec), value, {}
         # The envelope carries base64 (4/3 larger) plus JSON around it.
         if len(value) > max_bytes * 4 // 3 + 64 * 1024:
-            raise _Reject(
-                default_id(rec), "too_large", f"envelope is {len(value)} bytes, limit is {max_bytes}"
-            )
+            raise _Reject(default_id(rec), "too_large", f"envelope is {len(value)} bytes, limit is {max_bytes}")
         try:
             doc = json.loads(value, parse_constant=_refuse_constant, parse_float=_finite_float)
         except RecursionError:
@@ -372,9 +366,7 @@ class Handler:
                 if isinstance(it, Rejected):
                     out.append(self.dead_letter(it, now_ms))
                 elif id(it) in failed:
-                    out.append(
-                        self.dead_letter(Rejected(it.record, it.id, "inference_error", failed[id(it)]), now_ms)
-                    )
+                    out.append(self.dead_letter(Rejected(it.record, it.id, "inference_error", failed[id(it)]), now_ms))
                 else:
                     s, m = scored[id(it)]
                     out.append(self._result(it, s, m, inference_s, len(good), now_ms))
@@ -456,9 +448,7 @@ class Handler:
                 inference_s=round(inference_s, 6),
                 batch_size=batch_size,
             ),
-            source=Source(
-                topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp_ms
-            ),
+            source=Source(topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp_ms),
             metadata=p.metadata,
             scored_at_ms=now_ms,
         )
@@ -529,9 +519,7 @@ class Handler:
             id=None if r.id is None else _clean(r.id[:1024]),
             reason=r.reason,  # type: ignore[arg-type]
             message=_clean(r.message[:2000]),
-            source=Source(
-                topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp_ms
-            ),
+            source=Source(topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp_ms),
             key_b64=b64(rec.key),
             value_b64=None if omit_value else b64(rec.value),
             value_size=None if rec.value is None else len(rec.value),

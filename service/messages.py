@@ -178,9 +178,7 @@ class ScoreResult(BaseModel):
     model_config = ConfigDict(title="DangerCLIP score result", populate_by_name=True, protected_namespaces=())
 
     schema_: Literal["dangerclip.result/v1"] = Field(RESULT_SCHEMA, alias="schema")
-    id: str = Field(
-        description="The input's content id: envelope id, else record key, else topic-partition-offset."
-    )
+    id: str = Field(description="The input's content id: envelope id, else record key, else topic-partition-offset.")
     model: ModelRef
     scores: dict[str, float] = Field(description="Calibrated probability per category.")
     flagged: dict[str, bool] = Field(description="score >= threshold, per category.")
@@ -215,9 +213,7 @@ class DeadLetter(BaseModel):
     value_b64: str | None = Field(
         None, description="The original record value, base64, untouched (null when null or omitted)."
     )
-    value_size: int | None = Field(
-        None, description="Size of the original value in bytes (null: null value)."
-    )
+    value_size: int | None = Field(None, description="Size of the original value in bytes (null: null value).")
     value_sha256: str | None = Field(None, description="sha256 (hex) of the original value.")
     value_omitted: bool = Field(
         False, description="True when the value was too large to carry (see dead_letter_max_value_bytes)."

@@ -207,9 +207,7 @@ class Metrics:
             ["event"],
             registry=r,
         )
-        self.batch_size = Histogram(
-            BATCH_SIZE, "Records per scored micro-batch.", buckets=BATCH_BUCKETS, registry=r
-        )
+        self.batch_size = Histogram(BATCH_SIZE, "Records per scored micro-batch.", buckets=BATCH_BUCKETS, registry=r)
         self.decode_duration = Histogram(
             DECODE_DURATION, "Decode and preprocess time per record.", buckets=LATENCY_BUCKETS, registry=r
         )
@@ -234,9 +232,7 @@ class Metrics:
             buckets=END_TO_END_BUCKETS,
             registry=r,
         )
-        self.input_size = Histogram(
-            INPUT_SIZE, "Size of input record values.", buckets=SIZE_BUCKETS, registry=r
-        )
+        self.input_size = Histogram(INPUT_SIZE, "Size of input record values.", buckets=SIZE_BUCKETS, registry=r)
         self.score = Histogram(
             SCORE,
             "Distribution of scores per category (watch it for drift).",
@@ -258,9 +254,7 @@ class Metrics:
         )
         self.last_poll = Gauge(LAST_POLL, "Unix time of the last successful poll.", registry=r)
         self.records_pending = Gauge(RECORDS_PENDING, "Records polled and not yet in a batch.", registry=r)
-        self.records_in_flight = Gauge(
-            RECORDS_IN_FLIGHT, "Records of the batch being scored and produced.", registry=r
-        )
+        self.records_in_flight = Gauge(RECORDS_IN_FLIGHT, "Records of the batch being scored and produced.", registry=r)
         self.buffered_bytes = Gauge(
             BUFFERED_BYTES, "Input bytes held by the worker (pending and in flight).", registry=r
         )
@@ -278,16 +272,12 @@ class Metrics:
             ["name", "version", "sha256", "provider", "mode", "trained"],
             registry=r,
         )
-        self.build_info = Gauge(
-            BUILD_INFO, "The dangerclip package version (always 1).", ["version"], registry=r
-        )
+        self.build_info = Gauge(BUILD_INFO, "The dangerclip package version (always 1).", ["version"], registry=r)
         from dangerclip import __version__
 
         self.build_info.labels(version=__version__).set(1)
 
-    def set_model(
-        self, *, name: str, version: str, sha256: str, provider: str, mode: str, trained: bool
-    ) -> None:
+    def set_model(self, *, name: str, version: str, sha256: str, provider: str, mode: str, trained: bool) -> None:
         """Publish the model info metric (one series; replaces any earlier one)."""
         self.model_info.clear()
         self.model_info.labels(

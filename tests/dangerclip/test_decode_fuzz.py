@@ -148,7 +148,11 @@ def check_one_outcome(data: bytes, *, min_side: int | None = None, formats: Any 
             warnings.simplefilter("always")
             try:
                 out = decode_image(
-                    data, max_pixels=MAX_PIXELS, max_bytes=MAX_BYTES, formats=formats, min_side=min_side,
+                    data,
+                    max_pixels=MAX_PIXELS,
+                    max_bytes=MAX_BYTES,
+                    formats=formats,
+                    min_side=min_side,
                     reserve=lambda n: _tracked(asked, held, n),
                 )
             finally:
@@ -273,9 +277,24 @@ def test_headers_claiming_any_size_have_one_terminal_outcome(data: bytes, min_si
 
 
 @settings(FUZZ, max_examples=100)
-@given(data=st.binary(max_size=4096) | st.builds(lambda p, b: p + b, st.sampled_from(
-    (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"RIFF\x00\x00\x00\x00WEBPVP8 ", b"BM", b"II*\x00",
-     b"MM\x00*")), st.binary(max_size=2048)))
+@given(
+    data=st.binary(max_size=4096)
+    | st.builds(
+        lambda p, b: p + b,
+        st.sampled_from(
+            (
+                b"\x89PNG\r\n\x1a\n",
+                b"\xff\xd8\xff",
+                b"GIF89a",
+                b"RIFF\x00\x00\x00\x00WEBPVP8 ",
+                b"BM",
+                b"II*\x00",
+                b"MM\x00*",
+            )
+        ),
+        st.binary(max_size=2048),
+    )
+)
 def test_random_bytes_have_one_terminal_outcome(data: bytes):
     check_one_outcome(data)
 

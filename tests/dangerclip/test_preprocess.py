@@ -259,8 +259,13 @@ def test_no_full_size_float_copy(name, image, fmt):
 
 def _webp_and_ico() -> dict[str, bytes]:
     im = Image.new("RGB", (32, 32), (200, 10, 10))
-    return {"WEBP": _encode(im, "WEBP"), "ICO": _encode(im, "ICO"), "PPM": _encode(im, "PPM"),
-            "PCX": _encode(im, "PCX"), "TGA": _encode(im, "TGA")}
+    return {
+        "WEBP": _encode(im, "WEBP"),
+        "ICO": _encode(im, "ICO"),
+        "PPM": _encode(im, "PPM"),
+        "PCX": _encode(im, "PCX"),
+        "TGA": _encode(im, "TGA"),
+    }
 
 
 def test_format_allow_list():

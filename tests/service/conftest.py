@@ -59,9 +59,7 @@ def png_claiming(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(
-        b"IEND", b""
-    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def huge_gif(width: int = 4000, height: int = 3000) -> bytes:
@@ -106,29 +104,72 @@ def poison_corpus(image_base_url: str, max_bytes: int) -> list[Poison]:
         Poison("bad_json", b"p-bad-json", b'{"id": "x", "image_b64": ', ENVELOPE, "bad_envelope"),
         Poison("json_not_utf8", b"p-not-utf8", b"\xff\xfe\x00{", ENVELOPE, "bad_envelope"),
         Poison("json_array", b"p-json-array", envelope([1, 2, 3]), ENVELOPE, "bad_envelope"),
-        Poison("json_missing_id", b"p-no-id", envelope({"image_b64": base64.b64encode(good).decode()}),
-               ENVELOPE, "bad_envelope"),
+        Poison(
+            "json_missing_id",
+            b"p-no-id",
+            envelope({"image_b64": base64.b64encode(good).decode()}),
+            ENVELOPE,
+            "bad_envelope",
+        ),
         Poison("json_missing_image", b"p-no-image", envelope({"id": "p-no-image"}), ENVELOPE, "bad_envelope"),
-        Poison("json_wrong_types", b"p-wrong-types", envelope({"id": 5, "image_b64": 17, "metadata": []}),
-               ENVELOPE, "bad_envelope"),
-        Poison("json_both_sources", b"p-both", envelope(
-            {"id": "p-both", "image_b64": base64.b64encode(good).decode(), "uri": image_base_url + "/good.jpg"}
-        ), ENVELOPE, "bad_envelope"),
-        Poison("bad_base64", b"p-bad-b64", envelope({"id": "p-bad-b64", "image_b64": "@@not base64!!"}),
-               ENVELOPE, "bad_base64"),
-        Poison("base64_of_text", b"p-b64-text",
-               envelope({"id": "p-b64-text", "image_b64": base64.b64encode(b"just text").decode()}),
-               ENVELOPE, "not_an_image"),
-        Poison("oversize_b64", b"p-oversize-b64",
-               envelope({"id": "p-oversize-b64", "image_b64": base64.b64encode(rng.bytes(max_bytes + 10)).decode()}),
-               ENVELOPE, "too_large"),
-        Poison("uri_host_not_allowed", b"p-uri-host",
-               envelope({"id": "p-uri-host", "uri": "http://169.254.169.254/latest/meta-data"}),
-               ENVELOPE, "uri_not_allowed"),
-        Poison("uri_file_scheme", b"p-uri-file", envelope({"id": "p-uri-file", "uri": "file:///etc/passwd"}),
-               ENVELOPE, "uri_not_allowed"),
-        Poison("uri_404", b"p-uri-404", envelope({"id": "p-uri-404", "uri": image_base_url + "/missing.jpg"}),
-               ENVELOPE, "uri_fetch_failed"),
+        Poison(
+            "json_wrong_types",
+            b"p-wrong-types",
+            envelope({"id": 5, "image_b64": 17, "metadata": []}),
+            ENVELOPE,
+            "bad_envelope",
+        ),
+        Poison(
+            "json_both_sources",
+            b"p-both",
+            envelope(
+                {"id": "p-both", "image_b64": base64.b64encode(good).decode(), "uri": image_base_url + "/good.jpg"}
+            ),
+            ENVELOPE,
+            "bad_envelope",
+        ),
+        Poison(
+            "bad_base64",
+            b"p-bad-b64",
+            envelope({"id": "p-bad-b64", "image_b64": "@@not base64!!"}),
+            ENVELOPE,
+            "bad_base64",
+        ),
+        Poison(
+            "base64_of_text",
+            b"p-b64-text",
+            envelope({"id": "p-b64-text", "image_b64": base64.b64encode(b"just text").decode()}),
+            ENVELOPE,
+            "not_an_image",
+        ),
+        Poison(
+            "oversize_b64",
+            b"p-oversize-b64",
+            envelope({"id": "p-oversize-b64", "image_b64": base64.b64encode(rng.bytes(max_bytes + 10)).decode()}),
+            ENVELOPE,
+            "too_large",
+        ),
+        Poison(
+            "uri_host_not_allowed",
+            b"p-uri-host",
+            envelope({"id": "p-uri-host", "uri": "http://169.254.169.254/latest/meta-data"}),
+            ENVELOPE,
+            "uri_not_allowed",
+        ),
+        Poison(
+            "uri_file_scheme",
+            b"p-uri-file",
+            envelope({"id": "p-uri-file", "uri": "file:///etc/passwd"}),
+            ENVELOPE,
+            "uri_not_allowed",
+        ),
+        Poison(
+            "uri_404",
+            b"p-uri-404",
+            envelope({"id": "p-uri-404", "uri": image_base_url + "/missing.jpg"}),
+            ENVELOPE,
+            "uri_fetch_failed",
+        ),
     ]
     assert len({c.reason for c in cases}) >= 8 and len(cases) >= 15
     return cases
@@ -210,35 +251,39 @@ def topics(broker: EmbeddedBroker) -> Topics:
 class WorkerProcess:
     """``python -m service.worker`` with settings in ``DANGERCLIP_*`` variables, output to a log file."""
 
-    def __init__(self, bootstrap: str, topics: Topics, model: Path, log_dir: Path, name: str = "worker",
-                 **settings: object) -> None:
+    def __init__(
+        self, bootstrap: str, topics: Topics, model: Path, log_dir: Path, name: str = "worker", **settings: object
+    ) -> None:
         self.metrics_port = free_port()
         self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
         env = dict(os.environ)
-        env.update({
-            "DANGERCLIP_BOOTSTRAP_SERVERS": bootstrap,
-            "DANGERCLIP_INPUT_TOPIC": topics.input,
-            "DANGERCLIP_OUTPUT_TOPIC": topics.output,
-            "DANGERCLIP_DEAD_LETTER_TOPIC": topics.dead_letter,
-            "DANGERCLIP_GROUP_ID": topics.group,
-            "DANGERCLIP_MODEL_PATH": str(model),
-            "DANGERCLIP_METRICS_HOST": "127.0.0.1",
-            "DANGERCLIP_METRICS_PORT": str(self.metrics_port),
-            "DANGERCLIP_SESSION_TIMEOUT_MS": "6000",
-            "DANGERCLIP_HEARTBEAT_INTERVAL_MS": "1000",
-            "DANGERCLIP_RETRY_BACKOFF_MS": "200",
-            "DANGERCLIP_RETRY_BACKOFF_MAX_MS": "2000",
-            "DANGERCLIP_PRODUCE_TIMEOUT_S": "10",
-            "DANGERCLIP_INTRA_OP_THREADS": "1",
-            "DANGERCLIP_DECODE_WORKERS": "1",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "DANGERCLIP_BOOTSTRAP_SERVERS": bootstrap,
+                "DANGERCLIP_INPUT_TOPIC": topics.input,
+                "DANGERCLIP_OUTPUT_TOPIC": topics.output,
+                "DANGERCLIP_DEAD_LETTER_TOPIC": topics.dead_letter,
+                "DANGERCLIP_GROUP_ID": topics.group,
+                "DANGERCLIP_MODEL_PATH": str(model),
+                "DANGERCLIP_METRICS_HOST": "127.0.0.1",
+                "DANGERCLIP_METRICS_PORT": str(self.metrics_port),
+                "DANGERCLIP_SESSION_TIMEOUT_MS": "6000",
+                "DANGERCLIP_HEARTBEAT_INTERVAL_MS": "1000",
+                "DANGERCLIP_RETRY_BACKOFF_MS": "200",
+                "DANGERCLIP_RETRY_BACKOFF_MAX_MS": "2000",
+                "DANGERCLIP_PRODUCE_TIMEOUT_S": "10",
+                "DANGERCLIP_INTRA_OP_THREADS": "1",
+                "DANGERCLIP_DECODE_WORKERS": "1",
+                "OMP_NUM_THREADS": "1",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         for k, v in settings.items():
             env[f"DANGERCLIP_{k.upper()}"] = v if isinstance(v, str) else json.dumps(v)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "service.worker"], cwd=REPO, env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.worker"], cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     @property
     def url(self) -> str:
@@ -319,8 +364,12 @@ def model_path(tiny_onnx_path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------- Kafka helpers
-def produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None, list]],
-            partition_of: dict[bytes, int] | None = None) -> None:
+def produce(
+    bootstrap: str,
+    topic: str,
+    records: list[tuple[bytes | None, bytes | None, list]],
+    partition_of: dict[bytes, int] | None = None,
+) -> None:
     from kafka import KafkaProducer
 
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_request_size=8 * 1024 * 1024)
@@ -337,8 +386,14 @@ def collect(bootstrap: str, topics: list[str], n: int, timeout_s: float, settle_
     """Read every record of ``topics`` from the start until ``n`` arrived (then ``settle_s`` more)."""
     from kafka import KafkaConsumer
 
-    c = KafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                      enable_auto_commit=False, fetch_max_bytes=16 * 1024 * 1024)
+    c = KafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_bytes=16 * 1024 * 1024,
+    )
     got: list = []
     try:
         deadline = time.monotonic() + timeout_s
@@ -360,8 +415,9 @@ def read_all(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list:
     """Every record currently in ``topic`` (up to the end offsets taken at the start)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                      fetch_max_bytes=16 * 1024 * 1024)
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_bytes=16 * 1024 * 1024
+    )
     try:
         tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
         c.assign(tps)

@@ -68,10 +68,29 @@ def self_signed_cert(directory: Path) -> tuple[Path, Path]:
     """
     cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True, timeout=30,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     return cert, key
 
@@ -147,8 +166,14 @@ class _Handler(socketserver.BaseRequestHandler):
         elif path == "/long-status":
             self._send(conn, b"HTTP/1.1 200 " + b"O" * 70_000 + b"\r\n\r\n")
         elif path == "/broken-chunked":
-            self._send(conn, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                             + b"10\r\n" + jpeg[:16] + b"\r\nzz-not-hex\r\n" + jpeg[16:64])
+            self._send(
+                conn,
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + b"10\r\n"
+                + jpeg[:16]
+                + b"\r\nzz-not-hex\r\n"
+                + jpeg[16:64],
+            )
         elif path == "/short-body":
             self._send(conn, head + jpeg[: len(jpeg) // 2])
         elif path == "/huge":
@@ -217,8 +242,12 @@ class HostileServer:
                         self.shutdown_request(request)
                         return
                     owner._conns.append(request)
-                    t = threading.Thread(target=self.process_request_thread, args=(request, client_address),
-                                         name="hostile-http-handler", daemon=True)
+                    t = threading.Thread(
+                        target=self.process_request_thread,
+                        args=(request, client_address),
+                        name="hostile-http-handler",
+                        daemon=True,
+                    )
                     owner._threads.append(t)
                     t.start()
 
@@ -227,8 +256,9 @@ class HostileServer:
         self.port = self.server.server_address[1]
         self.host_entry = f"127.0.0.1:{self.port}"
         self.base_url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
-        self._serve = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       name="hostile-http-serve", daemon=True)
+        self._serve = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, name="hostile-http-serve", daemon=True
+        )
         self._serve.start()
 
     def url(self, path: str) -> str:

@@ -19,8 +19,14 @@ WAIT_S = 5.0
 """Longest any step waits for another thread; a healthy run takes milliseconds."""
 
 
-def _hold(budget: PixelBudget, pixels: int, entered: threading.Event, release: threading.Event,
-          log: list[str] | None = None, name: str = "") -> threading.Thread:
+def _hold(
+    budget: PixelBudget,
+    pixels: int,
+    entered: threading.Event,
+    release: threading.Event,
+    log: list[str] | None = None,
+    name: str = "",
+) -> threading.Thread:
     """A thread that reserves ``pixels``, sets ``entered``, holds until ``release``."""
 
     def run() -> None:

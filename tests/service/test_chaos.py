@@ -50,8 +50,16 @@ def test_group_churn_while_producing_loses_nothing(broker, model_path, tmp_path,
     """Workers join, get SIGTERM and kill -9, and a plain consumer joins the group and leaves without
     committing, while a verifiable producer streams unique keys: every acknowledged key gets an outcome."""
     topics = make_topics(broker.bootstrap_servers)
-    cfg = ChurnConfig(records=1000, events=8, batch_size=batch_size, wait_ms=wait_ms, rate_per_s=40.0,
-                      interval_s=3.0, settle_s=45.0, seed=batch_size)
+    cfg = ChurnConfig(
+        records=1000,
+        events=8,
+        batch_size=batch_size,
+        wait_ms=wait_ms,
+        rate_per_s=40.0,
+        interval_s=3.0,
+        settle_s=45.0,
+        seed=batch_size,
+    )
     v, fleet = run_churn(broker.bootstrap_servers, topics, model_path, tmp_path, cfg)
     assert not v.problems, _explain(v, fleet)
     assert v.churn_events == cfg.events
@@ -66,8 +74,7 @@ def test_exit_between_flush_and_commit_redoes_the_batch(broker, model_path, tmp_
     come out twice (the duplicates at-least-once allows, with the same source)."""
     topics = make_topics(broker.bootstrap_servers)
     ledger = OutcomeLedger(broker.bootstrap_servers, topics).start()
-    fleet = Fleet(broker.bootstrap_servers, topics, model_path, tmp_path, max_batch_size="16",
-                  max_batch_wait_ms="50")
+    fleet = Fleet(broker.bootstrap_servers, topics, model_path, tmp_path, max_batch_size="16", max_batch_wait_ms="50")
     try:
         acked = produce_acked(broker.bootstrap_servers, topics.input, image_stream(topics.input, 400))
         for n in (1, 3, 2):
@@ -80,8 +87,7 @@ def test_exit_between_flush_and_commit_redoes_the_batch(broker, model_path, tmp_
             assert rc == 137, f"exit_after_flush:{n} did not end the worker with 137 (got {rc}):\n{w.log()[-3000:]}"
         fleet.start()
         ledger.wait_complete(acked, 90)
-        short = wait_committed(broker.bootstrap_servers, topics.group, topics.input,
-                               _ends(acked), timeout_s=15)
+        short = wait_committed(broker.bootstrap_servers, topics.group, topics.input, _ends(acked), timeout_s=15)
         v = verdict(acked, ledger, fleet, short)
         fleet.stop_all()
         v.bad_exits = list(fleet.bad_exits)
@@ -117,11 +123,11 @@ def test_broker_restart_mid_stream_loses_nothing(model_path, tmp_path):
     try:
         topics = make_topics(b.bootstrap_servers)
         ledger = OutcomeLedger(b.bootstrap_servers, topics).start()
-        fleet = Fleet(b.bootstrap_servers, topics, model_path, tmp_path, max_batch_size="32",
-                      max_batch_wait_ms="200")
+        fleet = Fleet(b.bootstrap_servers, topics, model_path, tmp_path, max_batch_size="32", max_batch_wait_ms="200")
         fleet.start().wait_ready(90)
-        producer = VerifiableProducer(b.bootstrap_servers, topics.input, image_stream(topics.input, 900),
-                                      rate_per_s=60.0).start()
+        producer = VerifiableProducer(
+            b.bootstrap_servers, topics.input, image_stream(topics.input, 900), rate_per_s=60.0
+        ).start()
         for down_s in (1.0, 12.0):
             # restart while results are flowing: some batch is being produced and flushed right now
             seen = sum(len(v) for v in ledger.snapshot().values())
@@ -142,8 +148,10 @@ def test_broker_restart_mid_stream_loses_nothing(model_path, tmp_path):
             held = _held(b.bootstrap_servers, topics.input)
             gone = [c for c in v.missing if held.get(c, b"\0absent") != acked[c].key]
             if gone and len(gone) == len(v.missing):
-                pytest.skip(f"the broker lost {len(gone)} acknowledged input records across its restart "
-                            f"(e.g. {gone[:4]}): this run cannot judge the worker")
+                pytest.skip(
+                    f"the broker lost {len(gone)} acknowledged input records across its restart "
+                    f"(e.g. {gone[:4]}): this run cannot judge the worker"
+                )
         assert not v.problems, _explain(v, fleet)
     finally:
         if producer is not None:
@@ -177,8 +185,9 @@ def _held(bootstrap: str, topic: str, quiet_s: float = 3.0, limit_s: float = 60.
 
 
 # ------------------------------------------------------------------- faults 4 and 5: bad records in one partition
-def _one_partition_stream(broker, topics, model_path, tmp_path, bad: list, settings: dict,
-                          bound_s: float = 60.0) -> tuple[Verdict, Fleet, dict, OutcomeLedger]:
+def _one_partition_stream(
+    broker, topics, model_path, tmp_path, bad: list, settings: dict, bound_s: float = 60.0
+) -> tuple[Verdict, Fleet, dict, OutcomeLedger]:
     """Good images, then ``bad`` interleaved with good ones, then good ones, all in partition 0, to one
     worker. Returns the verdict, the fleet (stopped), the acknowledged inputs and the ledger (stopped)."""
     good = list(image_stream(topics.input + "-good", 3 * len(bad) + 40))
@@ -186,7 +195,7 @@ def _one_partition_stream(broker, topics, model_path, tmp_path, bad: list, setti
     records = list(head)
     for i, rec in enumerate(bad):
         records += [rec, tail[2 * i], tail[2 * i + 1]]
-    records += tail[2 * len(bad):]
+    records += tail[2 * len(bad) :]
     ledger = OutcomeLedger(broker.bootstrap_servers, topics).start()
     fleet = Fleet(broker.bootstrap_servers, topics, model_path, tmp_path, **settings)
     try:
@@ -227,8 +236,9 @@ def test_oversize_records_do_not_hold_their_partition(broker, model_path, tmp_pa
     rng = random.Random(4)
     big_not_image = bytes(rng.getrandbits(8) for _ in range(786_400))
     img = jpeg_bytes(5)
-    huge_meta = json.dumps({"id": "huge-metadata", "image_b64": base64.b64encode(img).decode(),
-                            "metadata": {"blob": "m" * 900_000}}).encode()
+    huge_meta = json.dumps(
+        {"id": "huge-metadata", "image_b64": base64.b64encode(img).decode(), "metadata": {"blob": "m" * 900_000}}
+    ).encode()
     huge_headers = [(f"x-huge-{i}", b"h" * 95_000) for i in range(10)]
     huge_key = b"k" * 300_000
     bad = [
@@ -238,8 +248,9 @@ def test_oversize_records_do_not_hold_their_partition(broker, model_path, tmp_pa
         (huge_key, img, []),
         (b"huge-everything", big_not_image, huge_headers),
     ]
-    v, fleet, acked, ledger = _one_partition_stream(broker, topics, model_path, tmp_path, bad,
-                                                    {"max_batch_size": "8", **settings})
+    v, fleet, acked, ledger = _one_partition_stream(
+        broker, topics, model_path, tmp_path, bad, {"max_batch_size": "8", **settings}
+    )
     assert not v.problems, _explain(v, fleet)
     dead = _outcome_of(b"oversize-not-an-image", acked, ledger)
     assert dead and all(o.kind == "dead_letter" for o in dead), dead
@@ -263,9 +274,20 @@ def test_poison_in_one_partition_does_not_stop_it(broker, model_path, tmp_path, 
         (b"p-big-int-id", big_int_id, ENVELOPE),
     ]
     v, fleet, acked, ledger = _one_partition_stream(
-        broker, topics, model_path, tmp_path, bad,
-        {"max_batch_size": "8", "max_bytes": str(max_bytes), "max_pixels": "10000000", "uri_fetch_enabled": "true",
-         "uri_allowed_hosts": f"127.0.0.1:{image_server.port}", "uri_timeout_s": "2"})
+        broker,
+        topics,
+        model_path,
+        tmp_path,
+        bad,
+        {
+            "max_batch_size": "8",
+            "max_bytes": str(max_bytes),
+            "max_pixels": "10000000",
+            "uri_fetch_enabled": "true",
+            "uri_allowed_hosts": f"127.0.0.1:{image_server.port}",
+            "uri_timeout_s": "2",
+        },
+    )
     assert not v.problems, _explain(v, fleet)
     for key, _, _ in bad:
         outs = _outcome_of(key, acked, ledger)
@@ -293,16 +315,28 @@ def test_hostile_upstream_gets_dead_letters_in_time_and_holds_nothing(broker, mo
     topics = make_topics(broker.bootstrap_servers)
     good_paths = {"/good.jpg", "/redirect-good"}
     with HostileServer(interval_s=0.5) as srv:
-        envs = [(f"h{path}".encode(), json.dumps({"id": f"h{path}", "uri": srv.url(path)}).encode(), ENVELOPE)
-                for path in PATHS]
+        envs = [
+            (f"h{path}".encode(), json.dumps({"id": f"h{path}", "uri": srv.url(path)}).encode(), ENVELOPE)
+            for path in PATHS
+        ]
         hostile = len(PATHS) - len(good_paths)
         # decodes (and fetches) run 2 at a time: the last of a batch waits at most ~hostile / 2 deadlines
         bound_s = timeout_s * (hostile / 2 + 2) + 15.0
         v, fleet, acked, ledger = _one_partition_stream(
-            broker, topics, model_path, tmp_path, envs,
-            {"max_batch_size": "8", "decode_workers": "2", "uri_fetch_enabled": "true",
-             "uri_allowed_hosts": srv.host_entry, "uri_timeout_s": str(timeout_s)},
-            bound_s=bound_s)
+            broker,
+            topics,
+            model_path,
+            tmp_path,
+            envs,
+            {
+                "max_batch_size": "8",
+                "decode_workers": "2",
+                "uri_fetch_enabled": "true",
+                "uri_allowed_hosts": srv.host_entry,
+                "uri_timeout_s": str(timeout_s),
+            },
+            bound_s=bound_s,
+        )
         hits = set(srv.hits)
     assert not v.problems, _explain(v, fleet)
     assert v.worst_latency_s <= bound_s, f"an input waited {v.worst_latency_s:.1f}s (bound {bound_s:.0f}s)"
@@ -314,7 +348,9 @@ def test_hostile_upstream_gets_dead_letters_in_time_and_holds_nothing(broker, mo
             assert {o.kind for o in outs} == {"result"}, (path, outs)
         else:
             assert {o.kind for o in outs} == {"dead_letter"} and {o.reason for o in outs} <= HOSTILE_REASONS, (
-                path, outs)
+                path,
+                outs,
+            )
 
 
 # ---------------------------------------------------------------------------- helpers for the tests above

@@ -33,11 +33,23 @@ def _produce_with_librdkafka(bootstrap: str, topic: str) -> dict[tuple[int, int]
             acked[(msg.partition(), msg.offset())] = Acked(msg.key(), msg.partition(), msg.offset(), t0)
 
     for part, codec in enumerate(CODECS):
-        p = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "compression.type": codec, "acks": "all",
-                                      "linger.ms": 50, "enable.idempotence": True})
+        p = confluent_kafka.Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "compression.type": codec,
+                "acks": "all",
+                "linger.ms": 50,
+                "enable.idempotence": True,
+            }
+        )
         for i in range(PER_CODEC):
-            p.produce(topic, key=f"{codec}-{i:03d}".encode(), value=jpeg_bytes(300 + i), partition=part,
-                      on_delivery=on_delivery)
+            p.produce(
+                topic,
+                key=f"{codec}-{i:03d}".encode(),
+                value=jpeg_bytes(300 + i),
+                partition=part,
+                on_delivery=on_delivery,
+            )
         p.poll(0)
         assert p.flush(30) == 0, f"{codec}: records left unsent"
     assert not errors, errors
@@ -48,8 +60,9 @@ def _read_with_librdkafka(bootstrap: str, topic: str, n: int, timeout_s: float =
     """Every partition of ``topic`` from the start (assigned, no group) until ``n`` records arrived."""
     import confluent_kafka
 
-    c = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{topic}",
-                                  "enable.auto.commit": False})
+    c = confluent_kafka.Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": f"reader-{topic}", "enable.auto.commit": False}
+    )
     got: list = []
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
@@ -76,8 +89,12 @@ def test_foreign_producer_every_codec_is_scored(broker, model_path, tmp_path):
         fleet.start()
         ledger.wait_complete(acked, 90)
         ends = {p: 1 + max(o for q, o in acked if q == p) for p in range(len(CODECS))}
-        v = verdict(acked, ledger, fleet,
-                    wait_committed(broker.bootstrap_servers, topics.group, topics.input, ends, timeout_s=15))
+        v = verdict(
+            acked,
+            ledger,
+            fleet,
+            wait_committed(broker.bootstrap_servers, topics.group, topics.input, ends, timeout_s=15),
+        )
         fleet.stop_all()
         v.bad_exits = list(fleet.bad_exits)
         assert not v.problems, "\n".join([v.summary(), *v.problems, fleet.logs()])

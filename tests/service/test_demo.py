@@ -16,9 +16,26 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 def test_demo_streams_the_images_and_shuts_down(model_path, sample_images_dir):
     n = len(list(sample_images_dir.iterdir()))
     r = subprocess.run(
-        [sys.executable, "-m", "dangerclip.cli", "demo", "--model", str(model_path), "--images",
-         str(sample_images_dir), "--metrics-port", "0", "--repeat", "2", "--timeout", "90"],
-        cwd=REPO, capture_output=True, text=True, timeout=150,
+        [
+            sys.executable,
+            "-m",
+            "dangerclip.cli",
+            "demo",
+            "--model",
+            str(model_path),
+            "--images",
+            str(sample_images_dir),
+            "--metrics-port",
+            "0",
+            "--repeat",
+            "2",
+            "--timeout",
+            "90",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
     )
     out = r.stdout
     assert r.returncode == 0, out + r.stderr
@@ -32,8 +49,13 @@ def test_demo_streams_the_images_and_shuts_down(model_path, sample_images_dir):
 
 
 def test_demo_refuses_a_missing_model(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "dangerclip.cli", "demo", "--model", str(tmp_path / "no.onnx")],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "dangerclip.cli", "demo", "--model", str(tmp_path / "no.onnx")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0 and "model not found" in r.stderr + r.stdout
 
 

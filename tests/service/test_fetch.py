@@ -42,8 +42,14 @@ def test_fetches_only_from_allowed_hosts(image_server) -> None:
     with pytest.raises(FetchError) as e:
         f.fetch(image_server.url + "/missing.jpg")
     assert e.value.reason == "uri_fetch_failed"
-    for uri in ("file:///etc/passwd", "ftp://127.0.0.1/x", "gopher://127.0.0.1/", "http://localhost/x",
-                f"http://user:pw@127.0.0.1:{image_server.port}/good.jpg", "http://[::1/"):
+    for uri in (
+        "file:///etc/passwd",
+        "ftp://127.0.0.1/x",
+        "gopher://127.0.0.1/",
+        "http://localhost/x",
+        f"http://user:pw@127.0.0.1:{image_server.port}/good.jpg",
+        "http://[::1/",
+    ):
         with pytest.raises(FetchError) as e:
             f.fetch(uri)
         assert e.value.reason == "uri_not_allowed", uri
@@ -257,8 +263,7 @@ def test_a_name_that_resolves_to_link_local_is_refused(
 ) -> None:
     def fake_getaddrinfo(host: str, port: int, *args: object, **kwargs: object) -> list:
         assert host == "images.example.com"
-        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port))
-                for a in answer]
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in answer]
 
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
     f = UriFetcher(True, ["images.example.com"], max_bytes=10**6, timeout_s=TIMEOUT_S)

@@ -127,7 +127,10 @@ hostile_envelopes = st.one_of(
 valid_metadata = st.dictionaries(
     st.text(max_size=12),
     st.recursive(
-        st.none() | st.booleans() | st.integers(-(10**15), 10**15) | st.floats(allow_nan=False, allow_infinity=False)
+        st.none()
+        | st.booleans()
+        | st.integers(-(10**15), 10**15)
+        | st.floats(allow_nan=False, allow_infinity=False)
         | st.text(max_size=30),
         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
         max_leaves=12,
@@ -197,9 +200,14 @@ def test_valid_envelopes_with_random_metadata_are_prepared_as_sent(handler: Hand
 
 
 @settings(FUZZ, max_examples=60)
-@given(values=st.lists(hostile_envelopes | st.builds(lambda m: json.dumps({"id": "v", "image_b64": JPEG_B64,
-                                                                         "metadata": m}).encode(), valid_metadata),
-                       min_size=1, max_size=6))
+@given(
+    values=st.lists(
+        hostile_envelopes
+        | st.builds(lambda m: json.dumps({"id": "v", "image_b64": JPEG_B64, "metadata": m}).encode(), valid_metadata),
+        min_size=1,
+        max_size=6,
+    )
+)
 def test_a_batch_gets_one_readable_output_per_record_and_the_worker_goes_on(handler: Handler, values: list) -> None:
     good = record(json.dumps({"id": "after", "image_b64": JPEG_B64}).encode(), offset=len(values))
     records = [record(v, offset=i) for i, v in enumerate(values)] + [good]

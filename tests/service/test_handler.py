@@ -24,9 +24,15 @@ class FakeScorer:
 
     def __init__(self, fail_on_batch: bool = False, fail_always: bool = False) -> None:
         self.card = ModelCard(
-            name="fake", version="9.9.9", mode="trained", prompts=list(CATS),
-            thresholds={"weapon": 0.5, "knife": 0.9}, preprocess=PreprocessConfig(image_size=224),
-            backbone=BackboneIdentity("fake", "", "0" * 64), grid=(14, 14), trained=True,
+            name="fake",
+            version="9.9.9",
+            mode="trained",
+            prompts=list(CATS),
+            thresholds={"weapon": 0.5, "knife": 0.9},
+            preprocess=PreprocessConfig(image_size=224),
+            backbone=BackboneIdentity("fake", "", "0" * 64),
+            grid=(14, 14),
+            trained=True,
         )
         self.thresholds = np.asarray([0.5, 0.9], np.float32)
         self.sha256 = "f" * 64
@@ -60,8 +66,14 @@ def test_raw_and_envelope_records_become_results_in_order() -> None:
     h, scorer, _ = make_handler()
     records = [
         rec(jpeg_bytes(0), b"a", 0, [("traceparent", b"00-abc-01")]),
-        rec(json.dumps({"id": "env-1", "image_b64": base64.b64encode(png_bytes(1)).decode(),
-                        "metadata": {"user": 7}}).encode(), b"b", 1, ENVELOPE),
+        rec(
+            json.dumps(
+                {"id": "env-1", "image_b64": base64.b64encode(png_bytes(1)).decode(), "metadata": {"user": 7}}
+            ).encode(),
+            b"b",
+            1,
+            ENVELOPE,
+        ),
         rec(jpeg_bytes(2), None, 2),
     ]
     out = h.handle(records)
@@ -110,13 +122,16 @@ def test_danger_map_can_be_left_out() -> None:
 def test_poison_corpus_gets_the_right_reasons_and_keeps_the_original_bytes(image_server) -> None:
     max_bytes = 200_000
     h, _, metrics = make_handler(
-        max_bytes=max_bytes, max_pixels=10_000_000, uri_fetch_enabled=True,
+        max_bytes=max_bytes,
+        max_pixels=10_000_000,
+        uri_fetch_enabled=True,
         uri_allowed_hosts=[f"127.0.0.1:{image_server.port}"],
     )
     corpus = poison_corpus(image_server.url, max_bytes)
     good = [rec(jpeg_bytes(i), f"good-{i}".encode(), 100 + i) for i in range(3)]
-    good.append(rec(json.dumps({"id": "by-uri", "uri": image_server.url + "/good.jpg"}).encode(), b"by-uri",
-                    200, ENVELOPE))
+    good.append(
+        rec(json.dumps({"id": "by-uri", "uri": image_server.url + "/good.jpg"}).encode(), b"by-uri", 200, ENVELOPE)
+    )
     records = [rec(p.value, p.key, i, p.headers) for i, p in enumerate(corpus)] + good
     out = h.handle(records)
     assert len(out) == len(records)
@@ -130,7 +145,7 @@ def test_poison_corpus_gets_the_right_reasons_and_keeps_the_original_bytes(image
         assert [(x.key, base64.b64decode(x.value_b64)) for x in dl.headers] == p.headers
         assert dl.message
         jsonschema.validate(json.loads(o.value), json_schemas()["dead-letter"])
-    assert [o.kind for o in out[len(corpus):]] == ["result"] * 4
+    assert [o.kind for o in out[len(corpus) :]] == ["result"] * 4
     assert ScoreResult.model_validate_json(out[-1].value).id == "by-uri"
     # the id is read from the envelope when it can be
     by_name = {p.name: DeadLetter.model_validate_json(o.value) for p, o in zip(corpus, out, strict=False)}
@@ -140,8 +155,7 @@ def test_poison_corpus_gets_the_right_reasons_and_keeps_the_original_bytes(image
 
 def test_uri_fetching_is_off_by_default(image_server) -> None:
     h, _, _ = make_handler()
-    out = h.handle([rec(json.dumps({"id": "u", "uri": image_server.url + "/good.jpg"}).encode(), b"u", 0,
-                        ENVELOPE)])
+    out = h.handle([rec(json.dumps({"id": "u", "uri": image_server.url + "/good.jpg"}).encode(), b"u", 0, ENVELOPE)])
     assert out[0].kind == "dead_letter" and out[0].reason == "uri_not_allowed"
 
 
@@ -274,12 +288,19 @@ def test_dead_letters_always_fit_the_message_limit() -> None:
 def test_metadata_over_the_cap_is_a_bad_envelope() -> None:
     h, _, _ = make_handler(max_metadata_bytes=1000)
     b64img = base64.b64encode(jpeg_bytes(1)).decode()
-    out = h.handle([
-        rec(json.dumps({"id": "big", "image_b64": b64img, "metadata": {"x": "y" * 2000}}).encode(), b"big", 0,
-            ENVELOPE),
-        rec(json.dumps({"id": "ok", "image_b64": b64img, "metadata": {"x": "y" * 100}}).encode(), b"ok", 1,
-            ENVELOPE),
-    ])
+    out = h.handle(
+        [
+            rec(
+                json.dumps({"id": "big", "image_b64": b64img, "metadata": {"x": "y" * 2000}}).encode(),
+                b"big",
+                0,
+                ENVELOPE,
+            ),
+            rec(
+                json.dumps({"id": "ok", "image_b64": b64img, "metadata": {"x": "y" * 100}}).encode(), b"ok", 1, ENVELOPE
+            ),
+        ]
+    )
     assert [o.reason for o in out] == ["bad_envelope", None]
 
 
@@ -293,8 +314,12 @@ def test_a_result_over_the_message_limit_becomes_result_too_large() -> None:
 
 def test_outputs_carry_safe_headers_only() -> None:
     h, _, _ = make_handler(max_passthrough_header_bytes=100)
-    planted = [("trace", b"abc"), ("DangerCLIP-Schema", b"forged"), ("dangerclip-dlq-reason", b"forged"),
-               ("content-type", b"image/jpeg")]
+    planted = [
+        ("trace", b"abc"),
+        ("DangerCLIP-Schema", b"forged"),
+        ("dangerclip-dlq-reason", b"forged"),
+        ("content-type", b"image/jpeg"),
+    ]
     result = h.handle([rec(jpeg_bytes(1), b"k", offset=7, headers=planted)])[0]
     names = [k.lower() for k, _ in result.headers]
     assert ("trace", b"abc") in result.headers and b"forged" not in [v for _, v in result.headers]

@@ -24,8 +24,13 @@ def test_metrics_health_and_readiness_over_http() -> None:
     m = Metrics()
     m.records_consumed.labels(topic="in").inc(3)
     state = {"ready": False}
-    srv = HealthServer(m.registry, "127.0.0.1", 0, lambda: (True, "ok"),
-                       lambda: (state["ready"], "ready" if state["ready"] else "no partitions")).start()
+    srv = HealthServer(
+        m.registry,
+        "127.0.0.1",
+        0,
+        lambda: (True, "ok"),
+        lambda: (state["ready"], "ready" if state["ready"] else "no partitions"),
+    ).start()
     try:
         base = f"http://127.0.0.1:{srv.port}"
         code, ctype, body = _get(base + "/metrics")
@@ -50,8 +55,12 @@ def test_metric_names_follow_conventions() -> None:
         assert n.removesuffix("_total") in names  # prometheus_client strips _total from counter families
     counters = {mf.name for mf in m.registry.collect() if mf.type == "counter"}
     assert all(f"{c}_total" in METRIC_NAMES for c in counters)
-    assert all(n.endswith(("_seconds", "_bytes", "_records", "dangerclip_score")) for mf in m.registry.collect()
-               if mf.type == "histogram" for n in [mf.name])
+    assert all(
+        n.endswith(("_seconds", "_bytes", "_records", "dangerclip_score"))
+        for mf in m.registry.collect()
+        if mf.type == "histogram"
+        for n in [mf.name]
+    )
 
 
 def test_service_never_imports_torch() -> None:

@@ -40,8 +40,7 @@ def test_round_trip_in_partition_order_then_clean_shutdown(broker, topics, model
         key = f"img-{i:03d}".encode()
         parts[key] = i % 4
         if i % 3 == 0:  # every third one as a JSON envelope with metadata and a trace header
-            doc = {"id": f"env-{i:03d}", "image_b64": base64.b64encode(jpeg_bytes(i)).decode(),
-                   "metadata": {"n": i}}
+            doc = {"id": f"env-{i:03d}", "image_b64": base64.b64encode(jpeg_bytes(i)).decode(), "metadata": {"n": i}}
             records.append((key, json.dumps(doc).encode(), ENVELOPE + [("traceparent", key)]))
         else:
             records.append((key, jpeg_bytes(i), [("traceparent", key)]))
@@ -66,6 +65,7 @@ def test_round_trip_in_partition_order_then_clean_shutdown(broker, topics, model
     assert sorted(_ids(out)) == sorted(f"env-{i:03d}" if i % 3 == 0 else f"img-{i:03d}" for i in range(n))
     for p, offsets in by_part.items():
         assert offsets == sorted(offsets), f"partition {p} out of order: {offsets}"
+
     # the offsets were committed: lag drops to zero on every partition
     def lag_gauges() -> list[float] | None:
         # Gauges refresh once a second, partition by partition: wait until all four read zero.
@@ -79,25 +79,31 @@ def test_round_trip_in_partition_order_then_clean_shutdown(broker, topics, model
     assert "worker stopped" in w.log()
 
 
-def test_poison_corpus_is_dead_lettered_and_metrics_count_it(broker, topics, model_path, workers, tmp_path,
-                                                            image_server):
+def test_poison_corpus_is_dead_lettered_and_metrics_count_it(
+    broker, topics, model_path, workers, tmp_path, image_server
+):
     max_bytes = 200_000
-    w = WorkerProcess(broker.bootstrap_servers, topics, model_path, tmp_path, max_bytes=str(max_bytes),
-                      max_pixels="10000000", uri_fetch_enabled="true",
-                      uri_allowed_hosts=f"127.0.0.1:{image_server.port}")
+    w = WorkerProcess(
+        broker.bootstrap_servers,
+        topics,
+        model_path,
+        tmp_path,
+        max_bytes=str(max_bytes),
+        max_pixels="10000000",
+        uri_fetch_enabled="true",
+        uri_allowed_hosts=f"127.0.0.1:{image_server.port}",
+    )
     workers.append(w)
     corpus = poison_corpus(image_server.url, max_bytes)
     good = [(f"good-{i}".encode(), jpeg_bytes(100 + i), []) for i in range(len(corpus))]
-    good.append((b"good-uri", json.dumps({"id": "good-uri", "uri": image_server.url + "/good.jpg"}).encode(),
-                 ENVELOPE))
+    good.append((b"good-uri", json.dumps({"id": "good-uri", "uri": image_server.url + "/good.jpg"}).encode(), ENVELOPE))
     mixed = []
     for i, p in enumerate(corpus):  # interleave good and bad in the same batches
         mixed += [(p.key, p.value, p.headers), good[i]]
     mixed.append(good[-1])
     w.wait_ready()
     produce(broker.bootstrap_servers, topics.input, mixed)
-    out = collect(broker.bootstrap_servers, [topics.output, topics.dead_letter], len(mixed), timeout_s=90,
-                  settle_s=1.0)
+    out = collect(broker.bootstrap_servers, [topics.output, topics.dead_letter], len(mixed), timeout_s=90, settle_s=1.0)
     assert len(out) == len(mixed), w.log()[-3000:]
     results = [r for r in out if r.topic == topics.output]
     dead = {r.key: DeadLetter.model_validate_json(r.value) for r in out if r.topic == topics.dead_letter}
@@ -113,11 +119,12 @@ def test_poison_corpus_is_dead_lettered_and_metrics_count_it(broker, topics, mod
 
     def counted():
         m = w.metrics()
-        got = {r: m.get(f'dangerclip_dead_letters_total{{reason="{r}",topic="{topics.dead_letter}"}}', 0)
-               for r in want}
-        ok = (got == want
-              and m.get(f'dangerclip_results_produced_total{{topic="{topics.output}"}}') == len(good)
-              and m.get(f'dangerclip_records_consumed_total{{topic="{topics.input}"}}') == len(mixed))
+        got = {r: m.get(f'dangerclip_dead_letters_total{{reason="{r}",topic="{topics.dead_letter}"}}', 0) for r in want}
+        ok = (
+            got == want
+            and m.get(f'dangerclip_results_produced_total{{topic="{topics.output}"}}') == len(good)
+            and m.get(f'dangerclip_records_consumed_total{{topic="{topics.input}"}}') == len(mixed)
+        )
         return m if ok else None
 
     m = wait_for(counted, 10)
@@ -139,8 +146,9 @@ def test_kill_9_mid_stream_loses_nothing(broker, topics, model_path, workers, tm
     a.wait_ready()
     produce(broker.bootstrap_servers, topics.input, records)
     # kill -9 once it has produced part of the stream
-    assert wait_for(lambda: a.metrics().get(f'dangerclip_results_produced_total{{topic="{topics.output}"}}', 0)
-                    >= 100, 60), a.log()[-2000:]
+    assert wait_for(
+        lambda: a.metrics().get(f'dangerclip_results_produced_total{{topic="{topics.output}"}}', 0) >= 100, 60
+    ), a.log()[-2000:]
     a.kill()
     done_before = len(read_all(broker.bootstrap_servers, topics.output))
     assert done_before < n, "the worker finished before it could be killed; make the stream longer"
@@ -171,11 +179,12 @@ def test_broker_restart_between_batches(model_path, workers, tmp_path):
         first = [(f"r1-{i}".encode(), jpeg_bytes(i), []) for i in range(8)]
         produce(b.bootstrap_servers, topics.input, first)
         assert len(collect(b.bootstrap_servers, [topics.output], 8, timeout_s=60)) == 8
-        assert wait_for(lambda: w.metrics().get("dangerclip_offset_commits_total{outcome=\"ok\"}", 0) >= 1, 10)
+        assert wait_for(lambda: w.metrics().get('dangerclip_offset_commits_total{outcome="ok"}', 0) >= 1, 10)
         # the memory broker forgets everything: topics, offsets, the group
         b.restart(down_s=2.0)
         make_topics_again = lambda: __import__("service.topics", fromlist=["x"]).ensure_topics(  # noqa: E731
-            b.bootstrap_servers, {topics.input: 4, topics.output: 4, topics.dead_letter: 1})
+            b.bootstrap_servers, {topics.input: 4, topics.output: 4, topics.dead_letter: 1}
+        )
         make_topics_again()
         assert w.proc.poll() is None, "the worker must not exit when the broker goes away"
         second = [(f"r2-{i}".encode(), jpeg_bytes(50 + i), []) for i in range(8)]
@@ -221,8 +230,9 @@ def test_worker_refuses_bad_settings(tmp_path, model_path):
     from tests.service.conftest import REPO
 
     env = {"DANGERCLIP_MAX_BATCH_SIZE": "0", "DANGERCLIP_MODEL_PATH": str(model_path), "PATH": "/usr/bin"}
-    r = subprocess.run([sys.executable, "-m", "service.worker"], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "service.worker"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2 and "max_batch_size" in r.stderr
 
 
@@ -233,8 +243,13 @@ def test_env_help_lists_every_setting():
     from service.settings import Settings
     from tests.service.conftest import REPO
 
-    r = subprocess.run([sys.executable, "-m", "dangerclip.cli", "serve", "--env-help"], cwd=REPO,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "dangerclip.cli", "serve", "--env-help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0
     for name in Settings.model_fields:
         assert f"DANGERCLIP_{name.upper()}" in r.stdout
@@ -249,8 +264,16 @@ def test_sigterm_exits_within_the_shutdown_bound_while_the_broker_hangs(model_pa
     assert b.proc is not None
     try:
         topics = make_topics(b.bootstrap_servers, partitions=1)
-        w = WorkerProcess(b.bootstrap_servers, topics, model_path, tmp_path, max_batch_size="64",
-                          max_batch_wait_ms="3000", produce_timeout_s="30", shutdown_timeout_s="4")
+        w = WorkerProcess(
+            b.bootstrap_servers,
+            topics,
+            model_path,
+            tmp_path,
+            max_batch_size="64",
+            max_batch_wait_ms="3000",
+            produce_timeout_s="30",
+            shutdown_timeout_s="4",
+        )
         workers.append(w)
         w.wait_ready()
         produce(b.bootstrap_servers, topics.input, [(f"s-{i}".encode(), jpeg_bytes(i), []) for i in range(6)])
@@ -274,8 +297,14 @@ def test_a_setting_the_client_refuses_is_fatal_at_start_not_retried(tmp_path, mo
 
     from tests.service.conftest import REPO
 
-    env = {"DANGERCLIP_MODEL_PATH": str(model_path), "PATH": "/usr/bin", "DANGERCLIP_METRICS_PORT": "0",
-           "DANGERCLIP_BOOTSTRAP_SERVERS": "127.0.0.1:9", "DANGERCLIP_PRODUCER_OPTIONS": '{"no_such_option": 1}'}
-    r = subprocess.run([sys.executable, "-m", "service.worker"], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=60)
+    env = {
+        "DANGERCLIP_MODEL_PATH": str(model_path),
+        "PATH": "/usr/bin",
+        "DANGERCLIP_METRICS_PORT": "0",
+        "DANGERCLIP_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+        "DANGERCLIP_PRODUCER_OPTIONS": '{"no_such_option": 1}',
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "service.worker"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2 and "no_such_option" in r.stderr, r.stderr[-2000:]

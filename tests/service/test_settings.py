@@ -59,11 +59,21 @@ def test_bad_values_are_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, 
 
 
 def test_security_options_pass_through() -> None:
-    s = Settings(_env_file=None, security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
-                 sasl_plain_username="u", sasl_plain_password="p", ssl_cafile="/etc/ca.pem")
+    s = Settings(
+        _env_file=None,
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_plain_username="u",
+        sasl_plain_password="p",
+        ssl_cafile="/etc/ca.pem",
+    )
     assert s.kafka_security() == {
-        "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_plain_username": "u",
-        "sasl_plain_password": "p", "ssl_check_hostname": True, "ssl_cafile": "/etc/ca.pem",
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "u",
+        "sasl_plain_password": "p",
+        "ssl_check_hostname": True,
+        "ssl_cafile": "/etc/ca.pem",
     }
     assert Settings(_env_file=None).kafka_security() == {"security_protocol": "PLAINTEXT"}
 
@@ -82,14 +92,19 @@ def test_sasl_mechanisms_need_what_they_use(tmp_path) -> None:
         Settings(_env_file=None, sasl_mechanism="PLAIN")
     token = tmp_path / "token"
     token.write_text("first\n")
-    s = Settings(_env_file=None, security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER",
-                 sasl_oauth_token_file=token)
+    s = Settings(
+        _env_file=None, security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER", sasl_oauth_token_file=token
+    )
     provider = s.kafka_security()["sasl_oauth_token_provider"]
     assert provider.token() == "first"
     token.write_text("rotated")  # a sidecar or a projected volume rotates it: read again on every call
     assert provider.token() == "rotated"
-    assert Settings(_env_file=None, security_protocol="SASL_SSL", sasl_mechanism="AWS_MSK_IAM").kafka_security()[
-        "sasl_mechanism"] == "AWS_MSK_IAM"
+    assert (
+        Settings(_env_file=None, security_protocol="SASL_SSL", sasl_mechanism="AWS_MSK_IAM").kafka_security()[
+            "sasl_mechanism"
+        ]
+        == "AWS_MSK_IAM"
+    )
 
 
 def test_fault_injection_accepts_only_what_the_worker_knows() -> None:

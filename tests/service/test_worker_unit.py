@@ -120,8 +120,18 @@ class FakeProducer:
 
 
 def _records(n: int, partition: int = 0, start: int = 0) -> list:
-    return [CR("in", partition, start + i, 1_700_000_000_000, f"k{partition}-{start + i}".encode(),
-               jpeg_bytes(i, (32, 32)), []) for i in range(n)]
+    return [
+        CR(
+            "in",
+            partition,
+            start + i,
+            1_700_000_000_000,
+            f"k{partition}-{start + i}".encode(),
+            jpeg_bytes(i, (32, 32)),
+            [],
+        )
+        for i in range(n)
+    ]
 
 
 def _worker(script: list, fail_first: int = 0, **settings):  # noqa: ANN202
@@ -143,8 +153,9 @@ def _assign(tps):  # noqa: ANN001, ANN202
 
 
 def test_batches_are_flushed_before_their_offsets_are_committed() -> None:
-    w, consumer, producer, events = _worker([_assign([0, 1]), _records(5, 0) + _records(3, 1)],
-                                            max_batch_size=4, max_batch_wait_ms=0)
+    w, consumer, producer, events = _worker(
+        [_assign([0, 1]), _records(5, 0) + _records(3, 1)], max_batch_size=4, max_batch_wait_ms=0
+    )
     assert w.run(max_records=8, timeout_s=20) == 0
     assert len(producer.sent) == 8
     # every commit comes after a flush, and the commits cover exactly what was produced
@@ -175,8 +186,9 @@ def test_revoked_partitions_pending_records_are_dropped_uncommitted() -> None:
         c.listener.on_partitions_assigned([TopicPartition("in", 1)])
 
     # a long batch window: the records of partition 0 are still pending when it is revoked
-    w, consumer, producer, _ = _worker([_assign([0, 1]), _records(2, 0), revoke, _records(2, 1, 0)],
-                                       max_batch_size=16, max_batch_wait_ms=2000)
+    w, consumer, producer, _ = _worker(
+        [_assign([0, 1]), _records(2, 0), revoke, _records(2, 1, 0)], max_batch_size=16, max_batch_wait_ms=2000
+    )
     assert w.run(max_records=2, timeout_s=20) == 0
     assert sorted(k for _, k, _ in producer.sent) == [b"k1-0", b"k1-1"]
     assert all(("in", 0) not in c for c in consumer.commits)
@@ -205,16 +217,18 @@ def test_a_partition_handed_straight_back_is_sought_back_to_its_dropped_records(
         c.listener.on_partitions_revoked([TopicPartition("in", 0)])
         c.listener.on_partitions_assigned([TopicPartition("in", 0)])
 
-    w, consumer, producer, _ = _worker([_assign([0]), _records(3, 0), rebalance, _records(3, 0)],
-                                       max_batch_size=16, max_batch_wait_ms=2000)
+    w, consumer, producer, _ = _worker(
+        [_assign([0]), _records(3, 0), rebalance, _records(3, 0)], max_batch_size=16, max_batch_wait_ms=2000
+    )
     assert w.run(max_records=3, timeout_s=20) == 0
     assert consumer.seeks == [(("in", 0), 0)]
     assert consumer.commits[-1] == {("in", 0): 3}
 
 
 def test_a_broken_model_keeps_its_batch_opens_the_circuit_and_recovers() -> None:
-    w, consumer, producer, _ = _worker([_assign([0]), _records(2)], max_batch_size=2,
-                                       circuit_breaker_threshold=2, circuit_breaker_reset_s=0.05)
+    w, consumer, producer, _ = _worker(
+        [_assign([0]), _records(2)], max_batch_size=2, circuit_breaker_threshold=2, circuit_breaker_reset_s=0.05
+    )
     scorer = w.handler.scorer
     real, calls = scorer.predict, {"n": 0}
     states: list = []
@@ -261,7 +275,10 @@ def test_a_record_the_broker_refuses_as_too_large_gets_a_terminal_outcome_and_th
     w = Worker(s, handler, Metrics(), consumer_factory=lambda: consumer, producer_factory=lambda: producer)
     assert w.run(max_records=3, timeout_s=20) == 0
     assert [(t, k) for t, k, _ in producer.sent] == [
-        (s.dead_letter_topic, b"big"), (s.output_topic, b"k0-1"), (s.output_topic, b"k0-2")]
+        (s.dead_letter_topic, b"big"),
+        (s.output_topic, b"k0-1"),
+        (s.output_topic, b"k0-2"),
+    ]
     assert consumer.commits[-1] == {("in", 0): 3}
 
 
