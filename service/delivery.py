@@ -91,9 +91,7 @@ class Delivery:
         if self.producer is None:
             self.producer = self.producer_factory()
 
-    def deliver(
-        self, outputs: list[OutputRecord], on_progress: Callable[[], None] = lambda: None
-    ) -> list[OutputRecord]:
+    def deliver(self, outputs: list[OutputRecord]) -> list[OutputRecord]:
         """Send ``outputs`` and wait until all are acknowledged. Returns the outputs as delivered (a refused
         record replaced by its dead letter).
 
@@ -107,7 +105,6 @@ class Delivery:
         t0 = time.perf_counter()
         attempts = 0
         while start < len(out):
-            on_progress()
             if self.abort.is_set():
                 raise Aborted(f"{len(out) - start} outputs not acknowledged")
             futures: list[Any] = []

@@ -78,7 +78,6 @@ class _Item:
 class _Batch:
     items: list[_Item]
     outputs: list[OutputRecord] = field(default_factory=list)
-    attempts: int = 0
 
     @property
     def size(self) -> int:
@@ -567,7 +566,6 @@ class Worker:
     def _failed(self, batch: _Batch, e: BaseException) -> None:
         """Keep a batch the model (or something unforeseen) failed on; retry it after a back-off."""
         self._failures += 1
-        batch.attempts += 1
         s = self.settings
         if self._failures >= s.circuit_breaker_threshold:
             if self._circuit_since is None:
@@ -597,7 +595,7 @@ class Worker:
             self._retry = None
             self._submit(batch)
 
-    def _commit(self, offsets: dict[TopicPartition, int], timeout_s: float | None = None) -> None:
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit ``offsets`` (already safe); a failure is logged and left to the next commit."""
         from kafka import TopicPartition as KafkaTP
         from kafka.structs import OffsetAndMetadata
@@ -606,7 +604,10 @@ class Worker:
             return
         t0 = time.perf_counter()
         payload = {KafkaTP(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
-        timeout_ms = int(1000 * (timeout_s if timeout_s is not None else self.settings.session_timeout_ms / 1000))
+        timeout_s = self.settings.session_timeout_ms / 1000
+        if self._stopped_at is not None:  # draining: the commit must leave time to close within the bound
+            timeout_s = min(timeout_s, max(0.5, self._shutdown_deadline() - CLOSE_RESERVE_S - time.monotonic()))
+        timeout_ms = int(1000 * timeout_s)
         try:
             self.consumer.commit(payload, timeout_ms=max(1, timeout_ms))
         except Exception as e:  # noqa: BLE001 - a rebalance or the coordinator away: the next commit covers it

@@ -301,3 +301,70 @@ def test_shutdown_is_bounded_while_a_produce_is_stuck() -> None:
     assert time.monotonic() - t0 < 1.0 + 4 + 1.5
     assert consumer.commits == []  # nothing acknowledged, nothing committed
     assert w.metrics.registry.get_sample_value("dangerclip_records_abandoned_total", {"reason": "produce_failed"}) == 2
+
+
+def test_a_poll_error_no_retry_can_fix_ends_the_worker_loudly() -> None:
+    from kafka.errors import UnsupportedCodecError
+
+    class Undecodable(FakeConsumer):
+        def poll(self, timeout_ms=0, max_records=None):  # noqa: ANN001, ANN201
+            if self.script:
+                return super().poll(timeout_ms, max_records)
+            raise UnsupportedCodecError("Libraries for lz4 compression codec not found")
+
+    events: list = []
+    consumer = Undecodable([_assign([0])], events)
+    handler, _, _ = make_handler()
+    s = Settings(_env_file=None, input_topic="in", retry_backoff_ms=1, retry_backoff_max_ms=2)
+    w = Worker(s, handler, Metrics(), consumer_factory=lambda: consumer, producer_factory=lambda: FakeProducer(events))
+    assert w.run(timeout_s=20) == 1  # not alive-but-idle forever
+    assert w.metrics.registry.get_sample_value("dangerclip_broker_errors_total", {"operation": "poll"}) == 3
+
+
+def test_partitions_are_paused_while_the_buffered_bytes_are_over_the_cap() -> None:
+    import time
+
+    events: list = []
+    big = [CR("in", 0, i, None, f"b{i}".encode(), b"\xff" * 4000, []) for i in range(3)]
+    consumer = FakeConsumer([_assign([0]), big], events)
+    paused_while_delivering: list = []
+
+    class Slow(FakeProducer):
+        def flush(self, timeout=None):  # noqa: ANN001, ANN201 - the loop keeps polling meanwhile
+            time.sleep(0.5)
+            paused_while_delivering.append(set(consumer.paused_set))
+            super().flush(timeout)
+
+    handler, _, _ = make_handler()
+    s = Settings(_env_file=None, input_topic="in", max_batch_size=3, max_buffered_bytes=5000)
+    w = Worker(s, handler, Metrics(), consumer_factory=lambda: consumer, producer_factory=lambda: Slow(events))
+    assert w.run(max_records=3, timeout_s=20) == 0
+    assert paused_while_delivering == [{TopicPartition("in", 0)}]  # 12 000 bytes held, cap 5 000
+    assert consumer.paused_set == set()  # resumed once the batch was done
+    assert consumer.commits[-1] == {("in", 0): 3}
+
+
+def test_a_circuit_open_too_long_fails_liveness_so_the_worker_is_restarted() -> None:
+    import threading
+
+    w, _, _, _ = _worker(
+        [_assign([0]), _records(1)],
+        max_batch_size=1,
+        circuit_breaker_threshold=1,
+        circuit_breaker_reset_s=0.05,
+        circuit_open_restart_s=0.3,
+    )
+    w.handler.scorer.fail_always = True
+    seen: list = []
+
+    def watch() -> None:
+        import time
+
+        for _ in range(40):
+            seen.append((w.ready()[0], w.alive()[0]))
+            time.sleep(0.05)
+        w.stop()
+
+    threading.Thread(target=watch, daemon=True).start()
+    assert w.run(timeout_s=20) == 0
+    assert (False, True) in seen and (False, False) in seen  # not ready first, then not alive either
