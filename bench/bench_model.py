@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
 
-    from dangerclip.export import check_images, export_int8, export_onnx
-    from dangerclip.factory import create_model
+    from dangerclip.modeling.export import check_images, export_int8, export_onnx
+    from dangerclip.modeling.factory import create_model
 
     torch.set_num_threads(a.threads)
     model = create_model(a.config, seed=0).eval()

@@ -37,8 +37,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from dangerclip.preprocess import decode_image, preprocess_batch  # noqa: E402
-from dangerclip.scorer import DangerScorer  # noqa: E402
+from dangerclip.runtime.preprocess import decode_image, preprocess_batch  # noqa: E402
+from dangerclip.runtime.scorer import DangerScorer  # noqa: E402
 from service.embedded import EmbeddedBroker, free_port  # noqa: E402
 from service.topics import ensure_topics  # noqa: E402
 
@@ -47,8 +47,8 @@ def export_random_model(config: str, out: Path) -> Path:
     """Export ``config`` with random weights, in a subprocess so torch never loads in this process."""
     code = (
         "import sys, torch; torch.set_num_threads(2)\n"
-        "from dangerclip.factory import create_model\n"
-        "from dangerclip.export import export_onnx\n"
+        "from dangerclip.modeling.factory import create_model\n"
+        "from dangerclip.modeling.export import export_onnx\n"
         f"m = create_model({config!r}, pretrained=None, seed=0).eval()\n"
         f"export_onnx(m, {str(out)!r})\n"
     )

@@ -10,7 +10,7 @@ progressive and baseline JPEG (4:4:4), lossy WebP and lossless RGBA WebP, GIF, R
 is decoded and preprocessed (``decode_image`` + ``preprocess`` to 224 x 224) once in a fresh ``python``, which
 reports its peak RSS (``VmHWM``, reset through ``/proc/self/clear_refs`` once the imports are done, the file is
 in memory and a small image of the same format has been through) above its RSS at that point. Three paths: the
-OLD decoder (``dangerclip/preprocess.py`` at ``--old-ref``, from ``git show``), the NEW one at full size, and
+OLD decoder (``dangerclip/runtime/preprocess.py`` at ``--old-ref``, from ``git show``), the NEW one at full size, and
 the NEW one with ``min_side`` (what the service passes: 2x the model's input). Then two decode threads: the worst
 image twice at once, and every case twice in a mixed stream, without and with a ``PixelBudget``.
 
@@ -223,7 +223,7 @@ def child(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(REPO))
     from PIL import Image
 
-    from dangerclip.card import PreprocessConfig
+    from dangerclip.runtime.card import PreprocessConfig
 
     if args.impl == "old":
         spec = importlib.util.spec_from_file_location("preprocess_old", args.old_module)
@@ -231,7 +231,7 @@ def child(args: argparse.Namespace) -> int:
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
     else:
-        import dangerclip.preprocess as mod
+        import dangerclip.runtime.preprocess as mod
     cfg = PreprocessConfig()
     kw: dict[str, object] = {"max_pixels": args.max_pixels}
     if args.child_min_side:
@@ -338,8 +338,8 @@ def fidelity(paths: list[Path], min_side: int) -> None:
     import io
 
     sys.path.insert(0, str(REPO))
-    from dangerclip.card import PreprocessConfig
-    from dangerclip.preprocess import decode_image, preprocess
+    from dangerclip.runtime.card import PreprocessConfig
+    from dangerclip.runtime.preprocess import decode_image, preprocess
 
     cfg = PreprocessConfig()
     levels = np.asarray(cfg.std, np.float32)[:, None, None] * 255
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_s)
         old_module = tmp / "preprocess_old.py"
         src = subprocess.run(
-            ["git", "-C", str(REPO), "show", f"{args.old_ref}:dangerclip/preprocess.py"],
+            ["git", "-C", str(REPO), "show", f"{args.old_ref}:dangerclip/runtime/preprocess.py"],
             capture_output=True,
             text=True,
             check=True,

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dangerclip.preprocess import decode_image
-from dangerclip.scorer import DangerScorer
+from dangerclip.runtime.preprocess import decode_image
+from dangerclip.runtime.scorer import DangerScorer
 from training.synth import SAMPLE_FORMATS, SynthConfig, encode_sample, jpeg_bytes, redraw_split
 
 DEMO = Path(__file__).resolve().parents[1] / "dangerclip" / "assets" / "demo"

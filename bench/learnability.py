@@ -52,8 +52,8 @@ def tower(name: str) -> nn.Module:
         import torchvision
 
         return torchvision.models.resnet18(num_classes=128)
-    from dangerclip.backbone import build_clip
-    from dangerclip.factory import get_config
+    from dangerclip.modeling.backbone import build_clip
+    from dangerclip.modeling.factory import get_config
 
     cfg = get_config("tiny")["clip"]
     if name == "stem":

@@ -34,7 +34,7 @@ MODEL = REPO / "dangerclip" / "assets" / "demo" / "model.onnx"
 def _produce(bootstrap: str, topic: str, n: int) -> None:
     from kafka import KafkaProducer
 
-    from service.demo import SAMPLES
+    from dangerclip_cli.demo import SAMPLES
 
     images = sorted(p for p in SAMPLES.iterdir() if p.suffix in (".jpg", ".png"))
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")

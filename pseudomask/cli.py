@@ -10,9 +10,9 @@ import json
 import sys
 from dataclasses import asdict
 
+from dangerclip.runtime.commandline import add_options, exits_2_on_bad_input, given_options
 from pseudomask.config import JobConfig
 from pseudomask.inputs import load_rows, parse_shard
-from training.commandline import add_options, exits_2_on_bad_input, given_options
 
 
 def _caption_arg(text: str) -> tuple[str, list[str]]:

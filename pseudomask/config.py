@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dangerclip.preprocess import DEFAULT_MAX_PIXELS
+from dangerclip.runtime.preprocess import DEFAULT_MAX_PIXELS
 
 DEFAULT_PROMPTS = ["weapon"]
 """Categories when neither ``prompts`` nor a model card gives them."""
@@ -20,7 +20,7 @@ class JobConfig:
     """Everything one run of the job needs; built once from the command line."""
 
     input: str
-    """A manifest (``.jsonl``/``.csv``, the ``dangerclip.manifest`` format) or a ``<root>/<category>/`` folder."""
+    """A manifest (``.jsonl``/``.csv``, ``dangerclip.runtime.manifest``'s format) or a ``<root>/<category>/`` folder."""
     out: str
     """Output folder (created); re-running into the same folder resumes."""
     prompts: list[str] | None = None

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dangerclip.card import PreprocessConfig
-from dangerclip.preprocess import mask_to_grid
+from dangerclip.runtime.card import PreprocessConfig
+from dangerclip.runtime.preprocess import mask_to_grid
 
 
 @dataclass
@@ -140,7 +140,7 @@ def union_masks(masks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 def masks_to_grid(masks: Sequence[np.ndarray], grid: tuple[int, int], cfg: PreprocessConfig) -> np.ndarray:
     """Per-category full-resolution masks → ``[k, h, w]`` float32 fraction covered per patch.
 
-    Uses ``dangerclip.preprocess.mask_to_grid``, so patch ``(i, j)`` covers exactly the pixels the
+    Uses ``dangerclip.runtime.preprocess.mask_to_grid``, so patch ``(i, j)`` covers exactly the pixels the
     DangerCLIP model sees in its patch ``(i, j)`` after the same resize and centre crop.
     """
     if not masks:

@@ -8,8 +8,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from dangerclip.card import CARD_KEY, ModelCard
-from dangerclip.manifest import ManifestError, ManifestRow, manifest_from_folder, read_manifest
+from dangerclip.runtime.card import CARD_KEY, ModelCard
+from dangerclip.runtime.manifest import ManifestError, ManifestRow, manifest_from_folder, read_manifest
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dangerclip.card import PreprocessConfig
-from dangerclip.manifest import ManifestRow, write_manifest
-from dangerclip.preprocess import ImageError, decode_image
-from pseudomask.cli import add_arguments, run
+from dangerclip.modeling.device import resolve_device, torch_threads
+from dangerclip.runtime.card import PreprocessConfig
+from dangerclip.runtime.manifest import ManifestRow, write_manifest
+from dangerclip.runtime.preprocess import ImageError, decode_image
 from pseudomask.config import DEFAULT_GRID, DEFAULT_PROMPTS, JobConfig
 from pseudomask.factory import build_models
 from pseudomask.geometry import Detections, masks_to_grid, select_boxes
@@ -35,11 +35,10 @@ from pseudomask.inputs import load_card, load_rows, shard_rows
 from pseudomask.output import OutputDir, atomic_save_npy, atomic_save_png
 from pseudomask.progress import progress_bar
 from pseudomask.resume import ResumeState, params_fingerprint
-from training.runtime import resolve_device, torch_threads
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JobConfig", "PseudoMaskJob", "Summary", "add_arguments", "run"]
+__all__ = ["JobConfig", "PseudoMaskJob", "Summary"]
 
 
 @dataclass

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dangerclip.runtime.card import IMAGENET_MEAN, IMAGENET_STD
 from pseudomask.geometry import Detections, build_caption, cxcywh_to_xyxy
-from training.data import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ Layout of ``OUT``::
     qa/<sha16>.png                           overlays for a person to check (optional)
     results.jsonl                            one JSON line per processed image (results.shard-I-of-N.jsonl
                                              when sharded, so pods never write the same file)
-    manifest.jsonl                           training manifest (dangerclip.manifest format, mask → PNG)
+    manifest.jsonl                           training manifest (dangerclip.runtime.manifest format, mask → PNG)
     summary.json                             counts of the last run (summary.shard-I-of-N.json)
 
 File names come from the image's content hash: identical images share outputs, and a re-run recognises
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.files import atomic_write_bytes, write_json
+from dangerclip.runtime.files import atomic_write_bytes, write_json
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from dangerclip.card import PreprocessConfig
+from dangerclip.runtime.card import PreprocessConfig
 from pseudomask.config import JobConfig
 from pseudomask.output import OutputDir
 

@@ -133,6 +133,7 @@ class _DeadlineSocket(socket.socket):
     """
 
     __slots__ = ("deadline",)
+    deadline: _Deadline
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         self.settimeout(self.deadline.remaining())
@@ -254,7 +255,7 @@ class _HTTPSConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         super().connect()
-        self.sock.deadline = self._deadline
+        self.sock.deadline = self._deadline  # type: ignore[union-attr]  # a _DeadlineSSLSocket
 
 
 def _request_target(parts: urllib.parse.SplitResult) -> str:

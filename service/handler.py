@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import ValidationError
 
-from dangerclip.card import ModelCard
-from dangerclip.preprocess import ImageError, check_formats, decode_image, preprocess
+from dangerclip.runtime.card import ModelCard
+from dangerclip.runtime.preprocess import ImageError, check_formats, decode_image, preprocess
 from service.budget import PixelBudget
 from service.fetch import FetchError, UriFetcher
 from service.messages import (
@@ -57,7 +57,7 @@ Headers = list[tuple[str, bytes | None]]
 
 
 class Scorer(Protocol):
-    """What the handler needs from a model (``dangerclip.scorer.DangerScorer`` is one)."""
+    """What the handler needs from a model (``dangerclip.runtime.scorer.DangerScorer`` is one)."""
 
     card: ModelCard
     thresholds: np.ndarray
@@ -517,7 +517,7 @@ class Handler:
         omit_value = rec.value is not None and len(rec.value) > self.settings.dead_letter_max_value_bytes
         doc = DeadLetter(
             id=None if r.id is None else _clean(r.id[:1024]),
-            reason=r.reason,  # type: ignore[arg-type]
+            reason=r.reason,
             message=_clean(r.message[:2000]),
             source=Source(topic=rec.topic, partition=rec.partition, offset=rec.offset, timestamp_ms=rec.timestamp_ms),
             key_b64=b64(rec.key),
@@ -559,7 +559,7 @@ class Handler:
                 doc.key_b64, doc.key_omitted, out.key = None, rec.key is not None, None
                 doc.message = doc.message[:500]
             out.value = doc.model_dump_json(by_alias=True).encode()
-            out.headers = passthrough + own
+            out.headers = [*passthrough, *own]
             if record_size(out.key, out.value, out.headers) <= limit:
                 break
         return out

@@ -21,12 +21,12 @@ import base64
 import json
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
-RESULT_SCHEMA = "dangerclip.result/v1"
-DEAD_LETTER_SCHEMA = "dangerclip.dead-letter/v1"
+RESULT_SCHEMA: Final = "dangerclip.result/v1"
+DEAD_LETTER_SCHEMA: Final = "dangerclip.dead-letter/v1"
 
 CONTENT_TYPE_HEADER = "content-type"
 """Header that picks the input encoding (case-insensitive name)."""
@@ -246,7 +246,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schema (draft 2020-12) of each message, by name."""
     out = {}
     for name, model in SCHEMAS.items():
-        mode = "validation" if name == "input-envelope" else "serialization"
+        mode: Literal["validation", "serialization"] = "validation" if name == "input-envelope" else "serialization"
         schema = model.model_json_schema(by_alias=True, mode=mode)
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["$id"] = f"https://dangerclip.dev/schemas/{name}.schema.json"

@@ -15,8 +15,10 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from typing import Any
 
+from dangerclip.runtime.logs import setup_logging
 from service.handler import Handler
 from service.metrics import Metrics
 from service.settings import Settings
@@ -30,7 +32,7 @@ WATCHDOG_GRACE_S = 2.0
 
 def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Worker, Metrics]:
     """Load the model and assemble a worker from settings."""
-    from dangerclip.scorer import DangerScorer
+    from dangerclip.runtime.scorer import DangerScorer
 
     if settings.model_path is None:
         raise ValueError("no model: set DANGERCLIP_MODEL_PATH or pass --model")
@@ -196,8 +198,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"dangerclip serve: invalid settings: {e}\n")
         return 2
     if settings.log_json and not args.json_logs:
-        from dangerclip.cli import setup_logging
-
         setup_logging(json_logs=True)
     try:
         code = serve(settings, max_records=args.max_records, timeout_s=args.max_seconds)
@@ -213,3 +213,21 @@ def run(args: argparse.Namespace) -> int:
         logging.shutdown()
         os._exit(code)
     return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m service.serve``: the worker without the umbrella CLI (what a container may run directly)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = 0
+    while args and args[0] in ("-v", "--verbose"):
+        verbose += 1
+        args.pop(0)
+    parser = argparse.ArgumentParser(prog="dangerclip serve", description="run a Kafka scoring worker")
+    add_arguments(parser)
+    ns = parser.parse_args(args)
+    setup_logging(verbose, json_logs=bool(ns.json_logs))
+    return run(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -733,6 +733,6 @@ class Worker:
 if __name__ == "__main__":
     import sys
 
-    from dangerclip.cli import main
+    from service.serve import main
 
-    sys.exit(main(["serve", *sys.argv[1:]]))
+    sys.exit(main())

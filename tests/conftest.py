@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 @pytest.fixture(scope="session")
 def sample_images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from service.demo import synthetic_images
+    from dangerclip_cli.demo import synthetic_images
 
     d = tmp_path_factory.mktemp("samples")
     synthetic_images(d, n=8, seed=0)
@@ -25,7 +25,7 @@ def sample_images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_model():
     """A ``tiny`` DangerCLIP with random weights (torch). Do not mutate it: it is shared."""
     pytest.importorskip("torch")
-    from dangerclip.factory import create_model
+    from dangerclip.modeling.factory import create_model
 
     return create_model("tiny", seed=0).eval()
 
@@ -33,6 +33,6 @@ def tiny_model():
 @pytest.fixture(scope="session")
 def tiny_onnx_path(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real exported tiny DangerCLIP ONNX file (random weights, card in its metadata)."""
-    from dangerclip.export import export_onnx
+    from dangerclip.modeling.export import export_onnx
 
     return export_onnx(tiny_model, tmp_path_factory.mktemp("onnx") / "tiny.onnx")

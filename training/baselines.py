@@ -27,16 +27,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from dangerclip.card import PreprocessConfig
-from dangerclip.manifest import ManifestRow
-from dangerclip.preprocess import load_image, normalize, resize_and_crop
+from dangerclip.modeling.device import resolve_device
+from dangerclip.runtime.card import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
+from dangerclip.runtime.commandline import add_options, exits_2_on_bad_input, given_options
+from dangerclip.runtime.files import atomic_write_text, write_json
+from dangerclip.runtime.manifest import ManifestRow
+from dangerclip.runtime.preprocess import load_image, normalize, resize_and_crop
 from training import evaluate as E
-from training.commandline import add_options, exits_2_on_bad_input, given_options
-from training.data import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, assign_splits, color_jitter, load_rows
-from training.files import atomic_write_text, write_json
+from training.data import ViewRecipe, assign_splits, color_jitter, load_rows
 from training.optim import OptimStep, warmup_cosine
 from training.report import comparison_table, summary_row
-from training.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ def zeroshot(
 
     Features come from the feature cache (the same as training's when the backbone is the same).
     """
-    from dangerclip.factory import create_model
+    from dangerclip.modeling.factory import create_model
     from training.cache import build_or_load
     from training.data import PLAIN
 

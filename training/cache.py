@@ -33,11 +33,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from dangerclip.card import PreprocessConfig
-from dangerclip.manifest import ManifestError, ManifestIssue, ManifestRow
-from dangerclip.preprocess import ImageError, load_image
+from dangerclip.runtime.card import PreprocessConfig
+from dangerclip.runtime.files import atomic_path
+from dangerclip.runtime.manifest import ManifestError, ManifestIssue, ManifestRow
+from dangerclip.runtime.preprocess import ImageError, load_image
 from training.data import ViewRecipe, load_mask, render_views, row_mask_grid
-from training.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ FORMAT_VERSION = 1
 
 
 class DenseEncoder(Protocol):
-    """What the cache needs of a backbone (``dangerclip.backbone.DenseCLIP``)."""
+    """What the cache needs of a backbone (``dangerclip.modeling.backbone.DenseCLIP``)."""
 
     sha256: str
 

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from training.commandline import add_options, given_options
+from dangerclip.runtime.commandline import add_options, given_options
 
 AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 

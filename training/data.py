@@ -1,9 +1,9 @@
 """Datasets for training: manifests or folders in, validated rows, splits, masks and augmented views out.
 
-Images go through ``dangerclip.preprocess`` only (the one preprocessing path that export and serving use);
+Images go through ``dangerclip.runtime.preprocess`` only (the one preprocessing path that export and serving use);
 colour augmentation is applied to the resized, cropped uint8 image between ``resize_and_crop`` and
 ``normalize``, so an augmented view differs from the served input in colour only. Masks go through
-``dangerclip.preprocess.mask_to_grid``, which applies the image's own geometry.
+``dangerclip.runtime.preprocess.mask_to_grid``, which applies the image's own geometry.
 
 Augmented views are a fixed recipe (``ViewRecipe``): view 0 is the plain image; colour views are seeded by
 the image id and view index, so the feature cache can hold them and a rebuilt cache is identical.
@@ -20,22 +20,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dangerclip.card import PreprocessConfig
-from dangerclip.manifest import (
+from dangerclip.runtime.card import PreprocessConfig
+from dangerclip.runtime.manifest import (
     ManifestError,
     ManifestIssue,
     ManifestRow,
     manifest_from_folder,
     read_manifest,
 )
-from dangerclip.preprocess import ImageError, load_image, mask_to_grid, normalize, resize_and_crop
+from dangerclip.runtime.preprocess import ImageError, load_image, mask_to_grid, normalize, resize_and_crop
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-"""torchvision's ImageNet statistics: the inputs of the CNN baselines and of GroundingDINO (CLIP's own are
-``dangerclip.card.OPENAI_MEAN``/``OPENAI_STD``)."""
 
 SPLIT_FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
 """Default split of rows that have no ``split`` field, by a hash of their id (stable across runs)."""

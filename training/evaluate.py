@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from dangerclip.card import PreprocessConfig
-from dangerclip.manifest import ManifestRow
-from dangerclip.preprocess import load_image, preprocess_batch
+from dangerclip.runtime.card import PreprocessConfig
+from dangerclip.runtime.commandline import exits_2_on_bad_input
+from dangerclip.runtime.files import jsonable, write_json
+from dangerclip.runtime.manifest import ManifestRow
+from dangerclip.runtime.preprocess import load_image, preprocess_batch
 from training import metrics as M
-from training.commandline import exits_2_on_bad_input
 from training.data import assign_splits, load_rows, row_mask_grid
-from training.files import jsonable, write_json
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +225,10 @@ def load_model(path: str | Path, pretrained: str | None = None, device: str = "c
     """A ``DangerCLIP`` for a ``.safetensors`` checkpoint or a ``DangerScorer`` for an ``.onnx`` file."""
     p = Path(path)
     if p.suffix.lower() == ".onnx":
-        from dangerclip.scorer import DangerScorer
+        from dangerclip.runtime.scorer import DangerScorer
 
         return DangerScorer(p)
-    from dangerclip.checkpoint import load_checkpoint
+    from dangerclip.modeling.checkpoint import load_checkpoint
 
     return load_checkpoint(p, pretrained=pretrained, device=device).eval()
 
@@ -274,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
     if args.write_card:
         if Path(args.model).suffix.lower() == ".onnx":
             raise SystemExit("--write-card needs a .safetensors checkpoint (re-export it afterwards)")
-        from dangerclip.checkpoint import save_checkpoint
+        from dangerclip.modeling.checkpoint import save_checkpoint
 
         assert val_rep is not None
         save_checkpoint(

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dangerclip.runtime.files import write_json
 from training.config import TrainConfig
-from training.files import write_json
 from training.history import read_history
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _choose_and_measure(
 def _write_outputs(
     cfg: TrainConfig, model: Any, result: TrainResult, raw_map_thresholds: dict[str, float], pred: Any, n_train: int
 ) -> None:
-    from dangerclip.checkpoint import save_checkpoint
+    from dangerclip.modeling.checkpoint import save_checkpoint
     from training.evaluate import card_metrics
 
     out, metrics = result.out, result.metrics
@@ -130,7 +130,7 @@ def _write_outputs(
     split = "test" if "test" in metrics else "val"
     log.info("wrote %s; %s F1 %.3f AP %.3f", ckpt, split, metrics[split]["macro"]["f1"], metrics[split]["macro"]["ap"])
     if cfg.export:
-        from dangerclip.export import export_onnx
+        from dangerclip.modeling.export import export_onnx
 
         model.cpu()
         result.onnx = export_onnx(model, out / "model.onnx")

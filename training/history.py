@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.files import atomic_write_text
+from dangerclip.runtime.files import atomic_write_text
 
 
 class MetricsLog:

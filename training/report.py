@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from dangerclip.card import ModelCard, PreprocessConfig
-from dangerclip.preprocess import load_image, resize_and_crop
+from dangerclip.runtime.card import ModelCard, PreprocessConfig
+from dangerclip.runtime.preprocess import load_image, resize_and_crop
 from training import metrics as M
 
 

@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.commandline import exits_2_on_bad_input
+from dangerclip.modeling.device import resolve_device, seed_everything, stop_on_signal, torch_threads
+from dangerclip.runtime.commandline import exits_2_on_bad_input
+from dangerclip.runtime.files import write_json
 from training.config import TrainConfig, add_config_arguments, config_from_args
-from training.files import write_json
 from training.finish import TrainResult, finish
 from training.history import MetricsLog
 from training.optim import OptimStep, amp_setup, autocast, param_groups, warmup_cosine
-from training.runtime import resolve_device, seed_everything, stop_on_signal, torch_threads
 from training.sampler import BatchSampler
 from training.train_state import load_state, resume_from, save_step
 
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> Any:
-    from dangerclip.factory import create_model
+    from dangerclip.modeling.factory import create_model
 
     return create_model(
         cfg.model,
@@ -115,7 +115,7 @@ def prepare_data(cfg: TrainConfig, model: Any, split_rows: dict[str, list[Any]] 
 
 
 def _val_step_metrics(model: Any, cache: Any, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
-    from dangerclip.losses import danger_loss
+    from dangerclip.modeling.losses import danger_loss
     from training import evaluate as E
 
     pred = E.predict_features(model, cache)
@@ -295,7 +295,7 @@ def _step(
     device: torch.device,
 ) -> dict[str, float]:
     """One optimiser step on a cached batch; returns its loss terms and gradient norm."""
-    from dangerclip.losses import danger_loss
+    from dangerclip.modeling.losses import danger_loss
 
     idx, views = batch
     b = {k: v.to(device, non_blocking=True) for k, v in cache.batch(idx, views).items()}

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dangerclip.runtime.files import atomic_path
 from training.config import TrainConfig
-from training.files import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from dangerclip.backbone import BackboneError
-from dangerclip.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-from dangerclip.export import (
+from dangerclip.modeling.backbone import BackboneError
+from dangerclip.modeling.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from dangerclip.modeling.export import (
     ExportError,
     check_images,
     export_fp16,
@@ -18,13 +18,13 @@ from dangerclip.export import (
     export_onnx,
     max_score_deviation,
 )
-from dangerclip.factory import create_model
-from dangerclip.scorer import DangerScorer
+from dangerclip.modeling.factory import create_model
+from dangerclip.runtime.scorer import DangerScorer
 
 
 def _train_one_step(model) -> None:
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
-    from dangerclip.losses import danger_loss
+    from dangerclip.modeling.losses import danger_loss
 
     model.train()
     out = model(torch.randn(2, 3, 224, 224))

@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from dangerclip.card import PreprocessConfig
-from dangerclip.preprocess import ALLOWED_FORMATS, IMAGE_ERROR_REASONS, ImageError, decode_image, preprocess
+from dangerclip.runtime.card import PreprocessConfig
+from dangerclip.runtime.preprocess import ALLOWED_FORMATS, IMAGE_ERROR_REASONS, ImageError, decode_image, preprocess
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = PreprocessConfig()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dangerclip.losses import danger_loss, dice_loss, sigmoid_focal_loss
+from dangerclip.modeling.losses import danger_loss, dice_loss, sigmoid_focal_loss
 
 
 def _sig(x: float) -> float:

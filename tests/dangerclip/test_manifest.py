@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-from dangerclip.manifest import ManifestError, manifest_from_folder, read_manifest, write_manifest
+from dangerclip.runtime.manifest import ManifestError, manifest_from_folder, read_manifest, write_manifest
 
 
 @pytest.fixture()

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dangerclip.backbone import BackboneError, build_clip
-from dangerclip.factory import create_model, get_config, list_models
-from dangerclip.losses import danger_loss
+from dangerclip.modeling.backbone import BackboneError, build_clip
+from dangerclip.modeling.factory import create_model, get_config, list_models
+from dangerclip.modeling.losses import danger_loss
 
 
 def test_list_models_and_unknown_name():
@@ -127,7 +127,7 @@ def test_unknown_pretrained_tag_lists_the_valid_ones():
 
 
 def test_conv_stem_makes_the_patch_tokens_and_hashes_its_buffers():
-    from dangerclip.backbone import ConvStem, state_dict_sha256
+    from dangerclip.modeling.backbone import ConvStem, state_dict_sha256
 
     m = create_model("demo", seed=0)
     visual = m.backbone.clip.visual

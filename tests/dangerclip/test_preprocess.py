@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-import dangerclip.preprocess as pp
-from dangerclip.card import PreprocessConfig
-from dangerclip.preprocess import (
+import dangerclip.runtime.preprocess as pp
+from dangerclip.runtime.card import PreprocessConfig
+from dangerclip.runtime.preprocess import (
     ALLOWED_FORMATS,
     ImageError,
     check_formats,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dangerclip.scorer import DangerScorer, ProviderError, choose_providers
+from dangerclip.runtime.scorer import DangerScorer, ProviderError, choose_providers
 
 ort = pytest.importorskip("onnxruntime")
 # onnxruntime warns when asked for a provider its C library lacks: the very case built here.
@@ -69,7 +69,7 @@ def gpu_sessions_raise(monkeypatch: pytest.MonkeyPatch, gpu_build_without_a_gpu:
 
 # ---------------------------------------------------------------------------- this machine (CPU build)
 def test_auto_scores_on_the_cpu_of_a_cpu_build(model: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="dangerclip.scorer"):
+    with caplog.at_level(logging.WARNING, logger="dangerclip.runtime.scorer"):
         scorer = DangerScorer(model)
     assert scorer.provider == CPU == scorer.session.get_providers()[0]
     assert not caplog.records, "a CPU build has no GPU to miss: nothing to warn about"
@@ -124,7 +124,7 @@ def test_named_cuda_whose_session_raises_is_an_error_carrying_the_cause(model: P
 def test_auto_falls_back_to_the_cpu_loudly_when_gpu_providers_do_not_start(
     model: Path, gpu_build_without_a_gpu: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="dangerclip.scorer"):
+    with caplog.at_level(logging.WARNING, logger="dangerclip.runtime.scorer"):
         scorer = DangerScorer(model, providers="auto")
     assert scorer.provider == CPU, "provider reports what the session really runs on"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -136,7 +136,7 @@ def test_auto_falls_back_to_the_cpu_loudly_when_gpu_providers_do_not_start(
 def test_auto_names_the_exception_that_stopped_the_gpu(
     model: Path, gpu_sessions_raise: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="dangerclip.scorer"):
+    with caplog.at_level(logging.WARNING, logger="dangerclip.runtime.scorer"):
         scorer = DangerScorer(model)
     assert scorer.provider == CPU
     assert any(gpu_sessions_raise in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]

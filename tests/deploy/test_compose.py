@@ -252,7 +252,7 @@ def test_compose_worker_end_to_end_and_its_scrape_has_every_dashboard_metric(
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dangerclip.cli", "serve"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "dangerclip_cli", "serve"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
         deadline = time.monotonic() + 90

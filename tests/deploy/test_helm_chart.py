@@ -656,7 +656,7 @@ def test_pseudomask_job_args_parse_with_the_real_cli() -> None:
     """What pod 5 of 16 runs is a valid ``dangerclip pseudomask`` command line, with files on its volumes."""
     import argparse
 
-    job = pytest.importorskip("pseudomask.job")
+    job = pytest.importorskip("pseudomask.cli")
     (c,) = one(render(_ci("pseudomask-values.yaml")), "Job")["spec"]["template"]["spec"]["containers"]
     argv = [a.replace("$(SHARD_INDEX)", "5") for a in c["args"]]
     assert argv[0] == "pseudomask"

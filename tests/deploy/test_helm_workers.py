@@ -149,7 +149,7 @@ def _serve(env: dict[str, Any], **overrides: str) -> subprocess.CompletedProcess
     run_env.update({k: v for k, v in env.items() if isinstance(v, str)})
     run_env.update({"DANGERCLIP_METRICS_HOST": "127.0.0.1", "DANGERCLIP_METRICS_PORT": "0", **overrides})
     return subprocess.run(
-        [sys.executable, "-m", "dangerclip.cli", "serve"],
+        [sys.executable, "-m", "dangerclip_cli", "serve"],
         cwd=REPO,
         env=run_env,
         capture_output=True,

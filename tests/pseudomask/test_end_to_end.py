@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dangerclip.cli import main
-from dangerclip.manifest import read_manifest
+from dangerclip.runtime.manifest import read_manifest
+from dangerclip_cli.main import main
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dangerclip.card import PreprocessConfig
+from dangerclip.runtime.card import PreprocessConfig
 from pseudomask.geometry import (
     Detections,
     box_iou,

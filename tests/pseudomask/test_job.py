@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 from pm_helpers import StubDetector, make_dataset, make_image
 
-from dangerclip.card import BackboneIdentity, ModelCard, PreprocessConfig
-from dangerclip.manifest import read_manifest
-from dangerclip.preprocess import mask_to_grid
+from dangerclip.runtime.card import BackboneIdentity, ModelCard, PreprocessConfig
+from dangerclip.runtime.manifest import read_manifest
+from dangerclip.runtime.preprocess import mask_to_grid
 from pseudomask.inputs import load_card, parse_shard, shard_of
 from pseudomask.job import JobConfig, PseudoMaskJob
 from pseudomask.segmenters import BoxSegmenter

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dangerclip.cli import main
+from dangerclip_cli.main import main
 from pseudomask.models import (
     BERT_VOCAB_MD5,
     GroundingDinoDetector,

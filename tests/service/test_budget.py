@@ -11,7 +11,7 @@ import time
 import pytest
 from PIL import Image
 
-from dangerclip.preprocess import ImageError, decode_image
+from dangerclip.runtime.preprocess import ImageError, decode_image
 from service.budget import BudgetTimeout, PixelBudget
 
 pytestmark = pytest.mark.timeout(60)
@@ -201,7 +201,7 @@ def test_many_threads_never_exceed_the_budget():
 
 
 def test_decode_image_holds_the_budget_for_the_whole_decode(monkeypatch):
-    import dangerclip.preprocess as pp
+    import dangerclip.runtime.preprocess as pp
 
     b = PixelBudget(10_000_000)
     asked: list[int] = []

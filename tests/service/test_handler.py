@@ -9,7 +9,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from dangerclip.card import BackboneIdentity, ModelCard, PreprocessConfig
+from dangerclip.runtime.card import BackboneIdentity, ModelCard, PreprocessConfig
 from service.handler import Handler, InputRecord, ModelError
 from service.messages import DeadLetter, ScoreResult, json_schemas
 from service.metrics import Metrics

@@ -66,11 +66,11 @@ def test_metric_names_follow_conventions() -> None:
 def test_service_never_imports_torch() -> None:
     code = (
         "import sys\n"
-        "import service.worker, service.serve, service.delivery, service.checkpoint, service.demo\n"
+        "import service.worker, service.serve, service.delivery, service.checkpoint, dangerclip_cli.demo\n"
         "import service.messages, service.handler, service.http, service.budget\n"
         "import service.settings, service.metrics, service.fetch, service.topics, service.embedded\n"
         "from service.serve import build\n"
-        "import dangerclip.scorer\n"
+        "import dangerclip.runtime.scorer\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'open_clip',"
         " 'torchvision', 'pseudomask'))\n"
         "assert not bad, bad\n"

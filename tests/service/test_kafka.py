@@ -244,7 +244,7 @@ def test_env_help_lists_every_setting():
     from tests.service.conftest import REPO
 
     r = subprocess.run(
-        [sys.executable, "-m", "dangerclip.cli", "serve", "--env-help"],
+        [sys.executable, "-m", "dangerclip_cli", "serve", "--env-help"],
         cwd=REPO,
         capture_output=True,
         text=True,

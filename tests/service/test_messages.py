@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from dangerclip.cli import main
+from dangerclip_cli.main import main
 from service.messages import REASONS, SCHEMAS, ImageEnvelope, json_schemas
 
 

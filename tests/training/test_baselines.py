@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_data import make_dataset
 
-from dangerclip.cli import main as cli_main
+from dangerclip_cli.main import main as cli_main
 from training import baselines as B
 from training.data import assign_splits, load_rows
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from test_data import make_dataset
 
-from dangerclip.card import PreprocessConfig
-from dangerclip.manifest import ManifestError
-from dangerclip.preprocess import load_image, preprocess
+from dangerclip.runtime.card import PreprocessConfig
+from dangerclip.runtime.manifest import ManifestError
+from dangerclip.runtime.preprocess import load_image, preprocess
 from training import cache as C
 from training.data import PLAIN, ViewRecipe, load_rows
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from dangerclip.card import PreprocessConfig
-from dangerclip.manifest import ManifestError, ManifestRow
-from dangerclip.preprocess import mask_to_grid, preprocess
+from dangerclip.runtime.card import PreprocessConfig
+from dangerclip.runtime.manifest import ManifestError, ManifestRow
+from dangerclip.runtime.preprocess import mask_to_grid, preprocess
 from training import data as D
 
 

@@ -21,8 +21,8 @@ def ci_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoConfig, dict
 
 @pytest.mark.slow
 def test_ci_build_writes_a_loadable_onnx_model(ci_build: tuple[DemoConfig, dict]) -> None:
-    from dangerclip.preprocess import load_image
-    from dangerclip.scorer import DangerScorer
+    from dangerclip.runtime.preprocess import load_image
+    from dangerclip.runtime.scorer import DangerScorer
 
     cfg, report = ci_build
     assets = Path(cfg.assets)
@@ -43,8 +43,8 @@ def test_ci_build_writes_a_loadable_onnx_model(ci_build: tuple[DemoConfig, dict]
 def test_ci_build_checkpoint_stands_alone_and_matches_onnx(ci_build: tuple[DemoConfig, dict]) -> None:
     import torch
 
-    from dangerclip.checkpoint import load_checkpoint
-    from dangerclip.scorer import DangerScorer
+    from dangerclip.modeling.checkpoint import load_checkpoint
+    from dangerclip.runtime.scorer import DangerScorer
 
     cfg, _ = ci_build
     model = load_checkpoint(Path(cfg.assets) / "model.safetensors")  # no pretrained= needed
@@ -119,8 +119,8 @@ ASSETS = Path(__file__).resolve().parents[2] / "dangerclip" / "assets"
 
 
 def test_committed_demo_model_scores_the_committed_samples() -> None:
-    from dangerclip.preprocess import load_image
-    from dangerclip.scorer import DangerScorer
+    from dangerclip.runtime.preprocess import load_image
+    from dangerclip.runtime.scorer import DangerScorer
 
     onnx_path = ASSETS / "demo" / "model.onnx"
     if not onnx_path.is_file():
@@ -145,8 +145,8 @@ def test_committed_backbone_loads_into_the_demo_config_and_says_how_it_was_made(
 
     if not DEMO_BACKBONE.is_file():
         pytest.skip("no committed backbone")
-    from dangerclip.backbone import state_dict_sha256
-    from dangerclip.scorer import DangerScorer
+    from dangerclip.modeling.backbone import state_dict_sha256
+    from dangerclip.runtime.scorer import DangerScorer
 
     clip = pt.load_clip(DEMO_BACKBONE, "demo")  # strict: every key and shape
     # It is the backbone the committed demo model was trained on (the card records its vision tower's hash).
@@ -167,8 +167,8 @@ def test_committed_backbone_loads_into_the_demo_config_and_says_how_it_was_made(
 @pytest.mark.slow
 def test_committed_demo_model_reproduces_its_reported_f1_and_localisation() -> None:
     """The report's test-split F1 and pointing game, recomputed: images redrawn, JPEG-encoded, scored by onnxruntime."""
-    from dangerclip.preprocess import decode_image, mask_to_grid
-    from dangerclip.scorer import DangerScorer
+    from dangerclip.runtime.preprocess import decode_image, mask_to_grid
+    from dangerclip.runtime.scorer import DangerScorer
     from training.metrics import pointing_hit
     from training.synth import SynthConfig, jpeg_bytes, redraw_split
 
@@ -208,7 +208,7 @@ def test_committed_demo_model_reproduces_its_reported_f1_and_localisation() -> N
 def test_command_line_options_reach_the_recipes() -> None:
     import argparse
 
-    from training.commandline import command_line
+    from dangerclip.runtime.commandline import command_line
     from training.demo_model import add_arguments, config_from_args
 
     parser = argparse.ArgumentParser()

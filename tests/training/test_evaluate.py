@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from test_data import make_dataset
 
-from dangerclip.checkpoint import load_checkpoint, save_checkpoint
-from dangerclip.cli import main as cli_main
-from dangerclip.preprocess import load_image
+from dangerclip.modeling.checkpoint import load_checkpoint, save_checkpoint
+from dangerclip.runtime.preprocess import load_image
+from dangerclip_cli.main import main as cli_main
 from training import evaluate as E
 from training.cache import build_or_load
 from training.data import PLAIN, load_rows
@@ -84,7 +84,7 @@ def test_eval_cli_on_checkpoint_and_onnx_agree(tiny_model, tmp_path: Path, capsy
     model = copy.deepcopy(tiny_model)
     ckpt = tmp_path / "m.safetensors"
     save_checkpoint(model, ckpt, thresholds={"weapon": 0.4})
-    from dangerclip.export import export_onnx
+    from dangerclip.modeling.export import export_onnx
 
     onnx = export_onnx(model, tmp_path / "m.onnx")
     assert cli_main(["eval", str(ckpt), str(man), "--out", str(tmp_path / "ev")]) == 0

@@ -45,7 +45,7 @@ def test_dense_tokens_match_encode_image(clip: torch.nn.Module) -> None:
 
 def test_dense_tokens_match_the_backbone_reader(clip: torch.nn.Module) -> None:
     # What pre-training shapes must be exactly what the DangerCLIP head reads.
-    backbone = pytest.importorskip("dangerclip.backbone")
+    backbone = pytest.importorskip("dangerclip.modeling.backbone")
     dense = backbone.DenseCLIP(pt.build_clip("tiny", seed=0), "tiny")
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
@@ -107,7 +107,7 @@ def test_pretrain_reduces_the_loss_and_saves_loadable_weights(small_set: Path, t
 
 
 def test_saved_weights_load_in_the_factory(small_set: Path, tmp_path: Path) -> None:
-    factory = pytest.importorskip("dangerclip.factory")
+    factory = pytest.importorskip("dangerclip.modeling.factory")
     model = pt.build_clip("tiny", seed=5)
     path = pt.save_clip(model, tmp_path / "clip.safetensors")
     dc = factory.create_model("tiny", pretrained=str(path), prompts=["weapon"])
@@ -144,7 +144,7 @@ def test_scikit_learn_probe_equals_the_hand_written_one() -> None:
 
 
 def test_cli_runs_and_reports(small_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from dangerclip.cli import main
+    from dangerclip_cli.main import main
 
     out = tmp_path / "c.safetensors"
     rc = main(["pretrain", str(small_set), "-o", str(out), "--steps", "2", "--batch-size", "8", "--limit", "16"])
@@ -211,7 +211,7 @@ def test_grey_share_of_the_stream_is_grey_with_colourless_captions_and_leaves_th
 
 
 def test_pretraining_the_conv_stem_config_reduces_the_loss() -> None:
-    from dangerclip.backbone import ConvStem
+    from dangerclip.modeling.backbone import ConvStem
 
     torch.manual_seed(0)
     clip = pt.build_clip("demo", seed=0)

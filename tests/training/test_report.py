@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dangerclip.card import BackboneIdentity, ModelCard, PreprocessConfig
+from dangerclip.runtime.card import BackboneIdentity, ModelCard, PreprocessConfig
 from training import evaluate as E
 from training import report as R
 from training.config import TrainConfig

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from dangerclip.manifest import read_manifest
+from dangerclip.runtime.manifest import read_manifest
 from training import synth
 from training.synth import CATEGORY_KINDS, SynthConfig, caption_for, generate, make_sample, scene
 
@@ -171,7 +171,7 @@ def test_bad_options_are_refused() -> None:
 
 
 def test_cli_writes_a_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from dangerclip.cli import main
+    from dangerclip_cli.main import main
 
     assert main(["synth", str(tmp_path / "s"), "-n", "8", "--seed", "1", "--categories", "gun,knife"]) == 0
     out = capsys.readouterr().out.strip()
@@ -184,7 +184,7 @@ SAMPLES = Path(__file__).resolve().parents[2] / "dangerclip" / "assets" / "sampl
 
 
 def test_committed_samples_are_what_the_generator_writes(tmp_path: Path) -> None:
-    from dangerclip.preprocess import load_image
+    from dangerclip.runtime.preprocess import load_image
 
     manifest = synth.write_samples(tmp_path)
     fresh = [json.loads(line) for line in manifest.read_text().splitlines()]

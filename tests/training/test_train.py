@@ -11,9 +11,9 @@ import pytest
 import torch
 from test_data import make_dataset
 
-from dangerclip.card import CARD_KEY
-from dangerclip.checkpoint import load_checkpoint, read_checkpoint
-from dangerclip.cli import main as cli_main
+from dangerclip.modeling.checkpoint import load_checkpoint, read_checkpoint
+from dangerclip.runtime.card import CARD_KEY
+from dangerclip_cli.main import main as cli_main
 from training.config import TrainConfig
 from training.history import read_history
 from training.optim import lr_factor
@@ -152,7 +152,7 @@ def test_cli_run_writes_checkpoint_onnx_and_report(dataset: Path, tmp_path: Path
 
 
 def test_two_categories_end_to_end(tiny_model, tmp_path: Path) -> None:
-    from dangerclip.factory import create_model
+    from dangerclip.modeling.factory import create_model
 
     man = make_dataset(tmp_path / "ds", n=24, two_categories=True)
     model = create_model("tiny", prompts=["weapon", "disc"], seed=0)

@@ -10,8 +10,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from dangerclip.runtime.files import atomic_write_text, write_json
 from training.demo_model.config import DemoConfig
-from training.files import atomic_write_text, write_json
 from training.report import summary_row
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,9 @@ def stage_export(
         runs: the head stages' records by name (``dense``, ``no-dense``).
         command: the command line that made it, for the report.
     """
-    from dangerclip.card import BackboneIdentity
-    from dangerclip.checkpoint import load_checkpoint, save_checkpoint
-    from dangerclip.export import export_onnx
+    from dangerclip.modeling.checkpoint import load_checkpoint, save_checkpoint
+    from dangerclip.modeling.export import export_onnx
+    from dangerclip.runtime.card import BackboneIdentity
 
     assets = Path(cfg.assets)
     assets.mkdir(parents=True, exist_ok=True)

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dangerclip.modeling.device import torch_threads
 from training.demo_model.assets import stage_export
 from training.demo_model.config import DemoConfig
 from training.demo_model.stages import stage_pretrain, stage_synth, stage_train
-from training.runtime import torch_threads
 
 log = logging.getLogger(__name__)
 

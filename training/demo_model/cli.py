@@ -7,7 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from training.commandline import add_options, comma_list, command_line, exits_2_on_bad_input, given_options
+from dangerclip.runtime.commandline import add_options, comma_list, command_line, exits_2_on_bad_input, given_options
 from training.config import TrainConfig
 from training.demo_model.build import build
 from training.demo_model.config import DemoConfig

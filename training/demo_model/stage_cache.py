@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from training.files import write_json
+from dangerclip.runtime.files import write_json
 
 
 def stage_key(d: dict[str, Any]) -> str:

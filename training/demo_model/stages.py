@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def model_config(name: str) -> dict[str, Any]:
     """The DangerCLIP model config (its contents key the stages, so editing the file redoes them)."""
-    from dangerclip.factory import get_config
+    from dangerclip.modeling.factory import get_config
 
     return get_config(name)
 

@@ -10,7 +10,7 @@ the paper freezes ViT-B/16.
 How much it takes (measured; see the ``demo_model`` docstring): the ``tiny`` config (linear 16×16 patch
 embedding, 2 layers) barely learns shapes at all, even supervised on the weapon label (test AUROC 0.65 after
 200 000 image views, ``bench/learnability.py``), so the demo uses the ``demo`` config, a hybrid ViT with a
-convolutional stem (``dangerclip.backbone.ConvStem``). Its patch tokens reach probe AUROC 0.984 (random
+convolutional stem (``dangerclip.modeling.backbone.ConvStem``). Its patch tokens reach probe AUROC 0.984 (random
 init: 0.669) after 1.28 million image views of this pre-training (5 000 steps of 256): six minutes on an H100
 (``device="cuda"``, bfloat16 autocast), about 16 hours on 2 CPU cores (22 views/s). The images are drawn
 in memory by ``synthetic_caption_data`` (several processes), not written to disk.
@@ -22,7 +22,7 @@ What is trained and how:
   swapped between the weapon and distractor vocabularies ("a red *bottle* and a blue circle ..."). Colours
   and backgrounds alone then no longer identify the caption, so the towers must learn the shapes;
 * a *dense-pooled* contrastive term: the mean of the MaskCLIP dense patch tokens (the tokens the DangerCLIP
-  head reads, see ``dangerclip.backbone.DenseCLIP.encode_dense``) is contrasted with the caption too, so the
+  head reads, see ``dangerclip.modeling.backbone.DenseCLIP.encode_dense``) is contrasted with the caption too, so the
   dense path is trained towards the joint space rather than being a by-product of the class token;
 * a *word-grounding* term (``WordGrounding``): each caption noun, and its hypernym from a fixed word
   hierarchy (a pistol is a weapon), is matched against every patch token with a sigmoid loss and a smooth
@@ -34,7 +34,7 @@ No masks and no dataset labels are used: the only supervision is the caption tex
 images must come from a set disjoint from the head's evaluation split (``demo_model`` uses another seed).
 
 The result is a state dict of an open_clip ``CLIP`` of a DangerCLIP config (``tiny``, ``demo``), saved as
-safetensors, which ``dangerclip.factory.create_model(NAME, pretrained=PATH)`` loads. ``linear_probe``
+safetensors, which ``dangerclip.modeling.factory.create_model(NAME, pretrained=PATH)`` loads. ``linear_probe``
 measures what it learnt: a logistic regression on frozen patch tokens, weapon vs other patches, AUROC on
 held-out images.
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.runtime import map_in_processes
+from dangerclip.modeling.device import map_in_processes
 from training.synth import DISTRACTOR_KINDS, WEAPON_KINDS, caption_for
 
 

@@ -7,13 +7,13 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from training.commandline import add_options, exits_2_on_bad_input, given_options
+from dangerclip.modeling.device import torch_threads
+from dangerclip.runtime.commandline import add_options, exits_2_on_bad_input, given_options
 from training.pretrain.captions import load_caption_data
 from training.pretrain.clip import build_clip, save_clip, tiny_clip_config
 from training.pretrain.config import PretrainConfig
 from training.pretrain.loop import pretrain
 from training.pretrain.measure import contrastive_eval, probe
-from training.runtime import torch_threads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dangerclip.card import OPENAI_MEAN, OPENAI_STD
-from training.files import atomic_path
+from dangerclip.runtime.card import OPENAI_MEAN, OPENAI_STD
+from dangerclip.runtime.files import atomic_path
 
 
 def tiny_clip_config(name: str = "tiny") -> dict[str, Any]:
@@ -21,7 +21,7 @@ def tiny_clip_config(name: str = "tiny") -> dict[str, Any]:
     Raises:
         ValueError: the config names a public open_clip architecture (those come with their own weights).
     """
-    from dangerclip.factory import get_config
+    from dangerclip.modeling.factory import get_config
 
     clip_cfg = get_config(name)["clip"]
     if "open_clip" in clip_cfg:
@@ -31,7 +31,7 @@ def tiny_clip_config(name: str = "tiny") -> dict[str, Any]:
 
 def build_clip(name: str = "tiny", seed: int = 0) -> nn.Module:
     """A randomly initialised open_clip ``CLIP`` of a DangerCLIP config (``tiny`` by default)."""
-    from dangerclip.backbone import build_clip as build
+    from dangerclip.modeling.backbone import build_clip as build
 
     cfg = tiny_clip_config(name)
     torch.manual_seed(seed)
@@ -39,7 +39,7 @@ def build_clip(name: str = "tiny", seed: int = 0) -> nn.Module:
 
 
 def normalise(images_u8: torch.Tensor) -> torch.Tensor:
-    """``[B, S, S, 3]`` uint8 → ``[B, 3, S, S]`` float32 with CLIP's mean/std (as ``dangerclip.preprocess``)."""
+    """``[B, S, S, 3]`` uint8 → ``[B, 3, S, S]`` float32 with CLIP's mean/std (as ``dangerclip.runtime.preprocess``)."""
     x = images_u8.permute(0, 3, 1, 2).float().div_(255.0)
     mean = torch.tensor(OPENAI_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_STD, device=x.device).view(1, 3, 1, 1)
@@ -51,7 +51,7 @@ def dense_tokens(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-token embedding and MaskCLIP dense patch tokens, with gradients.
 
-    The same computation as ``dangerclip.backbone.DenseCLIP.encode_dense`` (which runs without gradients),
+    The same computation as ``dangerclip.modeling.backbone.DenseCLIP.encode_dense`` (which runs without gradients),
     so what is trained here is exactly what the head will read.
 
     Args:

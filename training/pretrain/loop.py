@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dangerclip.modeling.device import resolve_device
 from training.optim import OptimStep, amp_setup, autocast, param_groups, warmup_cosine
 from training.pretrain.captions import CaptionData, tag_tokens
 from training.pretrain.clip import dense_tokens, encode_text, normalise
 from training.pretrain.config import PretrainConfig
 from training.pretrain.losses import WordGrounding, contrastive_loss
-from training.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

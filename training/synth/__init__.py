@@ -19,7 +19,7 @@ a dataset can be regenerated, extended, or generated in parallel with identical 
 
 Output layout (``dangerclip synth OUT``)::
 
-    OUT/manifest.jsonl        one row per image (dangerclip.manifest format + caption/objects/background)
+    OUT/manifest.jsonl        one row per image (dangerclip.runtime.manifest format + caption/objects/background)
     OUT/images/000000.jpg     the images
     OUT/masks/000000_gun.png  one 1-bit mask per image and category (all zero for negatives)
     OUT/synth.json            the options the set was generated with
@@ -29,7 +29,7 @@ Modules: ``vocabulary`` (shapes, categories, colours), ``shapes`` (the polygons)
 (the demo's sample images), ``cli`` (``dangerclip synth``). The names below are the package's API.
 """
 
-from training.runtime import map_in_processes
+from dangerclip.modeling.device import map_in_processes
 from training.synth.cli import add_arguments, config_from_args, run
 from training.synth.config import SynthConfig
 from training.synth.dataset import JPEG_QUALITY, generate, jpeg_bytes, redraw_split

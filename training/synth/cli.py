@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from training.commandline import add_options, comma_list, exits_2_on_bad_input, given_options
+from dangerclip.runtime.commandline import add_options, comma_list, exits_2_on_bad_input, given_options
 from training.synth.config import SynthConfig
 from training.synth.dataset import generate
 from training.synth.samples import SAMPLE_SEED, write_samples

@@ -11,8 +11,8 @@ from typing import Any
 
 from PIL import Image
 
-from training.files import write_json, write_jsonl
-from training.runtime import map_in_processes
+from dangerclip.modeling.device import map_in_processes
+from dangerclip.runtime.files import write_json, write_jsonl
 from training.synth.config import SynthConfig
 from training.synth.scene import SynthSample, make_sample, split_of
 

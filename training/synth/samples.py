@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.files import write_jsonl
+from dangerclip.runtime.files import write_jsonl
 from training.synth.config import SynthConfig
 from training.synth.scene import make_sample
 

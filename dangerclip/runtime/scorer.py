@@ -13,12 +13,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from dangerclip.card import CARD_KEY, ModelCard
-from dangerclip.preprocess import preprocess_batch
+from dangerclip.runtime.card import CARD_KEY, ModelCard
+from dangerclip.runtime.preprocess import preprocess_batch
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def choose_providers(requested: str | Sequence[str] | None = "auto") -> list[str
     available = list(ort.get_available_providers())
     if _is_auto(requested):
         return [p for p in _PREFERRED if p in available]
-    names = [requested] if isinstance(requested, str) else list(requested)
+    names = [requested] if isinstance(requested, str) else list(requested or ())
     wanted = [_ALIASES.get(p.strip().lower(), p.strip()) for p in names if p.strip()]
     if not wanted:
         raise ProviderError("no execution provider named; use auto, cpu, cuda, tensorrt or onnxruntime names")
@@ -187,7 +188,7 @@ class DangerScorer:
         """Run the graph on a preprocessed batch.
 
         Args:
-            batch: ``[B, 3, S, S]`` float32 from ``dangerclip.preprocess``.
+            batch: ``[B, 3, S, S]`` float32 from ``dangerclip.runtime.preprocess``.
 
         Returns:
             ``scores [B, k]`` and ``maps [B, k, h, w]``, float32 probabilities.
@@ -223,7 +224,7 @@ class DangerScorer:
         ]
 
 
-def _start_session(model_path: str, opts: object, requested: str | Sequence[str] | None) -> object:
+def _start_session(model_path: str, opts: object, requested: str | Sequence[str] | None) -> Any:
     """An ``InferenceSession`` on the providers asked for, or the reason it cannot have them.
 
     onnxruntime's own fallback is off: it would retry a failing GPU session on the CPU, or silently drop a
@@ -234,7 +235,7 @@ def _start_session(model_path: str, opts: object, requested: str | Sequence[str]
     """
     import onnxruntime as ort
 
-    def start(providers: list[str]) -> object:
+    def start(providers: list[str]) -> Any:
         session = ort.InferenceSession(model_path, sess_options=opts, providers=providers, enable_fallback=0)
         session.disable_fallback()
         return session

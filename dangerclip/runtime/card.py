@@ -12,6 +12,10 @@ from typing import Any
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+"""CLIP's normalisation (OpenAI's training statistics): the default of every DangerCLIP card."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+"""torchvision's ImageNet statistics: the inputs of the CNN baselines, VGG/ResNet embedders and GroundingDINO."""
 
 CARD_KEY = "dangerclip.card"
 """Key of the card's JSON in safetensors metadata and ONNX ``metadata_props``."""
@@ -35,8 +39,8 @@ class PreprocessConfig:
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
         return cls(
             image_size=int(d.get("image_size", 224)),
-            mean=tuple(d.get("mean", OPENAI_MEAN)),  # type: ignore[arg-type]
-            std=tuple(d.get("std", OPENAI_STD)),  # type: ignore[arg-type]
+            mean=tuple(d.get("mean", OPENAI_MEAN)),
+            std=tuple(d.get("std", OPENAI_STD)),
             interpolation=str(d.get("interpolation", "bicubic")),
             resize_mode=str(d.get("resize_mode", "shortest")),
         )
@@ -49,7 +53,7 @@ class BackboneIdentity:
     Attributes:
         model: open_clip architecture name (``ViT-B-16``) or a DangerCLIP config name for tiny backbones.
         pretrained: open_clip pretrained tag (``openai``), a local file path, or ``""`` for random weights.
-        sha256: hash of the backbone's weights (see ``dangerclip.backbone.state_dict_sha256``).
+        sha256: hash of the backbone's weights (see ``dangerclip.modeling.backbone.state_dict_sha256``).
     """
 
     model: str

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from dangerclip.backbone import DenseCLIP, build_clip
-from dangerclip.card import BackboneIdentity, ModelCard, PreprocessConfig
-from dangerclip.model import DangerCLIP, DangerHead, HeadConfig, ZeroShotHead
+from dangerclip.modeling.backbone import DenseCLIP, build_clip
+from dangerclip.modeling.model import DangerCLIP, DangerHead, HeadConfig, ZeroShotHead
+from dangerclip.runtime.card import BackboneIdentity, ModelCard, PreprocessConfig
 
 DEFAULT_PROMPTS = ("weapon",)
 DEFAULT_SAFE_PROMPTS = (
@@ -39,7 +39,7 @@ MODES = ("trained", "zeroshot")
 @cache
 def _configs() -> dict[str, dict[str, Any]]:
     out = {}
-    for f in resources.files("dangerclip.model_configs").iterdir():
+    for f in resources.files("dangerclip.modeling.model_configs").iterdir():
         if f.name.endswith(".json"):
             out[f.name[: -len(".json")]] = json.loads(f.read_text())
     return out

@@ -144,7 +144,7 @@ def exits_2_on_bad_input(command: str, *errors: type[BaseException]) -> Callable
         errors: what counts as bad input; ``ValueError`` (``ManifestError`` is one) and ``FileNotFoundError``
             always do.
     """
-    caught = (ValueError, FileNotFoundError, *errors)
+    caught: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, *errors)
 
     def wrap(run: Command) -> Command:
         @functools.wraps(run)

@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from dangerclip.runtime.preprocess import IMAGE_SUFFIXES
+
 log = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "dangerclip"
 DEMO_MODEL = PACKAGE_ROOT / "assets" / "demo" / "model.onnx"
 SAMPLES = PACKAGE_ROOT / "assets" / "samples"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 RUN_HEADER = "demo-run"
 
 
@@ -48,15 +49,15 @@ def untrained_model_path() -> Path:
     from dangerclip import __version__
 
     # Keyed by the package version and the tiny config, so a changed model definition is rebuilt.
-    config = PACKAGE_ROOT / "model_configs" / "tiny.json"
+    config = PACKAGE_ROOT / "modeling" / "model_configs" / "tiny.json"
     tag = hashlib.sha256(__version__.encode() + (config.read_bytes() if config.is_file() else b"")).hexdigest()[:12]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dangerclip" / "demo"
     path = cache / f"tiny-untrained-{tag}.onnx"
     if path.is_file():
         return path
     try:
-        from dangerclip.export import export_onnx  # torch: only this fallback needs it
-        from dangerclip.factory import create_model
+        from dangerclip.modeling.export import export_onnx  # torch: only this fallback needs it
+        from dangerclip.modeling.factory import create_model
     except ModuleNotFoundError as e:
         raise SystemExit(
             f"dangerclip demo: no demo model at {DEMO_MODEL} and cannot build one ({e.name} missing); "

@@ -11,8 +11,9 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
-from dangerclip.preprocess import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES_FOR_SCAN, ImageError, load_image
+from dangerclip.runtime.preprocess import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_image
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def _expand(paths: list[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES_FOR_SCAN)
+            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
         else:
             out.append(p)
     return out
@@ -54,7 +55,7 @@ def _thresholds(items: list[str]) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dangerclip.scorer import DangerScorer
+    from dangerclip.runtime.scorer import DangerScorer
 
     scorer = DangerScorer(args.model, providers=args.providers, thresholds=_thresholds(args.threshold))
     if not scorer.card.trained and scorer.card.mode == "trained":
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         if not images:
             continue
         for f, img, pred in zip(ok, images, scorer.score_images(images, args.batch_size), strict=True):
-            rec = {
+            rec: dict[str, Any] = {
                 "path": str(f),
                 "model_version": scorer.version,
                 "scores": pred.scores,
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                 "map": pred.map_summary(),
             }
             if heat_dir:
-                from dangerclip.heatmap import overlay
+                from dangerclip.runtime.heatmap import overlay
 
                 rec["heatmaps"] = {}
                 for j, c in enumerate(scorer.categories):

@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from dangerclip.backbone import BackboneError, DenseCLIP, build_clip
-from dangerclip.card import CARD_KEY, ModelCard
-from dangerclip.factory import get_config
-from dangerclip.model import DangerCLIP, DangerHead, HeadConfig, ZeroShotHead
+from dangerclip.modeling.backbone import BackboneError, DenseCLIP, build_clip
+from dangerclip.modeling.factory import get_config
+from dangerclip.modeling.model import DangerCLIP, DangerHead, HeadConfig, ZeroShotHead
+from dangerclip.runtime.card import CARD_KEY, ModelCard
 
 FORMAT = "dangerclip-checkpoint/1"
 
@@ -164,7 +164,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dangerclip.factory import create_model
+    from dangerclip.modeling.factory import create_model
 
     mode = args.mode
     version = args.version or ("0.0.0-zeroshot" if mode == "zeroshot" else "0.0.0-untrained")

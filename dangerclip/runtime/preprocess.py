@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, TiffTags, UnidentifiedImageError
 
-from dangerclip.card import PreprocessConfig
+from dangerclip.runtime.card import PreprocessConfig
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Refuse images above this many pixels before decoding them (decompression bombs).
@@ -41,8 +41,8 @@ never send it: libtiff and its many codecs are the largest parser here."""
 IMAGE_ERROR_REASONS = frozenset({"not_an_image", "too_many_pixels", "too_large", "decode_error"})
 """Every ``ImageError.reason``."""
 
-IMAGE_SUFFIXES_FOR_SCAN = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-"""File suffixes picked up when a folder is given instead of files."""
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+"""File suffixes taken as images when a folder is given instead of files (scoring, manifests, the demo)."""
 
 _PARSE_LOCK = threading.Lock()
 """Held while Pillow parses headers and metadata (``Image.open``, ``getexif``: microseconds to a millisecond);
@@ -458,7 +458,8 @@ def resize_and_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
 def normalize(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """uint8 ``[H, W, 3]`` → float32 ``[3, H, W]`` scaled to [0, 1] and normalised per channel."""
     x = rgb.astype(np.float32) * (1.0 / 255.0)
-    x = (x - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    x -= np.asarray(cfg.mean, np.float32)
+    x /= np.asarray(cfg.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dangerclip.backbone import DenseCLIP
-from dangerclip.card import ModelCard
+from dangerclip.modeling.backbone import DenseCLIP
+from dangerclip.runtime.card import ModelCard
 
 
 @dataclass(frozen=True)

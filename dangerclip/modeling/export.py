@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dangerclip.card import CARD_KEY
-from dangerclip.model import DangerCLIP
-from dangerclip.scorer import INPUT_NAME, OUTPUT_NAMES
+from dangerclip.modeling.model import DangerCLIP
+from dangerclip.runtime.card import CARD_KEY
+from dangerclip.runtime.scorer import INPUT_NAME, OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def check_images(model: DangerCLIP, n: int = 4, seed: int = 0) -> np.ndarray:
     """Synthetic check inputs: smooth random images through the real preprocessing, ``[n, 3, S, S]``."""
     from PIL import Image
 
-    from dangerclip.preprocess import preprocess_batch
+    from dangerclip.runtime.preprocess import preprocess_batch
 
     rng = np.random.default_rng(seed)
     imgs = []
@@ -203,7 +203,7 @@ def _set_precision(m: object, precision: str) -> None:
 
 
 def load_calibration(paths: list[str], model: DangerCLIP) -> np.ndarray:
-    from dangerclip.preprocess import load_image, preprocess_batch
+    from dangerclip.runtime.preprocess import load_image, preprocess_batch
 
     files: list[Path] = []
     for p in paths:
@@ -233,8 +233,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dangerclip.checkpoint import load_checkpoint
-    from dangerclip.factory import create_model
+    from dangerclip.modeling.checkpoint import load_checkpoint
+    from dangerclip.modeling.factory import create_model
 
     if bool(args.checkpoint) == bool(args.config):
         raise SystemExit("dangerclip export: give a checkpoint or --config, not both")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from dangerclip.card import PreprocessConfig
-from dangerclip.preprocess import resize_and_crop, to_rgb
+from dangerclip.runtime.card import PreprocessConfig
+from dangerclip.runtime.preprocess import resize_and_crop, to_rgb
 
 
 def overlay(image: Image.Image, grid_map: np.ndarray, cfg: PreprocessConfig, alpha: float = 0.55) -> Image.Image:

@@ -1,4 +1,4 @@
-"""The ``dangerclip`` command.
+"""The ``dangerclip`` command: the umbrella above every package.
 
 Each subcommand lives in its own module, which provides ``add_arguments(parser)`` and ``run(args) -> int``.
 Only the chosen subcommand's module is imported, so ``dangerclip serve`` never loads torch or training code.
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
 from typing import NamedTuple
+
+from dangerclip.runtime.logs import setup_logging
 
 
 class Command(NamedTuple):
@@ -21,12 +22,12 @@ class Command(NamedTuple):
 
 
 COMMANDS: dict[str, Command] = {
-    "score": Command("dangerclip.score_cli", "", "score image files with an ONNX model; JSON lines out"),
-    "models": Command("dangerclip.factory", "train", "list the model configs"),
-    "create": Command("dangerclip.checkpoint", "train", "build a checkpoint (zero-shot or untrained head)"),
-    "export": Command("dangerclip.export", "train", "export a checkpoint to ONNX (fp32/fp16/int8)"),
+    "score": Command("dangerclip.runtime.score_cli", "", "score image files with an ONNX model; JSON lines out"),
+    "models": Command("dangerclip.modeling.factory", "train", "list the model configs"),
+    "create": Command("dangerclip.modeling.checkpoint", "train", "build a checkpoint (zero-shot or untrained head)"),
+    "export": Command("dangerclip.modeling.export", "train", "export a checkpoint to ONNX (fp32/fp16/int8)"),
     "serve": Command("service.serve", "serve", "run a Kafka scoring worker"),
-    "demo": Command("service.demo", "serve", "stream the sample images through an embedded broker"),
+    "demo": Command("dangerclip_cli.demo", "serve", "stream the sample images through an embedded broker"),
     "schema": Command("service.messages", "serve", "write the JSON Schemas of the Kafka messages"),
     "synth": Command("training.synth", "train", "generate the synthetic weapon/distractor dataset"),
     "pretrain": Command("training.pretrain", "train", "contrastive pre-training of a tiny CLIP"),
@@ -44,16 +45,6 @@ def _usage() -> str:
     lines += [f"  {name:<{width}}  {cmd.help}" for name, cmd in COMMANDS.items()]
     lines += ["", "'dangerclip COMMAND --help' describes a command."]
     return "\n".join(lines)
-
-
-def setup_logging(verbose: int = 0, json_logs: bool = False) -> None:
-    """Configure the root logger once, for a process's entry point."""
-    level = logging.DEBUG if verbose > 0 else logging.INFO
-    if json_logs:
-        fmt = '{"ts":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}'
-    else:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

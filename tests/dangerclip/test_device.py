@@ -14,9 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from training.commandline import add_options, comma_list, command_line, exits_2_on_bad_input, field_docs, given_options
-from training.files import atomic_path, atomic_write_text, jsonable, write_json, write_jsonl
-from training.runtime import map_in_processes, resolve_device, stop_on_signal, torch_threads
+from dangerclip.modeling.device import map_in_processes, resolve_device, stop_on_signal, torch_threads
+from dangerclip.runtime.commandline import (
+    add_options,
+    comma_list,
+    command_line,
+    exits_2_on_bad_input,
+    field_docs,
+    given_options,
+)
+from dangerclip.runtime.files import atomic_path, atomic_write_text, jsonable, write_json, write_jsonl
 
 
 def test_sigterm_asks_the_loop_to_stop_after_the_step() -> None:

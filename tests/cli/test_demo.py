@@ -19,7 +19,7 @@ def test_demo_streams_the_images_and_shuts_down(model_path, sample_images_dir):
         [
             sys.executable,
             "-m",
-            "dangerclip.cli",
+            "dangerclip_cli",
             "demo",
             "--model",
             str(model_path),
@@ -50,7 +50,7 @@ def test_demo_streams_the_images_and_shuts_down(model_path, sample_images_dir):
 
 def test_demo_refuses_a_missing_model(tmp_path):
     r = subprocess.run(
-        [sys.executable, "-m", "dangerclip.cli", "demo", "--model", str(tmp_path / "no.onnx")],
+        [sys.executable, "-m", "dangerclip_cli", "demo", "--model", str(tmp_path / "no.onnx")],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -60,7 +60,7 @@ def test_demo_refuses_a_missing_model(tmp_path):
 
 
 def test_demo_states_the_model_quality_from_its_card():
-    from service.demo import _held_out_quality
+    from dangerclip_cli.demo import _held_out_quality
 
     metrics = {"test": {"n": 196, "weapon": {"f1": 0.68, "ap": 0.62, "threshold": 0.08}}}
     assert _held_out_quality(metrics) == "held-out test split (n=196) weapon: F1 0.68, AP 0.62, threshold 0.080"

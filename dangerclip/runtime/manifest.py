@@ -25,7 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+from dangerclip.runtime.preprocess import IMAGE_SUFFIXES
+
 NEGATIVE_NAMES = ("negative", "negatives", "safe", "none", "background")
 SPLITS = ("train", "val", "test")
 

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from dangerclip.cli import main
+from dangerclip_cli.main import main
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dangerclip.cli", *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, "-m", "dangerclip_cli", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_serving_half_imports_no_torch():
     code = (
-        "import sys, dangerclip, dangerclip.scorer, dangerclip.preprocess, dangerclip.card, dangerclip.manifest, "
-        "dangerclip.heatmap, dangerclip.score_cli\n"
+        "import sys, dangerclip, dangerclip.runtime.scorer, dangerclip.runtime.preprocess, dangerclip.runtime.card, "
+        "dangerclip.runtime.manifest, dangerclip.runtime.heatmap, dangerclip.runtime.score_cli\n"
         "bad = [m for m in ('torch', 'open_clip', 'torchvision', 'training') if m in sys.modules]\n"
         "assert not bad, bad"
     )
@@ -54,9 +54,9 @@ def test_score_prints_a_line_per_file_and_survives_bad_ones(tiny_onnx_path, samp
 @pytest.mark.parametrize("config", ["tiny", "demo", "ViT-B-16"])
 def test_build_train_save_load_export_score(config, tmp_path, sample_images_dir):
     """The whole model life cycle through the public API and CLI, for each config (random weights)."""
-    from dangerclip.checkpoint import load_checkpoint, save_checkpoint
-    from dangerclip.factory import create_model
-    from dangerclip.losses import danger_loss
+    from dangerclip.modeling.checkpoint import load_checkpoint, save_checkpoint
+    from dangerclip.modeling.factory import create_model
+    from dangerclip.modeling.losses import danger_loss
 
     torch.set_num_threads(2)
     m = create_model(config, seed=0)

@@ -1,0 +1,5 @@
+import sys
+
+from dangerclip_cli.main import main
+
+sys.exit(main())
