@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from dangerclip.runtime.preprocess import decode_image, preprocess_batch  # noqa: E402
 from dangerclip.runtime.scorer import DangerScorer  # noqa: E402
-from service.embedded import EmbeddedBroker, free_port  # noqa: E402
+from dangerclip_cli.embedded import EmbeddedBroker, free_port  # noqa: E402
 from service.topics import ensure_topics  # noqa: E402
 
 

@@ -11,7 +11,7 @@ kafka-python consumer joins the group and leaves without committing). Then at le
 stream. Per run it prints the inputs produced (acknowledged), inputs without an outcome (must be 0),
 duplicates (at-least-once allows them), churn events, the worst and median time from send to first outcome,
 worker crashes, bad SIGTERM exits and partitions whose commits fell short. The verifier, the fleet and the
-faults are ``tests/service/chaos.py``'s, the same the chaos tests use.
+faults are ``tests/support/chaos.py``'s, the same the chaos tests use.
 
 Bounded: a run takes about records/rate + events × (interval + a few s) + the settle bound (``--settle-s``);
 the whole benchmark stops starting runs after ``--max-seconds``. Exit code 1 when any run broke the contract.
@@ -29,9 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.embedded import EmbeddedBroker  # noqa: E402
-from tests.service.chaos import ChurnConfig, run_churn  # noqa: E402
-from tests.service.conftest import make_topics  # noqa: E402
+from dangerclip_cli.embedded import EmbeddedBroker  # noqa: E402
+from tests.support.chaos import ChurnConfig, run_churn  # noqa: E402
+from tests.support.service import make_topics  # noqa: E402
 
 
 def tiny_model(out: Path) -> Path:

@@ -3,7 +3,7 @@
     python bench/hostile_inputs.py                          # against service/fetch.py of 6af608e, timeout 2 s
     python bench/hostile_inputs.py --interval 0.5 --cap 30 --old-ref HEAD~5
 
-Starts ``tests/service/hostile_http.py`` on 127.0.0.1 (dripping one byte per ``--interval``), then fetches
+Starts ``tests/support/hostile_http.py`` on 127.0.0.1 (dripping one byte per ``--interval``), then fetches
 every path with ``UriFetcher(enabled, [server], uri_max_bytes default, --timeout)``: first with this tree's
 ``service/fetch.py``, one path after another, then with ``--old-ref``'s ``service/fetch.py`` (loaded from
 ``git show`` into a temporary module), every path in its own thread started together and joined against
@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from service.fetch import UriFetcher  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from tests.service.hostile_http import PATHS, HostileServer  # noqa: E402
+from tests.support.hostile_http import PATHS, HostileServer  # noqa: E402
 
 BENIGN = ("/good.jpg", "/redirect-good")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from service.embedded import EmbeddedBroker, free_port  # noqa: E402
+from dangerclip_cli.embedded import EmbeddedBroker, free_port  # noqa: E402
 from service.topics import ensure_topics  # noqa: E402
 
 MODEL = REPO / "dangerclip" / "assets" / "demo" / "model.onnx"

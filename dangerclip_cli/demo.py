@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, tmp: Path) -> int:
-    from service.embedded import EmbeddedBroker, free_port
+    from dangerclip_cli.embedded import EmbeddedBroker, free_port
     from service.http import HealthServer
     from service.serve import build
     from service.settings import Settings

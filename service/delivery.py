@@ -22,14 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from service import kafka_errors
 from service.handler import Handler, OutputRecord
 from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TOO_LARGE_ERRORS = ("MessageSizeTooLargeError", "RecordListTooLargeError")
-"""kafka-python errors that mean this record can never be sent as it is."""
 
 MIN_DEAD_LETTER_BYTES = 4096
 """Dead letters are not slimmed below this (a minimal one is well under 2 KiB)."""
@@ -57,7 +56,7 @@ class Backoff:
 
 
 def is_too_large(err: BaseException | None) -> bool:
-    return err is not None and type(err).__name__ in TOO_LARGE_ERRORS
+    return kafka_errors.is_a(err, kafka_errors.TOO_LARGE)
 
 
 class Delivery:

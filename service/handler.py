@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from dangerclip.runtime.card import ModelCard
+from dangerclip.runtime.heatmap import map_peaks
 from dangerclip.runtime.preprocess import ImageError, check_formats, decode_image, preprocess
 from service.budget import PixelBudget
 from service.fetch import FetchError, UriFetcher
@@ -478,15 +479,7 @@ class Handler:
 
     def _map(self, maps: np.ndarray) -> DangerMap:
         """``[k, h, w]`` probabilities → summary (+ uint8 grid)."""
-        summary = {}
-        for j, c in enumerate(self.categories):
-            m = maps[j]
-            r, col = np.unravel_index(int(np.argmax(m)), m.shape)
-            summary[c] = MapPeak(
-                peak=round(float(m[r, col]), 4),
-                peak_at=[int(r), int(col)],
-                area=round(float((m >= 0.5).mean()), 4),
-            )
+        summary = {c: MapPeak.model_validate(peak) for c, peak in map_peaks(self.categories, maps).items()}
         data = None
         if self.settings.danger_map == "grid":
             q = np.clip(np.rint(np.asarray(maps, np.float32) * 255.0), 0, 255).astype(np.uint8)

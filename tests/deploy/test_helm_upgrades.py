@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import CHART, helm, kinds, load_values, one, render, worker_env
+from tests.support.deploy import CHART, helm, kinds, load_values, one, render, worker_env
 
 KEDA_FILES = sorted(p for p in (CHART / "ci").glob("*-values.yaml") if "keda" in p.name)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import (
+from tests.support.deploy import (
     CHART,
     CI_VALUES,
     POD_NAME,

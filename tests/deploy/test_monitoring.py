@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.conftest import (
+from tests.support.deploy import (
     CHART,
     DEPLOY,
     REPO,

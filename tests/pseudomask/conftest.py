@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from pm_helpers import make_dataset
+
+from tests.support.pseudomask import make_dataset
 
 pytest.importorskip("segment_anything")
 pytest.importorskip("groundingdino")

@@ -88,7 +88,7 @@ def test_job_writes_every_output_resumes_and_records_bad_images(tmp_path, datase
 
 
 def test_shards_split_the_set_with_no_overlap_and_no_gap(tmp_path, bert_dir, capsys):
-    from pm_helpers import make_dataset
+    from tests.support.pseudomask import make_dataset
 
     m = make_dataset(tmp_path / "d", n_pos=6, n_neg=0, corrupt=False)
     out = tmp_path / "out"

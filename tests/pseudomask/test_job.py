@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pm_helpers import StubDetector, make_dataset, make_image
 
 from dangerclip.runtime.card import BackboneIdentity, ModelCard, PreprocessConfig
 from dangerclip.runtime.manifest import read_manifest
@@ -17,6 +16,7 @@ from dangerclip.runtime.preprocess import mask_to_grid
 from pseudomask.inputs import load_card, parse_shard, shard_of
 from pseudomask.job import JobConfig, PseudoMaskJob
 from pseudomask.segmenters import BoxSegmenter
+from tests.support.pseudomask import StubDetector, make_dataset, make_image
 
 
 def results(out: Path) -> list[dict]:

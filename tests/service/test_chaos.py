@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.service.chaos import (
+from tests.support.chaos import (
     ChurnConfig,
     Fleet,
     OutcomeLedger,
@@ -29,7 +29,7 @@ from tests.service.chaos import (
     verdict,
     wait_committed,
 )
-from tests.service.conftest import ENVELOPE, jpeg_bytes, make_topics, poison_corpus, wait_for
+from tests.support.service import ENVELOPE, jpeg_bytes, make_topics, poison_corpus, wait_for
 
 
 def _explain(v: Verdict, fleet: Fleet) -> str:
@@ -309,7 +309,7 @@ def test_hostile_upstream_gets_dead_letters_in_time_and_holds_nothing(broker, mo
     broken chunking, endless bodies and headers, redirects out and in a loop), in one partition between good
     images: each gets a dead letter, and no input waits for its outcome past a bound set by the fetch
     deadline (a drip of the JPEG would take ~20 minutes, /silent 2)."""
-    from tests.service.hostile_http import PATHS, HostileServer
+    from tests.support.hostile_http import PATHS, HostileServer
 
     timeout_s = 2.0
     topics = make_topics(broker.bootstrap_servers)
@@ -360,7 +360,7 @@ def test_image_stream_keys_are_unique():
 
 
 def test_verdict_counts_missing_and_duplicates():
-    from tests.service.chaos import Acked, Outcome
+    from tests.support.chaos import Acked, Outcome
 
     class _L:
         error = None

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.service.chaos import Acked, Fleet, OutcomeLedger, image_stream, produce_acked, verdict, wait_committed
-from tests.service.conftest import jpeg_bytes, make_topics
+from tests.support.chaos import Acked, Fleet, OutcomeLedger, image_stream, produce_acked, verdict, wait_committed
+from tests.support.service import jpeg_bytes, make_topics
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -1,5 +1,5 @@
 """Image by reference: only http(s), only allow-listed hosts, size cap, checked redirects, and a total deadline
-that a hostile upstream (``tests/service/hostile_http.py``) cannot stretch."""
+that a hostile upstream (``tests/support/hostile_http.py``) cannot stretch."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from service.fetch import FetchError, UriFetcher, address_refused, host_allowed
-from tests.service.conftest import jpeg_bytes
-from tests.service.hostile_http import PATHS, HostileServer, self_signed_cert
+from tests.support.hostile_http import PATHS, HostileServer, self_signed_cert
+from tests.support.service import jpeg_bytes
 
 
 @pytest.mark.parametrize(

@@ -25,9 +25,9 @@ from service.handler import Handler, InputRecord, Prepared, Rejected
 from service.messages import REASONS, DeadLetter, ScoreResult
 from service.metrics import Metrics
 from service.settings import Settings
-from tests.service.conftest import ENVELOPE
-from tests.service.hostile_http import PATHS, HostileServer, good_jpeg
-from tests.service.test_handler import FakeScorer
+from tests.support.fakes import FakeScorer
+from tests.support.hostile_http import PATHS, HostileServer, good_jpeg
+from tests.support.service import ENVELOPE
 
 FUZZ = settings(
     max_examples=150,

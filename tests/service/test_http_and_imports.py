@@ -9,7 +9,7 @@ import urllib.request
 
 from service.http import HealthServer
 from service.metrics import METRIC_NAMES, Metrics
-from tests.service.conftest import REPO, parse_metrics
+from tests.support.service import REPO, parse_metrics
 
 
 def _get(url: str) -> tuple[int, str, str]:
@@ -68,7 +68,7 @@ def test_service_never_imports_torch() -> None:
         "import sys\n"
         "import service.worker, service.serve, service.delivery, service.checkpoint, dangerclip_cli.demo\n"
         "import service.messages, service.handler, service.http, service.budget\n"
-        "import service.settings, service.metrics, service.fetch, service.topics, service.embedded\n"
+        "import service.settings, service.metrics, service.fetch, service.topics, dangerclip_cli.embedded\n"
         "from service.serve import build\n"
         "import dangerclip.runtime.scorer\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'open_clip',"

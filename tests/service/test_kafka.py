@@ -9,9 +9,9 @@ from collections import Counter, defaultdict
 import jsonschema
 import pytest
 
-from service.embedded import EmbeddedBroker
+from dangerclip_cli.embedded import EmbeddedBroker
 from service.messages import DeadLetter, ScoreResult, json_schemas
-from tests.service.conftest import (
+from tests.support.service import (
     ENVELOPE,
     WorkerProcess,
     collect,
@@ -227,7 +227,7 @@ def test_worker_refuses_bad_settings(tmp_path, model_path):
     import subprocess
     import sys
 
-    from tests.service.conftest import REPO
+    from tests.support.service import REPO
 
     env = {"DANGERCLIP_MAX_BATCH_SIZE": "0", "DANGERCLIP_MODEL_PATH": str(model_path), "PATH": "/usr/bin"}
     r = subprocess.run(
@@ -241,7 +241,7 @@ def test_env_help_lists_every_setting():
     import sys
 
     from service.settings import Settings
-    from tests.service.conftest import REPO
+    from tests.support.service import REPO
 
     r = subprocess.run(
         [sys.executable, "-m", "dangerclip_cli", "serve", "--env-help"],
@@ -295,7 +295,7 @@ def test_a_setting_the_client_refuses_is_fatal_at_start_not_retried(tmp_path, mo
     import subprocess
     import sys
 
-    from tests.service.conftest import REPO
+    from tests.support.service import REPO
 
     env = {
         "DANGERCLIP_MODEL_PATH": str(model_path),

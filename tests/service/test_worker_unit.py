@@ -20,8 +20,8 @@ from kafka import TopicPartition  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.worker import Worker  # noqa: E402
-from tests.service.conftest import jpeg_bytes  # noqa: E402
-from tests.service.test_handler import make_handler  # noqa: E402
+from tests.support.fakes import make_handler  # noqa: E402
+from tests.support.service import jpeg_bytes  # noqa: E402
 
 CR = namedtuple("CR", "topic partition offset timestamp key value headers")
 

@@ -1,7 +1,8 @@
 """An embedded Kafka-compatible broker for the demo, the benchmark and the tests: tansu, memory storage.
 
-This is the only broker-specific code in ``service/``; the worker never imports it. The broker listens on
-127.0.0.1 only and keeps everything in memory (a restart loses topics and offsets).
+The only broker-specific code in the project, kept out of ``service/`` (the worker works unchanged against any
+Kafka cluster and never imports it). The broker listens on 127.0.0.1 only and keeps everything in memory (a
+restart loses topics and offsets).
 """
 
 from __future__ import annotations

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.embedded import EmbeddedBroker, free_port, wait_for_port
-from tests.service.conftest import Topics, WorkerProcess, jpeg_bytes
+from dangerclip_cli.embedded import EmbeddedBroker, free_port, wait_for_port
+from tests.support.service import Topics, WorkerProcess, jpeg_bytes
 
 Coord = tuple[int, int]
 """An input record's (partition, offset)."""
