@@ -28,12 +28,12 @@ from dangerclip.modeling.device import resolve_device, torch_threads
 from dangerclip.runtime.card import PreprocessConfig
 from dangerclip.runtime.manifest import ManifestRow, write_manifest
 from dangerclip.runtime.preprocess import ImageError, decode_image
+from dangerclip.runtime.progress import progress
 from pseudomask.config import DEFAULT_GRID, DEFAULT_PROMPTS, JobConfig
 from pseudomask.factory import build_models
 from pseudomask.geometry import Detections, masks_to_grid, select_boxes
 from pseudomask.inputs import load_card, load_rows, shard_rows
 from pseudomask.output import OutputDir, atomic_save_npy, atomic_save_png
-from pseudomask.progress import progress_bar
 from pseudomask.resume import ResumeState, params_fingerprint
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class PseudoMaskJob:
         done = self.resume.done_hashes()
         start = time.perf_counter()
         qa_every = max(1, len(rows) // cfg.qa_samples) if cfg.qa_samples > 0 else 0
-        bar = progress_bar(len(rows), cfg.progress)
+        bar = progress(len(rows), desc="pseudomask", unit="images", enabled=cfg.progress)
         try:
             for batch in self._batches(rows, done, bar):
                 if self.detector is None or self.segmenter is None:

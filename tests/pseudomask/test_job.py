@@ -271,10 +271,10 @@ def test_model_card_sets_prompts_preprocessing_and_grid(tmp_path):
 def test_progress_without_a_terminal_logs_rate_and_eta(caplog):
     import logging
 
-    from pseudomask.progress import LogProgress
+    from dangerclip.runtime.progress import progress
 
-    p = LogProgress(total=10, period_s=0.0)
-    with caplog.at_level(logging.INFO, logger="pseudomask.progress"):
+    p = progress(10, desc="pseudomask", unit="images", enabled=False, period_s=0.0)
+    with caplog.at_level(logging.INFO, logger="dangerclip.runtime.progress"):
         p.update(4)
     (msg,) = [r.getMessage() for r in caplog.records]
     assert msg.startswith("pseudomask: 4/10 images,") and "images/s, ETA" in msg
