@@ -40,17 +40,9 @@ class LogProgress:
         rate = (self.n - self.start_n) / max(now - self.t0, 1e-9)
         eta = (self.total - self.n) / rate if rate > 0 else float("inf")
         extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
-        log.info(
-            "%s: %d/%d %s, %.2f %s/s, ETA %.0f s%s",
-            self.desc,
-            self.n,
-            self.total,
-            self.unit,
-            rate,
-            self.unit,
-            eta,
-            extra,
-        )
+        self.logged_n = self.n
+        done = f"{self.n}/{self.total} {self.unit}"
+        log.info("%s: %s, %.2f %s/s, ETA %.0f s%s", self.desc, done, rate, self.unit, eta, extra)
 
     def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any) -> None:
         self.postfix = {**(ordered_dict or {}), **kw}
