@@ -10,8 +10,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
+from dangerclip.runtime.errors import EXIT_USER_ERROR, run_command
 from dangerclip.runtime.logs import setup_logging
 
 
@@ -72,11 +73,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f" (pip install 'dangerclip[{cmd.extra}]')" if cmd.extra else ""
         print(f"dangerclip {name}: cannot import {e.name!r}{hint}", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog=f"dangerclip {name}", description=cmd.help)
+    parser = Parser(prog=f"dangerclip {name}", description=cmd.help)
     module.add_arguments(parser)
     ns = parser.parse_args(rest)
     setup_logging(verbose, json_logs=bool(getattr(ns, "json_logs", False)))
-    return int(module.run(ns) or 0)
+    return run_command(name, module.run, ns, verbose, env_prefix="DANGERCLIP_" if name == "serve" else "")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the contract's short error: one line and a pointer to ``--help``, not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: {message} (see '{self.prog} --help')\n")
 
 
 if __name__ == "__main__":

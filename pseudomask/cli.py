@@ -11,6 +11,7 @@ import sys
 from dataclasses import asdict
 
 from dangerclip.runtime.commandline import add_options, exits_2_on_bad_input, given_options
+from dangerclip.runtime.filekind import expect
 from pseudomask.config import JobConfig
 from pseudomask.inputs import load_rows, parse_shard
 
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from pseudomask.job import PseudoMaskJob
 
     cfg = config_from_args(args)
+    expect(cfg.input, "manifest", "directory", what="input")
     job = PseudoMaskJob(cfg)
     if args.collect:
         n = job.write_training_manifest(load_rows(cfg.input, job.categories, cfg.skip_bad_rows))

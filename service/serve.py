@@ -18,6 +18,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from dangerclip.runtime.errors import UserError, run_command
+from dangerclip.runtime.filekind import expect
 from dangerclip.runtime.logs import setup_logging
 from service.handler import Handler
 from service.metrics import Metrics
@@ -35,7 +37,8 @@ def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Worker, M
     from dangerclip.runtime.scorer import DangerScorer
 
     if settings.model_path is None:
-        raise ValueError("no model: set DANGERCLIP_MODEL_PATH or pass --model")
+        raise UserError("no model: set DANGERCLIP_MODEL_PATH or pass --model")
+    expect(settings.model_path, "onnx", what="model")
     metrics = metrics or Metrics()
     scorer = DangerScorer(
         settings.model_path,
@@ -192,18 +195,10 @@ def run(args: argparse.Namespace) -> int:
         for name, doc in Settings.model_construct().env_help():
             sys.stdout.write(f"{name:<42} {doc}\n")
         return 0
-    try:
-        settings = settings_from_args(args)
-    except Exception as e:  # noqa: BLE001 - pydantic's message names the bad variable
-        sys.stderr.write(f"dangerclip serve: invalid settings: {e}\n")
-        return 2
+    settings = settings_from_args(args)  # a bad setting: the error contract names its variable (exit 2)
     if settings.log_json and not args.json_logs:
         setup_logging(json_logs=True)
-    try:
-        code = serve(settings, max_records=args.max_records, timeout_s=args.max_seconds)
-    except (FileNotFoundError, ValueError) as e:
-        sys.stderr.write(f"dangerclip serve: {e}\n")
-        return 2
+    code = serve(settings, max_records=args.max_records, timeout_s=args.max_seconds)
     stuck = [
         t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()
     ]
@@ -226,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     ns = parser.parse_args(args)
     setup_logging(verbose, json_logs=bool(ns.json_logs))
-    return run(ns)
+    return run_command("serve", run, ns, verbose, env_prefix="DANGERCLIP_")
 
 
 if __name__ == "__main__":

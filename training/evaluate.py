@@ -21,6 +21,7 @@ import numpy as np
 
 from dangerclip.runtime.card import PreprocessConfig
 from dangerclip.runtime.commandline import exits_2_on_bad_input
+from dangerclip.runtime.filekind import expect
 from dangerclip.runtime.files import jsonable, write_json
 from dangerclip.runtime.manifest import ManifestRow
 from dangerclip.runtime.preprocess import load_image, preprocess_batch
@@ -236,6 +237,7 @@ def load_model(path: str | Path, pretrained: str | None = None, device: str = "c
 @exits_2_on_bad_input("eval")
 def run(args: argparse.Namespace) -> int:
     """``dangerclip eval``: metrics of a checkpoint or ONNX model on a manifest's split, as JSON."""
+    expect(args.model, "checkpoint", "onnx", what="model")
     model = load_model(args.model, args.pretrained, args.device)
     card = model.card
     cats = list(card.prompts)

@@ -22,6 +22,7 @@ from dangerclip.modeling.backbone import BackboneError, DenseCLIP, build_clip
 from dangerclip.modeling.factory import get_config
 from dangerclip.modeling.model import DangerCLIP, DangerHead, HeadConfig, ZeroShotHead
 from dangerclip.runtime.card import CARD_KEY, ModelCard
+from dangerclip.runtime.filekind import expect
 
 FORMAT = "dangerclip-checkpoint/1"
 
@@ -96,6 +97,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, str], dict[str, torch.T
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        expect(path, "checkpoint", what="checkpoint")  # names what the file is instead (an image, an ONNX model)
         raise ValueError(f"{path} is not a safetensors file: {e}") from e
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a DangerCLIP checkpoint (format {meta.get('format')!r}, want {FORMAT!r})")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from dangerclip.runtime.filekind import expect
 from dangerclip.runtime.preprocess import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, ImageError, load_image
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def _thresholds(items: list[str]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     from dangerclip.runtime.scorer import DangerScorer
 
+    expect(args.model, "onnx", what="--model")
     scorer = DangerScorer(args.model, providers=args.providers, thresholds=_thresholds(args.threshold))
     if not scorer.card.trained and scorer.card.mode == "trained":
         log.warning("model %s has an UNTRAINED head: its scores mean nothing", args.model)

@@ -54,6 +54,8 @@ class SynthConfig:
             raise ValueError("need 0 < min_scale <= max_scale <= 1.5")
         if self.size < 32:
             raise ValueError("size must be at least 32 pixels")
+        if self.n < 1 or self.start < 0:
+            raise ValueError(f"need at least one image (-n {self.n}) and a start index >= 0 (--start {self.start})")
 
     @property
     def weapon_kinds(self) -> tuple[str, ...]:
