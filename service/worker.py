@@ -50,8 +50,14 @@ IDLE_POLL_MS = 200
 """Longest a poll blocks: bounds how fast a finished batch, a stop or a timer is noticed."""
 
 
-BOOTSTRAP_TIMEOUT_MS = 5000
-"""How long one attempt to reach the bootstrap servers may block: our own back-off and deadline take over."""
+BOOTSTRAP_TIMEOUT_MS = 3000
+"""How long one attempt to reach the bootstrap servers may block (less when the run's deadline is nearer): our
+own back-off, deadline and stop flag take over between attempts, so SIGTERM is honoured within this."""
+
+UNREACHABLE_WARN_FIRST_S = 5.0
+UNREACHABLE_WARN_MAX_S = 300.0
+"""While the brokers cannot be reached: a WARNING after 5 s, then at doubling intervals up to every 5 minutes
+(each failed attempt in between is a DEBUG line); ``/readyz`` carries the reason all along."""
 
 CLOSE_RESERVE_S = 3.0
 """Of ``shutdown_timeout_s``, what is kept for closing the clients (leaving the group, closing the producer)."""
@@ -78,6 +84,12 @@ class _Batch:
     @property
     def size(self) -> int:
         return sum(it.size for it in self.items)
+
+
+def _describe(e: BaseException) -> str:
+    """``Type: message``, without the type twice (kafka-python's messages often start with it)."""
+    name, text = type(e).__name__, str(e)
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
 
 
 def to_input_record(r: Any) -> InputRecord:
@@ -117,6 +129,7 @@ class Worker:
         self.handler = handler
         self.metrics = metrics
         self._consumer_factory = consumer_factory or self._make_consumer
+        self._bootstrap_ms = BOOTSTRAP_TIMEOUT_MS
         self.consumer: Any = None
         self._stop = threading.Event()
         self._abort = threading.Event()
@@ -166,7 +179,7 @@ class Worker:
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             reconnect_backoff_ms=min(s.retry_backoff_ms, 1000),
             reconnect_backoff_max_ms=s.retry_backoff_max_ms,
-            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+            bootstrap_timeout_ms=self._bootstrap_ms,
             **s.kafka_security(),
         )
         if s.group_instance_id:
@@ -192,7 +205,7 @@ class Worker:
             delivery_timeout_ms=int(s.produce_timeout_s * 1000),
             request_timeout_ms=max(1000, min(30_000, int(s.produce_timeout_s * 1000) // 2)),
             max_block_ms=int(s.produce_timeout_s * 1000),
-            bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+            bootstrap_timeout_ms=self._bootstrap_ms,
             **s.kafka_security(),
         )
         kwargs.update(s.producer_options)
@@ -240,11 +253,14 @@ class Worker:
             self.settings.group_id,
         )
         since = time.monotonic()
+        warn_at, warn_every = since + UNREACHABLE_WARN_FIRST_S, UNREACHABLE_WARN_FIRST_S
         while not self._stop.is_set():
             self._tick()
             if deadline is not None and time.monotonic() >= deadline:
                 log.warning("gave up connecting to %s: time is up", self.settings.bootstrap_servers)
                 return False
+            left_ms = BOOTSTRAP_TIMEOUT_MS if deadline is None else int((deadline - time.monotonic()) * 1000)
+            self._bootstrap_ms = max(100, min(BOOTSTRAP_TIMEOUT_MS, left_ms))
             try:
                 self.delivery.connect()
                 if self.consumer is None:
@@ -266,9 +282,15 @@ class Worker:
                 delay = backoff.next()
                 self._not_ready_because = (
                     f"cannot reach the brokers at {self.settings.bootstrap_servers} for "
-                    f"{time.monotonic() - since:.0f}s: {type(e).__name__}: {e}"
+                    f"{time.monotonic() - since:.0f}s: {_describe(e)}"
                 )
-                log.warning("%s; retrying in %.1fs", self._not_ready_because, delay)
+                now = time.monotonic()
+                if now >= warn_at:
+                    log.warning("%s; still retrying", self._not_ready_because)
+                    warn_every = min(2 * warn_every, UNREACHABLE_WARN_MAX_S)
+                    warn_at = now + warn_every
+                else:
+                    log.debug("%s; retrying in %.1fs", self._not_ready_because, delay)
                 if deadline is not None:
                     delay = max(0.0, min(delay, deadline - time.monotonic()))
                 self._stop.wait(delay)
