@@ -29,6 +29,7 @@ COMMANDS: dict[str, Command] = {
     "export": Command("dangerclip.modeling.export", "train", "export a checkpoint to ONNX (fp32/fp16/int8)"),
     "serve": Command("service.serve", "serve", "run a Kafka scoring worker"),
     "demo": Command("dangerclip_cli.demo", "serve", "stream the sample images through an embedded broker"),
+    "doctor": Command("service.doctor", "serve", "check settings, model, brokers, topics, group and ports"),
     "schema": Command("service.messages", "serve", "write the JSON Schemas of the Kafka messages"),
     "synth": Command("training.synth", "train", "generate the synthetic weapon/distractor dataset"),
     "pretrain": Command("training.pretrain", "train", "contrastive pre-training of a tiny CLIP"),

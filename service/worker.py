@@ -35,6 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from dangerclip.runtime.errors import describe_error
 from service import kafka_errors
 from service.checkpoint import Checkpoint, PartitionState, TopicPartition
 from service.delivery import Aborted, Backoff, Delivery
@@ -84,12 +85,6 @@ class _Batch:
     @property
     def size(self) -> int:
         return sum(it.size for it in self.items)
-
-
-def _describe(e: BaseException) -> str:
-    """``Type: message``, without the type twice (kafka-python's messages often start with it)."""
-    name, text = type(e).__name__, str(e)
-    return text if text.startswith(name) else f"{name}: {text}" if text else name
 
 
 def to_input_record(r: Any) -> InputRecord:
@@ -282,7 +277,7 @@ class Worker:
                 delay = backoff.next()
                 self._not_ready_because = (
                     f"cannot reach the brokers at {self.settings.bootstrap_servers} for "
-                    f"{time.monotonic() - since:.0f}s: {_describe(e)}"
+                    f"{time.monotonic() - since:.0f}s: {describe_error(e)}"
                 )
                 now = time.monotonic()
                 if now >= warn_at:

@@ -32,6 +32,14 @@ EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
 
 
+def describe_error(e: BaseException) -> str:
+    """``Type: message``, without the type twice (kafka-python's messages often start with it)."""
+    name, text = type(e).__name__, str(e)
+    if not text:
+        return name
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
 def _pydantic_lines(e: Any, env_prefix: str) -> list[str] | None:
     errors = getattr(e, "errors", None)
     if not callable(errors) or not type(e).__module__.startswith("pydantic"):

@@ -34,7 +34,8 @@ HINTS = {
     ("checkpoint", "dangerclip-onnx"): "export it first: dangerclip export {path} --out model.onnx",
     ("dangerclip-onnx", "checkpoint"): "an exported model cannot be re-exported or trained; pass its .safetensors",
     ("safetensors", "checkpoint"): "build a DangerCLIP checkpoint with dangerclip create or dangerclip train",
-    ("directory", "manifest"): "",
+    ("missing", "onnx"): "export one (dangerclip export CHECKPOINT --out model.onnx) and mount it or bake it into "
+    "the image at that path",
 }
 
 
@@ -126,7 +127,8 @@ def expect(path: str | Path, *wanted: str, what: str = "") -> str:
     label = f"{what} " if what else ""
     want = " or ".join(KINDS.get(w, w) for w in wanted)
     if kind == "missing":
-        raise UserError(f"{label}{path}: no such file (expected {want})")
+        hint = HINTS.get(("missing", wanted[0]), "")
+        raise UserError(f"{label}{path}: no such file (expected {want})" + (f"\n{hint}" if hint else ""))
     hint = next((HINTS[(kind, w)] for w in wanted if (kind, w) in HINTS), "")
     msg = f"{label}{path} is {KINDS.get(kind, kind)}, not {want}"
     raise UserError(msg + (f"\n{hint.format(path=path)}" if hint else ""))

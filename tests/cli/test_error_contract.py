@@ -40,6 +40,7 @@ CASES: dict[str, list[tuple[str, list[str], dict[str, str], list[str]]]] = {
         ("missing model", ["--model", "{tmp}/nope.onnx"], {}, ["nope.onnx"]),
         ("missing images", ["--model", "{onnx}", "--images", "{tmp}/none"], {}, ["none"]),
     ],
+    "doctor": [("bad option value", ["--timeout", "abc"], {}, ["--timeout"])],
     "schema": [("bad name", ["--name", "nope"], {}, ["nope"])],
     "synth": [("bad count", ["-n", "-5", "{tmp}/s"], {}, ["-5"])],
     "pretrain": [("missing manifest", ["{tmp}/none.jsonl", "-o", "{tmp}/w.safetensors"], {}, ["none.jsonl"])],

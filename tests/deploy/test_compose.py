@@ -52,7 +52,7 @@ def service_env(name: str, env: dict[str, str] | None = None) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------- static
 def test_stack_has_every_part() -> None:
-    assert {"kafka", "topics", "worker", "producer", "prometheus", "grafana"} <= set(SERVICES)
+    assert {"kafka", "topics", "worker", "doctor", "producer", "prometheus", "grafana"} <= set(SERVICES)
     kafka = SERVICES["kafka"]["environment"]
     assert "broker,controller" in kafka["KAFKA_PROCESS_ROLES"], "single-node KRaft, no ZooKeeper"
     assert "zookeeper" not in json.dumps(COMPOSE).lower()
@@ -87,10 +87,15 @@ def test_bind_mounts_and_build_files_exist() -> None:
 
 
 def test_worker_env_is_worker_settings() -> None:
-    for name in ("worker", "topics", "producer"):
+    for name in ("worker", "topics", "producer", "doctor"):
         env = service_env(name)
         dangerclip = {k for k in env if k.startswith("DANGERCLIP_")}
         assert dangerclip <= settings_env_names(), f"{name}: {dangerclip - settings_env_names()}"
+    doctor = SERVICES["doctor"]
+    assert doctor["command"][0] == "doctor" and doctor["image"] == SERVICES["worker"]["image"]
+    assert {k: v for k, v in service_env("doctor").items() if "TOPIC" in k or "GROUP" in k} == {
+        k: v for k, v in service_env("worker").items() if "TOPIC" in k or "GROUP" in k
+    }, "the doctor checks the workers' topics and group"
     env = service_env("worker")
     assert env["DANGERCLIP_METRICS_HOST"] == "0.0.0.0"
     assert env["DANGERCLIP_MODEL_PATH"] == "/models/model.onnx"

@@ -233,7 +233,10 @@ def test_worker_refuses_bad_settings(tmp_path, model_path):
     r = subprocess.run(
         [sys.executable, "-m", "service.worker"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
     )
-    assert r.returncode == 2 and "DANGERCLIP_MAX_BATCH_SIZE: Input should be greater than or equal to 1 (got '0')" in r.stderr, r.stderr
+    assert (
+        r.returncode == 2
+        and "DANGERCLIP_MAX_BATCH_SIZE: Input should be greater than or equal to 1 (got '0')" in r.stderr
+    ), r.stderr
     assert "Traceback" not in r.stderr and "pydantic.dev" not in r.stderr
 
 

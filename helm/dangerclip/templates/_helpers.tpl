@@ -297,3 +297,28 @@ target before its HTTP server answers: image pull, model download, process start
 {{- printf "%dm" (add (div (add (include "dangerclip.startupBudgetSeconds" . | int) 59) 60) 1) -}}
 {{- end -}}
 {{- end }}
+
+{{/* The Kafka credentials from their Secrets, as environment variables (the worker and `helm test`'s doctor). */}}
+{{- define "dangerclip.kafkaSecretEnv" -}}
+{{- $tls := .Values.kafka.security.tls -}}
+{{- $sasl := .Values.kafka.security.sasl -}}
+{{- if $sasl.existingSecret }}
+- name: DANGERCLIP_SASL_PLAIN_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ $sasl.existingSecret }}
+      key: {{ $sasl.usernameKey }}
+- name: DANGERCLIP_SASL_PLAIN_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $sasl.existingSecret }}
+      key: {{ $sasl.passwordKey }}
+{{- end }}
+{{- if and $tls.existingSecret $tls.keyPasswordKey }}
+- name: DANGERCLIP_SSL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $tls.existingSecret }}
+      key: {{ $tls.keyPasswordKey }}
+{{- end }}
+{{- end }}
