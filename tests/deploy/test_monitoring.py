@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -291,3 +292,65 @@ def test_grafana_provisioning_points_at_the_dashboard() -> None:
     assert mounts[prov["providers"][0]["options"]["path"]] == "../grafana/dashboards"
     assert ds["datasources"][0]["url"] == "http://prometheus:9090"
     assert ds["datasources"][0]["type"] == "prometheus"
+
+
+# ---------------------------------------------------------------------------- runbooks
+def _runbooks() -> dict[str, str]:
+    text = (DEPLOY / "README.md").read_text()
+    part = text[text.index("## 11. Runbooks") :]
+    sections = re.split(r"^### ", part, flags=re.M)[1:]
+    return {s.split("\n", 1)[0].strip(): s for s in sections}
+
+
+def test_every_alert_links_to_a_runbook_that_says_how_to_confirm_and_what_to_do() -> None:
+    from service.doctor import Doctor
+
+    rules = [r for f in ("alerts.yaml", "alerts-gpu.yaml") for g in _load_rules(f)["groups"] for r in g["rules"]]
+    books = _runbooks()
+    panels = set(_dashboard_titles())
+    doctor_lines = {
+        "settings",
+        "model",
+        "providers",
+        "inference",
+        "metrics port",
+        "worker",
+        "brokers",
+        "topic",
+        "result order",
+        "consumer group",
+        "acls",
+    }
+    src = Path(sys.modules[Doctor.__module__].__file__).read_text()
+    assert all(f'"{name}' in src for name in doctor_lines), "a doctor line the runbooks cite no longer exists"
+    for rule in rules:
+        name = rule["alert"]
+        url = rule["annotations"]["runbook_url"]
+        assert url.endswith("README.md#" + name.lower()), url  # GitHub's anchor for "### <name>"
+        book = books[name]
+        assert "**Means**" in book and "**Confirm**" in book and "**Do**" in book, name
+        cited = {" ".join(c.split()) for c in re.findall(r"\*([A-Z][^*]+)\*", book)} - {
+            "Means",
+            "Confirm",
+            "Do",
+            "Targets",
+        }
+        assert cited and cited <= panels, (name, cited - panels)
+        lines = set(re.findall(r"doctor's `([a-z ]+)(?: <[a-z-]+>)?`", book)) | set(
+            re.findall(r"`(model|providers|inference)`", book)
+        )
+        assert lines and lines <= doctor_lines, (name, lines)
+    assert set(books) == {r["alert"] for r in rules}, "a runbook without an alert, or the reverse"
+
+
+def _load_rules(name: str) -> dict:
+    return yaml.safe_load((DEPLOY / "prometheus" / name).read_text())
+
+
+def _dashboard_titles() -> list[str]:
+    doc = json.loads((DEPLOY / "grafana" / "dashboards" / "dangerclip.json").read_text())
+
+    def walk(ps: list) -> list[str]:
+        return [t for p in ps for t in [p.get("title", "")] + walk(p.get("panels", []))]
+
+    return walk(doc["panels"])

@@ -26,6 +26,7 @@ groups:
         labels:
           {{ $sev }}: warning
         annotations:
+          runbook_url: {{ $r.runbookBaseUrl }}#dangerclipconsumerlaggrowing
           summary: DangerCLIP consumer lag on {{ "{{ $labels.topic }}" }} keeps growing
           description: >-
             {{ "{{ $value | humanize }}" }} records behind and rising for {{ $r.consumerLagFor }} on topic
@@ -40,6 +41,7 @@ groups:
         labels:
           {{ $sev }}: warning
         annotations:
+          runbook_url: {{ $r.runbookBaseUrl }}#dangerclipdeadletterratehigh
           summary: DangerCLIP dead-letters more than {{ $r.deadLetterRatio }} of its input
           description: >-
             {{ "{{ $value | humanizePercentage }}" }} of consumed records went to the dead-letter topic over
@@ -58,6 +60,7 @@ groups:
         labels:
           {{ $sev }}: critical
         annotations:
+          runbook_url: {{ $r.runbookBaseUrl }}#dangerclipnoresults
           summary: DangerCLIP produces no results while input arrives
           description: >-
             Records are waiting or being consumed, but no result was written for {{ $r.noResultsFor }}.
@@ -70,6 +73,7 @@ groups:
         labels:
           {{ $sev }}: critical
         annotations:
+          runbook_url: {{ $r.runbookBaseUrl }}#dangerclipworkerdown
           summary: DangerCLIP worker {{ "{{ $labels.instance }}" }} is down
           description: >-
             Prometheus could not scrape {{ "{{ $labels.instance }}" }} for {{ include "dangerclip.workerDownFor" . }}
@@ -91,6 +95,7 @@ groups:
         labels:
           {{ $sev }}: critical
         annotations:
+          runbook_url: {{ $r.runbookBaseUrl }}#dangerclipnoscrapetargets
           summary: DangerCLIP has no scrape targets in {{ .Release.Namespace }}
           description: >-
             Prometheus has scraped no {{ $job }} worker for {{ $r.noTargetsFor }}: pods Pending (resources, GPU
@@ -107,6 +112,7 @@ groups:
         labels:
           {{ $sev }}: critical
         annotations:
+          runbook_url: {{ $r.runbookBaseUrl }}#dangerclippartitionsunassigned
           summary: DangerCLIP workers own fewer partitions than {{ "{{ $labels.topic }}" }} has
           description: >-
             {{ "{{ $labels.topic }}" }} has {{ "{{ $value }}" }} partitions and the workers' consumer group has
@@ -120,6 +126,7 @@ groups:
         labels:
           {{ $sev }}: critical
         annotations:
+          runbook_url: {{ $r.runbookBaseUrl }}#dangerclipnotpolling
           summary: DangerCLIP worker {{ "{{ $labels.instance }}" }} has not polled Kafka for {{ $r.pollStalledFor }}
           description: >-
             The last successful poll of {{ "{{ $labels.instance }}" }} was {{ "{{ $value | humanizeDuration }}" }}
@@ -134,6 +141,7 @@ groups:
         labels:
           {{ $sev }}: critical
         annotations:
+          runbook_url: {{ $r.runbookBaseUrl }}#dangerclippartitionstalled
           summary: DangerCLIP partition {{ "{{ $labels.topic }}/{{ $labels.partition }}" }} is stalled
           description: >-
             {{ "{{ $value | humanize }}" }} records wait on {{ "{{ $labels.topic }}/{{ $labels.partition }}" }}
@@ -147,6 +155,7 @@ groups:
         labels:
           {{ $sev }}: critical
         annotations:
+          runbook_url: {{ $r.runbookBaseUrl }}#dangerclipcircuitopen
           summary: DangerCLIP worker {{ "{{ $labels.instance }}" }} stopped scoring (model failing)
           description: >-
             The model circuit breaker of {{ "{{ $labels.instance }}" }} has been open for {{ $r.circuitOpenFor }}:
@@ -160,6 +169,7 @@ groups:
         labels:
           {{ $sev }}: warning
         annotations:
+          runbook_url: {{ $r.runbookBaseUrl }}#dangerclipinferencep99high
           summary: DangerCLIP inference p99 above {{ $r.inferenceP99BudgetSeconds }}s per batch
           description: >-
             p99 of one batch's inference is {{ "{{ $value | humanizeDuration }}" }}. Check the execution
@@ -171,6 +181,7 @@ groups:
         labels:
           {{ $sev }}: warning
         annotations:
+          runbook_url: {{ $r.runbookBaseUrl }}#dangerclipoffsetcommitsfailing
           summary: DangerCLIP offset commits are failing
           description: >-
             Offset commits have failed in every 5-minute window for the last 10 minutes: results are produced
@@ -190,6 +201,7 @@ groups:
         labels:
           {{ $sev }}: warning
         annotations:
+          runbook_url: {{ $r.runbookBaseUrl }}#dangerclipscoringoncpu
           summary: DangerCLIP GPU worker {{ "{{ $labels.instance }}" }} scores on the CPU
           description: >-
             {{ "{{ $labels.instance }}" }} holds a GPU but its onnxruntime session runs on CPUExecutionProvider
