@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Build the DangerCLIP Grafana dashboard JSON from one readable list of panels.
+"""Build the DangerCLIP Grafana dashboard JSON from one readable list of panels, with Grafana's typed SDK
+(``grafana-foundation-sdk``: builders for each panel kind, the Prometheus query, variables and annotations,
+so a misspelt option is an ``AttributeError`` here rather than a panel Grafana silently ignores).
 
 The dashboard is written twice, byte for byte the same: ``deploy/grafana/dashboards/dangerclip.json``
 (provisioned by the compose stack) and ``helm/dangerclip/files/dashboards/dangerclip.json`` (shipped by the
@@ -22,6 +24,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from grafana_foundation_sdk.builders import dashboard as dashboard_builder
+from grafana_foundation_sdk.builders import heatmap, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
+    DataSourceRef,
+    DataTransformerConfig,
+    GridPos,
+    VariableOption,
+    VariableRefresh,
+    VariableSort,
+)
+from grafana_foundation_sdk.models.heatmap import HeatmapColorMode, HeatmapColorScale
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUTS = (
     ROOT / "deploy" / "grafana" / "dashboards" / "dangerclip.json",
@@ -32,48 +49,60 @@ MODEL_CHANGES = (
     'count by (version, sha256) (dangerclip_model_info{namespace=~"$namespace", job=~"$job"}) unless '
     'count by (version, sha256) (dangerclip_model_info{namespace=~"$namespace", job=~"$job"} offset 5m)'
 )
-DS = {"type": "prometheus", "uid": "${datasource}"}
+DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 SEL = 'namespace=~"$namespace", job=~"$job", instance=~"$instance"'
+FORMATS = {"table": PromQueryFormat.TABLE, "heatmap": PromQueryFormat.HEATMAP}
+KINDS = {"timeseries": timeseries.Panel, "stat": stat.Panel, "table": table.Panel, "heatmap": heatmap.Panel}
 
 
-def target(expr: str, legend: str = "", ref: str = "A", **extra: Any) -> dict[str, Any]:
-    return {"datasource": DS, "expr": expr, "legendFormat": legend or "__auto", "refId": ref, **extra}
+def target(expr: str, legend: str = "", format: str = "", instant: bool = False) -> prometheus.Dataquery:
+    """A Prometheus query (the ref id is set by the panel, in order)."""
+    q = prometheus.Dataquery().expr(expr).legend_format(legend or "__auto").datasource(DS)
+    if format:
+        q = q.format(FORMATS[format])
+    if instant:
+        q = q.instant()
+    return q
 
 
 def panel(
     title: str,
-    targets: list[dict[str, Any]],
+    targets: list[prometheus.Dataquery],
     grid: tuple[int, int, int, int],
     kind: str = "timeseries",
     unit: str = "short",
     description: str = "",
-    **options: Any,
-) -> dict[str, Any]:
+    transformations: list[DataTransformerConfig] | None = None,
+) -> Any:
+    """A panel of ``kind`` at ``grid = (x, y, w, h)`` with its queries lettered A, B, ... in order."""
     x, y, w, h = grid
-    out: dict[str, Any] = {
-        "type": kind,
-        "title": title,
-        "description": description,
-        "datasource": DS,
-        "gridPos": {"x": x, "y": y, "w": w, "h": h},
-        "targets": [dict(t, refId=chr(ord("A") + i)) for i, t in enumerate(targets)],
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-    }
-    out.update(options)
-    return out
+    b = KINDS[kind]().title(title).description(description).datasource(DS).unit(unit)
+    b = b.grid_pos(GridPos(x=x, y=y, w=w, h=h))
+    b = b.targets([q.ref_id(chr(ord("A") + i)) for i, q in enumerate(targets)])
+    if kind == "heatmap":
+        b = (
+            b.calculate(False)
+            .y_axis(heatmap.YAxisConfig().unit("short"))
+            .color(
+                heatmap.HeatmapColorOptions()
+                .scheme("Oranges")
+                .mode(HeatmapColorMode.SCHEME)
+                .scale(HeatmapColorScale.EXPONENTIAL)
+                .exponent(0.5)
+                .steps(64)
+            )
+            .show_tooltip()
+        )
+    if transformations:
+        b = b.transformations(transformations)
+    return b
 
 
-def row(title: str, y: int) -> dict[str, Any]:
-    return {
-        "type": "row",
-        "title": title,
-        "collapsed": False,
-        "gridPos": {"x": 0, "y": y, "w": 24, "h": 1},
-        "panels": [],
-    }
+def row(title: str, y: int) -> Any:
+    return dashboard_builder.Row(title).grid_pos(GridPos(x=0, y=y, w=24, h=1)).collapsed(False)
 
 
-def quantiles(metric: str, legend: str, qs: tuple[float, ...] = (0.5, 0.99)) -> list[dict[str, Any]]:
+def quantiles(metric: str, legend: str, qs: tuple[float, ...] = (0.5, 0.99)) -> list[prometheus.Dataquery]:
     return [
         target(
             f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket{{{SEL}}}[$__rate_interval])))",
@@ -83,9 +112,9 @@ def quantiles(metric: str, legend: str, qs: tuple[float, ...] = (0.5, 0.99)) -> 
     ]
 
 
-def panels() -> list[dict[str, Any]]:
+def panels() -> list[Any]:
     rate = "[$__rate_interval]"
-    p: list[dict[str, Any]] = [row("Overview", 0)]
+    p: list[Any] = [row("Overview", 0)]
     p += [
         panel(
             "Workers up",
@@ -321,7 +350,6 @@ def panels() -> list[dict[str, Any]]:
             "heatmap",
             "short",
             "Scores of category $category; a moving distribution is drift (or a changed input mix).",
-            options={"calculate": False, "yAxis": {"unit": "short"}, "color": {"scheme": "Oranges"}},
         ),
         panel(
             "Mean score per category",
@@ -353,87 +381,89 @@ def panels() -> list[dict[str, Any]]:
             "table",
             description="What each worker serves. Two versions side by side mean a rollout is in progress.",
             transformations=[
-                {"id": "merge", "options": {}},
-                {
-                    "id": "organize",
-                    "options": {"excludeByName": {"Time": True, "Value": True, "Value #A": True, "Value #B": True}},
-                },
+                DataTransformerConfig(id_val="merge", options={}),
+                DataTransformerConfig(
+                    id_val="organize",
+                    options={"excludeByName": {"Time": True, "Value": True, "Value #A": True, "Value #B": True}},
+                ),
             ],
         ),
     ]
     return p
 
 
-def variable(name: str, query: str, label: str, multi: bool = True) -> dict[str, Any]:
-    return {
-        "name": name,
-        "label": label,
-        "type": "query",
-        "datasource": DS,
-        "query": {"query": query, "refId": f"{name}-var"},
-        "definition": query,
-        "refresh": 2,
-        "includeAll": multi,
-        "multi": multi,
-        "allValue": ".*" if multi else None,
-        "current": {"selected": True, "text": ["All"], "value": ["$__all"]} if multi else {},
-        "sort": 1,
-    }
+def variable(name: str, query: str, label: str, multi: bool = True) -> Any:
+    v = (
+        dashboard_builder.QueryVariable(name)
+        .label(label)
+        .datasource(DS)
+        .query(query)
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(VariableSort.ALPHABETICAL_ASC)
+        .include_all(multi)
+        .multi(multi)
+    )
+    if multi:
+        v = v.all_value(".*").current(VariableOption(selected=True, text=["All"], value=["$__all"]))
+    return v
 
 
 def dashboard() -> dict[str, Any]:
-    return {
-        "uid": UID,
-        "title": "DangerCLIP workers",
-        "description": "Kafka scoring workers: throughput, dead letters, lag, latency, scores, model per pod.",
-        "tags": ["dangerclip", "kafka"],
-        "editable": True,
-        "graphTooltip": 1,
-        "refresh": "30s",
-        "schemaVersion": 39,
-        "time": {"from": "now-1h", "to": "now"},
-        "timezone": "browser",
-        "templating": {
-            "list": [
-                {
-                    "name": "datasource",
-                    "label": "Data source",
-                    "type": "datasource",
-                    "query": "prometheus",
-                    "current": {},
-                    "hide": 0,
-                },
-                variable("namespace", "label_values(dangerclip_build_info, namespace)", "Namespace"),
-                variable("job", 'label_values(dangerclip_build_info{namespace=~"$namespace"}, job)', "Job"),
-                variable(
-                    "instance",
-                    'label_values(dangerclip_build_info{namespace=~"$namespace", job=~"$job"}, instance)',
-                    "Worker",
-                ),
-                variable(
-                    "category",
-                    'label_values(dangerclip_score_bucket{namespace=~"$namespace", job=~"$job"}, category)',
-                    "Category",
-                    multi=False,
-                ),
-            ]
-        },
-        "annotations": {
-            "list": [
-                {
-                    "name": "Model changes",
-                    "datasource": DS,
-                    "enable": True,
-                    "iconColor": "orange",
-                    # dangerclip_model_info is always 1, so changes() of it never fired: a version (or file)
-                    # is new when it is served now and was not five minutes ago.
-                    "expr": MODEL_CHANGES,
-                    "titleFormat": "model {{version}} ({{sha256}})",
-                }
-            ]
-        },
-        "panels": [dict(p, id=i) for i, p in enumerate(panels(), start=1)],
-    }
+    b = (
+        dashboard_builder.Dashboard("DangerCLIP workers")
+        .uid(UID)
+        .description("Kafka scoring workers: throughput, dead letters, lag, latency, scores, model per pod.")
+        .tags(["dangerclip", "kafka"])
+        .editable()
+        .tooltip(DashboardCursorSync.CROSSHAIR)
+        .refresh("30s")
+        .time("now-1h", "now")
+        .timezone("browser")
+        .with_variable(dashboard_builder.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+        .with_variable(variable("namespace", "label_values(dangerclip_build_info, namespace)", "Namespace"))
+        .with_variable(variable("job", 'label_values(dangerclip_build_info{namespace=~"$namespace"}, job)', "Job"))
+        .with_variable(
+            variable(
+                "instance",
+                'label_values(dangerclip_build_info{namespace=~"$namespace", job=~"$job"}, instance)',
+                "Worker",
+            )
+        )
+        .with_variable(
+            variable(
+                "category",
+                'label_values(dangerclip_score_bucket{namespace=~"$namespace", job=~"$job"}, category)',
+                "Category",
+                multi=False,
+            )
+        )
+        # dangerclip_model_info is always 1, so changes() of it never fired: a version (or file) is new when it is
+        # served now and was not five minutes ago.
+        .annotation(
+            dashboard_builder.AnnotationQuery()
+            .name("Model changes")
+            .datasource(DS)
+            .enable(True)
+            .icon_color("orange")
+            .expr(MODEL_CHANGES)
+        )
+    )
+    for i, p in enumerate(panels(), start=1):
+        p = p.id(i)
+        b = b.with_row(p) if isinstance(p, dashboard_builder.Row) else b.with_panel(p)
+    doc = _drop_nulls(json.loads(JSONEncoder(sort_keys=False, indent=2).encode(b.build())))
+    # The Model changes annotation's legend: a field the typed AnnotationQuery does not model (Grafana reads it).
+    doc["annotations"]["list"][-1]["titleFormat"] = "model {{version}} ({{sha256}})"
+    return doc
+
+
+def _drop_nulls(node: Any) -> Any:
+    """Options the SDK leaves unset are written as ``null``; Grafana applies a panel's defaults only to absent keys."""
+    if isinstance(node, dict):
+        return {k: _drop_nulls(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_drop_nulls(v) for v in node]
+    return node
 
 
 def render() -> str:
