@@ -14,8 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 
-class UserError(Exception):
-    """A mistake the user can fix. The message says what is wrong and, where it can, what to do."""
+class UserError(ValueError):
+    """A mistake the user can fix. The message says what is wrong and, where it can, what to do.
+
+    A ``ValueError``, so code that handles bad values (``exits_2_on_bad_input``, callers of the loaders) handles
+    it too.
+    """
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (

@@ -1,0 +1,136 @@
+"""Firearm-type heads: pre-training methods, the downstream protocols, calibration, the exported head served
+without torch, and resume. Small learnable image folders stand in for the fine-grained set."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from training.ssl import downstream as ds
+from training.ssl.config import TypeConfig
+
+CLASSES = ["pistol", "rifle", "toy-pistol"]
+
+
+def _folder(root: Path, n: int = 24, seed: int = 0) -> Path:
+    """Classes that differ in shape and colour, on random backgrounds, at random places: learnable in seconds."""
+    rng = np.random.default_rng(seed)
+    for k, c in enumerate(CLASSES):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            im = Image.new("RGB", (72, 72), tuple(int(v) for v in rng.integers(90, 170, 3)))
+            d = ImageDraw.Draw(im)
+            x, y = (int(v) for v in rng.integers(4, 20, 2))
+            w, h = [(34, 12), (60, 7), (34, 12)][k]
+            col = [(20, 20, 20), (20, 20, 20), (255, 110, 0)][k]
+            d.rectangle([x, y + 20, x + w, y + 20 + h], fill=col)
+            d.rectangle([x, y + 20 + h, x + 7, y + 38 + h], fill=col)
+            im.save(root / c / f"{i:02d}.jpg", quality=92)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _folder(tmp_path_factory.mktemp("types"))
+
+
+def _cfg(data: Path, out: Path, **kw) -> TypeConfig:
+    base = TypeConfig(
+        data=str(data),
+        out=str(out),
+        backbone="resnet-small",
+        method="supervised",
+        epochs=6,
+        batch_size=16,
+        lr=2e-3,
+        finetune_epochs=4,
+        knn_every=3,
+        threads=2,
+    )
+    return dataclasses.replace(base, **kw)
+
+
+@pytest.mark.slow
+def test_a_trained_head_is_served_without_torch_with_types_levels_and_look_alikes(data: Path, tmp_path: Path):
+    from training.ssl.run import run
+
+    figures = run(_cfg(data, tmp_path))
+    assert figures["served"]["test_accuracy"] >= 0.8, figures["served"]
+    knn = [e["knn_val_accuracy"] for e in figures["pretrain"]["history"]["epochs"] if "knn_val_accuracy" in e]
+    assert len(knn) == 2 and knn[-1] > 1 / len(CLASSES)  # the monitor ran at epochs 3 and 6
+    assert (tmp_path / "confusion.png").stat().st_size > 0 and (tmp_path / "reliability.png").stat().st_size > 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["splits"]["classes"] == 3
+
+    from dangerclip.runtime.typehead import TypeHead
+
+    head = TypeHead(tmp_path / "type_head.onnx")
+    assert head.card.classes == CLASSES and head.card.look_alike == ["toy-pistol"]
+    imgs = [Image.open(p).convert("RGB") for p in sorted((data / "toy-pistol").glob("*.jpg"))[:6]]
+    preds = head.predict(imgs)
+    assert sum(p.type == "toy-pistol" for p in preds) >= 5
+    assert all(p.look_alike == (p.type == "toy-pistol") for p in preds)
+    assert all(p.confidence == head.card.level(p.probability) for p in preds)
+    assert all(abs(sum(t[1] for t in p.top) - 1) < 0.3 or len(p.top) == 3 for p in preds)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["simclr", "dino", "mixed"])
+def test_each_self_supervised_method_trains_and_reports(method: str, data: Path, tmp_path: Path):
+    from training.ssl.run import run
+
+    cfg = _cfg(data, tmp_path, method=method, backbone="vit-small", epochs=1, finetune_epochs=0, export=False)
+    figures = run(cfg)
+    (row,) = figures["pretrain"]["history"]["epochs"]
+    assert np.isfinite(row["loss"]) and 0 <= row["knn_val_accuracy"] <= 1
+    assert 0 <= figures["probe"]["test"]["accuracy"] <= 1 and "finetune" not in figures
+
+
+@pytest.mark.slow
+def test_pre_training_resumes_where_it_stopped(data: Path, tmp_path: Path, caplog):
+    import logging
+
+    from training.ssl.run import run
+
+    run(_cfg(data, tmp_path, method="simclr", epochs=1, finetune_epochs=0, export=False))
+    with caplog.at_level(logging.INFO, logger="training.ssl.pretrain"):
+        figures = run(_cfg(data, tmp_path, method="simclr", epochs=2, finetune_epochs=0, export=False))
+    assert "resuming pre-training at epoch 1" in caplog.text
+    assert [e["epoch"] for e in figures["pretrain"]["history"]["epochs"]] == [1, 2]
+
+
+def test_temperature_and_confidence_cuts_are_fit_on_held_out_predictions():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 4000)
+    # Over-confident logits: right 70 % of the time, always very sure.
+    right = rng.random(4000) < 0.7
+    pred = np.where(right, y, (y + rng.integers(1, 4, 4000)) % 4)
+    lg = np.full((4000, 4), -4.0)
+    lg[np.arange(4000), pred] = 4.0 + rng.normal(0, 1, 4000)
+    t = ds.fit_temperature(lg, y)
+    assert t > 1.5  # softened
+    assert ds.ece(ds.softmax(lg, t), y) < ds.ece(ds.softmax(lg), y) / 3
+    # Confident-and-right rows: the cut for 95 % lies above most of the over-confident mass.
+    lg2 = lg.copy()
+    lg2[right, pred[right]] += 6
+    cuts = ds.confidence_cuts(ds.softmax(lg2), y)
+    p = ds.softmax(lg2)
+    kept = p.max(1) >= cuts["high"]
+    assert (p.argmax(1)[kept] == y[kept]).mean() >= 0.95 and cuts["medium"] <= cuts["high"]
+
+
+def test_a_folder_needs_classes_with_enough_images(tmp_path: Path):
+    from training.ssl.data import read_splits
+
+    (tmp_path / "only").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "only" / "a.png")
+    with pytest.raises(ValueError, match="at least two class folders"):
+        read_splits(tmp_path)
+    (tmp_path / "other").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "other" / "b.png")
+    with pytest.raises(ValueError, match="needs at least 3"):
+        read_splits(tmp_path)

@@ -1,0 +1,73 @@
+"""``TypeConfig``: one run of pre-training and the downstream protocols (every field is a command-line option)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+METHODS = ("random", "supervised", "simclr", "dino", "mixed")
+"""Pre-training methods: none (random init), supervised on the labels, SimCLR, DINO, DINO + supervised."""
+
+
+@dataclass
+class TypeConfig:
+    data: str = ""
+    """Labelled images, ``<root>/<class>/*.jpg`` (split per class into train/val/test)."""
+    out: str = ""
+    """Run folder (checkpoint, history, metrics, plots, the exported type head)."""
+    backbone: str = "vit-small"
+    """``resnet-small`` or ``vit-small`` (2 CPU cores, minutes), ``resnet50`` or ``vit-b-16`` (the paper's; GPU)."""
+    method: str = "dino"
+    """Pre-training: ``random``, ``supervised``, ``simclr``, ``dino`` or ``mixed`` (DINO + supervised)."""
+    unlabelled: str = ""
+    """Extra unlabelled images (any layout) for self-supervised pre-training."""
+    look_alike: str = "toy,alarm,airsoft"
+    """Comma-separated words: a class whose name contains one is a non-lethal look-alike."""
+    epochs: int = 30
+    """Pre-training epochs."""
+    batch_size: int = 64
+    """Pre-training batch size."""
+    lr: float = 1e-3
+    """Pre-training learning rate (AdamW; cosine schedule with warm-up)."""
+    weight_decay: float = 0.04
+    """Pre-training weight decay."""
+    image_size: int = 0
+    """Input side in pixels (0: the backbone's own, 64 for the small ones)."""
+    knn_every: int = 5
+    """Evaluate the k-NN monitor on the val split every this many epochs (0: only at the end)."""
+    knn_k: int = 20
+    """Neighbours of the k-NN monitor."""
+    finetune_epochs: int = 15
+    """Full fine-tuning epochs downstream (0: linear probe only)."""
+    finetune_lr: float = 3e-4
+    """Fine-tuning learning rate (the head gets 10x)."""
+    mixed_weight: float = 1.0
+    """``mixed``: weight of the supervised cross-entropy next to the DINO loss."""
+    val_fraction: float = 0.15
+    """Share of each class held out for validation (model choice, calibration)."""
+    test_fraction: float = 0.15
+    """Share of each class held out for the test figures."""
+    seed: int = 0
+    """Seed of the splits, the initialisation and the augmentations."""
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda``."""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)."""
+    export: bool = True
+    """Export the fine-tuned (else probed) classifier as the served type head."""
+    version: str = "0.1.0"
+    """Version written into the type head's card."""
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
+        from dangerclip.modeling.typenet import BACKBONES
+
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
+        if not self.data:
+            raise ValueError("no --data: a folder of <class>/ subfolders of images")
+        if self.epochs < 0 or self.finetune_epochs < 0 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 0 and batch_size >= 2")
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
