@@ -186,6 +186,33 @@ class Doctor:
         )
         if self.infer:
             self._check_inference(scorer)
+        self._check_type_head()
+
+    def _check_type_head(self) -> None:
+        s = self.settings
+        if s.type_head_path is None:
+            self.add("type head", "skip", "not configured (DANGERCLIP_TYPE_HEAD_PATH): flagged images get no type")
+            return
+        try:
+            from dangerclip.runtime.typehead import TypeHead
+
+            head = TypeHead(s.type_head_path, top_k=s.type_head_top_k)
+        except Exception as e:  # noqa: BLE001 - reported as the check's result
+            self.add(
+                "type head",
+                "fail",
+                f"{s.type_head_path}: {user_message(e)}",
+                "export one with dangerclip types train, or unset DANGERCLIP_TYPE_HEAD_PATH",
+            )
+            return
+        c = head.card
+        self.add(
+            "type head",
+            "ok",
+            f"{c.name} {c.version}: {len(c.classes)} types ({len(c.look_alike)} look-alike), {c.image_size}px, "
+            f"confidence high ≥ {c.confidence.get('high')}, medium ≥ {c.confidence.get('medium')}",
+            classes=c.classes,
+        )
 
     def _check_inference(self, scorer: Any) -> None:
         import numpy as np

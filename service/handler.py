@@ -26,6 +26,7 @@ from dangerclip.runtime.heatmap import map_peaks
 from dangerclip.runtime.preprocess import ImageError, check_formats, decode_image, preprocess
 from service.budget import PixelBudget
 from service.fetch import FetchError, UriFetcher
+from service.identify import Identifier
 from service.messages import (
     CONTENT_TYPE_HEADER,
     DEAD_LETTER_CONTENT_TYPE,
@@ -35,11 +36,13 @@ from service.messages import (
     RESERVED_HEADER_PREFIX,
     RESULT_CONTENT_TYPE,
     RESULT_SCHEMA,
+    RESULT_SCHEMA_IDENTIFIED,
     SCHEMA_HEADER,
     SOURCE_HEADER,
     DangerMap,
     DeadLetter,
     HeaderValue,
+    Identification,
     ImageEnvelope,
     ImageInfo,
     MapPeak,
@@ -111,6 +114,7 @@ class Prepared:
     metadata: dict[str, Any]
     decode_s: float
     queue_s: float | None
+    thumb: Any = None  # a small copy of the decoded image, kept for identification (PIL.Image)
 
 
 @dataclass
@@ -197,6 +201,7 @@ class Handler:
         metrics: where to record decode/inference timings and scores; None records nothing.
         fetcher: for envelopes with ``uri``; default built from ``settings``.
         clock: wall clock in seconds (tests pass a fake one).
+        identifier: the identification stage for flagged images (``service.identify``); ``None``: off.
     """
 
     def __init__(
@@ -206,8 +211,10 @@ class Handler:
         metrics: Metrics | None = None,
         fetcher: UriFetcher | None = None,
         clock: Callable[[], float] = time.time,
+        identifier: Identifier | None = None,
     ) -> None:
         self.scorer = scorer
+        self.identifier = identifier
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
@@ -262,6 +269,7 @@ class Handler:
             width, height = img.info.get("source_size", img.size)  # the upload's size, not a reduced decode's
             fmt = getattr(img, "format", None)
             pixels = preprocess(img, self.scorer.card.preprocess)
+            thumb = None if self.identifier is None else self.identifier.thumbnail(img)
         except ImageError as e:
             return Rejected(rec, rid, e.reason, str(e))
         except Exception as e:  # noqa: BLE001 - any other failure on this input is this input's fault
@@ -270,7 +278,7 @@ class Handler:
         if self.metrics is not None:
             self.metrics.decode_duration.observe(decode_s)
         info = ImageInfo(width=width, height=height, format=fmt, bytes=len(data))
-        return Prepared(rec, rid, pixels, info, metadata, decode_s, queue_s)
+        return Prepared(rec, rid, pixels, info, metadata, decode_s, queue_s, thumb)
 
     def _unwrap(self, rec: InputRecord) -> tuple[str, bytes, dict[str, Any]]:
         """Record → (id, encoded image bytes, metadata), or ``_Reject``."""
@@ -360,6 +368,7 @@ class Handler:
             if self.metrics is not None:
                 self.metrics.batch_size.observe(len(good))
                 self.metrics.inference_duration.observe(inference_s)
+        identified = self._identify(good, scored)
         now_ms = int(self.clock() * 1000)
         out = []
         for it in items:
@@ -370,12 +379,24 @@ class Handler:
                     out.append(self.dead_letter(Rejected(it.record, it.id, "inference_error", failed[id(it)]), now_ms))
                 else:
                     s, m = scored[id(it)]
-                    out.append(self._result(it, s, m, inference_s, len(good), now_ms))
+                    out.append(self._result(it, s, m, inference_s, len(good), now_ms, identified.get(id(it))))
             except Exception as e:  # noqa: BLE001 - one record's surprise must not stop its partition
                 r = it.record
                 log.exception("internal error building the output of %s/%d@%d", r.topic, r.partition, r.offset)
                 out.append(self.dead_letter(Rejected(r, it.id, "internal_error", f"{type(e).__name__}: {e}"), now_ms))
         return out
+
+    def _identify(
+        self, good: Sequence[Prepared], scored: dict[int, tuple[np.ndarray, np.ndarray]]
+    ) -> dict[int, Identification]:
+        """The identification stage on this batch's flagged images (one call for all of them)."""
+        if self.identifier is None:
+            return {}
+        limits = np.asarray([self.thresholds[c] for c in self.categories], np.float32)
+        flagged = [p for p in good if id(p) in scored and bool((scored[id(p)][0] >= limits).any())]
+        flagged = [p for p in flagged if p.thumb is not None]
+        found = self.identifier.identify([p.thumb for p in flagged])
+        return {id(p): ident for p, ident in zip(flagged, found, strict=True) if ident is not None}
 
     def _predict(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The model on ``[B, 3, S, S]``; a score or map that is not a finite probability is a model failure."""
@@ -425,6 +446,7 @@ class Handler:
         inference_s: float,
         batch_size: int,
         now_ms: int,
+        identification: Identification | None = None,
     ) -> OutputRecord:
         cats = self.categories
         score_d = {c: round(float(scores[j]), 6) for j, c in enumerate(cats)}
@@ -434,7 +456,10 @@ class Handler:
                 self.metrics.score.labels(category=c).observe(score_d[c])
         danger_map = None if self.settings.danger_map == "none" else self._map(maps)
         rec = p.record
+        schema = RESULT_SCHEMA if identification is None else RESULT_SCHEMA_IDENTIFIED
         result = ScoreResult(
+            schema=schema,
+            identification=identification,
             id=p.id,
             model=self.model_ref,
             scores=score_d,
@@ -456,10 +481,11 @@ class Handler:
         headers = passthrough_headers(rec.headers, self.settings.max_passthrough_header_bytes)
         headers += [
             (CONTENT_TYPE_HEADER, RESULT_CONTENT_TYPE.encode()),
-            (SCHEMA_HEADER, RESULT_SCHEMA.encode()),
+            (SCHEMA_HEADER, schema.encode()),
             (SOURCE_HEADER, source_tag(rec)),
         ]
-        value = result.model_dump_json(by_alias=True).encode()
+        # A v1 result is v1 to the byte: the v1.1 field is absent, not null.
+        value = result.model_dump_json(by_alias=True, exclude=None if identification else {"identification"}).encode()
         if record_size(rec.key, value, headers) > self.settings.max_message_bytes:
             message = (
                 f"result is {len(value)} bytes, over max_message_bytes ({self.settings.max_message_bytes}); "

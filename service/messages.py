@@ -26,6 +26,9 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, model_validator
 
 RESULT_SCHEMA: Final = "dangerclip.result/v1"
+RESULT_SCHEMA_IDENTIFIED: Final = "dangerclip.result/v1.1"
+"""A result that carries ``identification`` says v1.1 (one optional object more); every other result stays v1,
+byte for byte, so consumers of v1 see nothing new unless the identification stage is on and fires."""
 DEAD_LETTER_SCHEMA: Final = "dangerclip.dead-letter/v1"
 
 CONTENT_TYPE_HEADER = "content-type"
@@ -172,12 +175,49 @@ class ImageInfo(BaseModel):
     bytes: int
 
 
+class TypeScore(BaseModel):
+    type: str
+    probability: float
+
+
+class TypeResult(BaseModel):
+    """The firearm type the type head gives a flagged image."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    type: str = Field(description="The most probable class of the type head's card.")
+    probability: float = Field(description="Its calibrated probability.")
+    confidence: Literal["high", "medium", "low"] = Field(
+        description="From the card's cut points, chosen on held-out data (high: right >= 95 % of the time)."
+    )
+    look_alike: bool = Field(description="The type is a non-lethal look-alike (toy, alarm, airsoft, ...).")
+    top: list[TypeScore] = Field(description="The most probable types, best first.")
+    model: str = Field(description="The type head, name@version.")
+
+
+class MatchResult(BaseModel):
+    """A reference entry close to a flagged image (known-content matching)."""
+
+    id: str
+    label: str | None = None
+    distance: float
+    signal: Literal["embedding", "pdq"]
+
+
+class Identification(BaseModel):
+    """Which firearm a flagged image shows."""
+
+    type: TypeResult | None = None
+    matches: list[MatchResult] = Field(default_factory=list, description="Nearest reference entries, best first.")
+    known_match: bool | None = Field(None, description="A match under the index's calibrated distance.")
+
+
 class ScoreResult(BaseModel):
     """A scored image, on the output topic."""
 
     model_config = ConfigDict(title="DangerCLIP score result", populate_by_name=True, protected_namespaces=())
 
-    schema_: Literal["dangerclip.result/v1"] = Field(RESULT_SCHEMA, alias="schema")
+    schema_: Literal["dangerclip.result/v1", "dangerclip.result/v1.1"] = Field(RESULT_SCHEMA, alias="schema")
     id: str = Field(description="The input's content id: envelope id, else record key, else topic-partition-offset.")
     model: ModelRef
     scores: dict[str, float] = Field(description="Calibrated probability per category.")
@@ -190,6 +230,9 @@ class ScoreResult(BaseModel):
     source: Source
     metadata: dict[str, Any] = Field(default_factory=dict, description="Copied from the envelope.")
     scored_at_ms: int = Field(description="Wall clock (Unix ms) when the batch was scored.")
+    identification: Identification | None = Field(
+        None, description="v1.1: which firearm a flagged image shows (only with the identification stage on)."
+    )
 
 
 class HeaderValue(BaseModel):

@@ -21,6 +21,10 @@ Counters
     - ``dangerclip_broker_errors_total`` {operation}: broker errors (``poll``, ``produce``, ``commit``,
       ``connect``).
     - ``dangerclip_rebalances_total`` {event}: partitions ``assigned`` / ``revoked``.
+    - ``dangerclip_identified_total`` {confidence, look_alike}: flagged images given a firearm type, by
+      confidence level (``high``, ``medium``, ``low``) and whether the type is a non-lethal look-alike.
+    - ``dangerclip_identification_errors_total``: batches whose identification stage failed (their results go
+      out without ``identification``).
 
 Histograms (base units)
     - ``dangerclip_batch_size_records``: records per scored micro-batch.
@@ -32,6 +36,7 @@ Histograms (base units)
     - ``dangerclip_end_to_end_duration_seconds``: record timestamp → its result flushed.
     - ``dangerclip_input_size_bytes``: size of input record values.
     - ``dangerclip_score`` {category}: score distribution (for drift).
+    - ``dangerclip_identification_duration_seconds``: the identification stage, per batch of flagged images.
 
 Gauges
     - ``dangerclip_consumer_lag_records`` {topic, partition}: high watermark − committed offset, for every
@@ -69,6 +74,9 @@ RECORDS_ABANDONED = "dangerclip_records_abandoned_total"
 OFFSET_COMMITS = "dangerclip_offset_commits_total"
 BROKER_ERRORS = "dangerclip_broker_errors_total"
 REBALANCES = "dangerclip_rebalances_total"
+IDENTIFIED = "dangerclip_identified_total"
+IDENTIFICATION_ERRORS = "dangerclip_identification_errors_total"
+IDENTIFICATION_DURATION = "dangerclip_identification_duration_seconds"
 BATCH_SIZE = "dangerclip_batch_size_records"
 DECODE_DURATION = "dangerclip_decode_duration_seconds"
 INFERENCE_DURATION = "dangerclip_inference_duration_seconds"
@@ -100,6 +108,9 @@ METRIC_NAMES: tuple[str, ...] = (
     OFFSET_COMMITS,
     BROKER_ERRORS,
     REBALANCES,
+    IDENTIFIED,
+    IDENTIFICATION_ERRORS,
+    IDENTIFICATION_DURATION,
     BATCH_SIZE,
     DECODE_DURATION,
     INFERENCE_DURATION,
@@ -213,6 +224,23 @@ class Metrics:
         )
         self.inference_duration = Histogram(
             INFERENCE_DURATION, "Model run time per batch.", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.identification_duration = Histogram(
+            IDENTIFICATION_DURATION,
+            "Identification stage time per batch of flagged images.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.identified = Counter(
+            _unsuffixed(IDENTIFIED, "_total"),
+            "Flagged images given a firearm type, by confidence level and look-alike.",
+            ["confidence", "look_alike"],
+            registry=r,
+        )
+        self.identification_errors = Counter(
+            _unsuffixed(IDENTIFICATION_ERRORS, "_total"),
+            "Batches whose identification stage failed (results sent without identification).",
+            registry=r,
         )
         self.produce_duration = Histogram(
             PRODUCE_DURATION, "Produce and flush time per batch.", buckets=LATENCY_BUCKETS, registry=r

@@ -22,6 +22,7 @@ from dangerclip.runtime.errors import UserError, run_command
 from dangerclip.runtime.filekind import expect
 from dangerclip.runtime.logs import setup_logging
 from service.handler import Handler
+from service.identify import Identifier
 from service.metrics import Metrics
 from service.settings import Settings
 from service.worker import Worker
@@ -65,8 +66,29 @@ def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Worker, M
     )
     if not card.trained:
         log.warning("model %s %s is UNTRAINED: its scores are meaningless", card.name, card.version)
-    handler = Handler(scorer, settings, metrics)
+    handler = Handler(scorer, settings, metrics, identifier=build_identifier(settings, metrics))
     return Worker(settings, handler, metrics), metrics
+
+
+def build_identifier(settings: Settings, metrics: Metrics | None = None) -> Identifier | None:
+    """The identification stage the settings ask for (``None`` when none is configured)."""
+    if settings.type_head_path is None:
+        return None
+    from dangerclip.runtime.typehead import TypeHead
+
+    head = TypeHead(
+        settings.type_head_path,
+        providers=["CPUExecutionProvider"],
+        intra_op_threads=settings.intra_op_threads,
+        top_k=settings.type_head_top_k,
+    )
+    log.info(
+        "identification stage: type head %s %s (%d types) on flagged images",
+        head.card.name,
+        head.card.version,
+        len(head.card.classes),
+    )
+    return Identifier(type_head=head, metrics=metrics)
 
 
 def _start_watchdog(after_s: float) -> None:

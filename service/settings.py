@@ -108,6 +108,14 @@ class Settings(BaseSettings):
     intra_op_threads: int | None = Field(None, ge=1)
     """onnxruntime intra-op threads; unset lets onnxruntime use every core it sees."""
 
+    # ---------------------------------------------------------------- identification (flagged images only)
+    type_head_path: Path | None = None
+    """An exported firearm-type head (``dangerclip types train``): flagged images' results then carry
+    ``identification.type`` (type, probability, confidence level, look-alike flag). Unset: no type stage."""
+
+    type_head_top_k: int = Field(3, ge=1, le=50)
+    """How many types each identification lists (best first)."""
+
     thresholds: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     """Per-category threshold overrides on top of the model card's, e.g. ``weapon=0.7,knife=0.6`` or
     ``{"weapon": 0.7}``. Categories not named keep the card's threshold."""

@@ -1,0 +1,123 @@
+"""The identification stage: flagged images (only) get a firearm type from a real exported type head, results
+carry it as v1.1, unflagged results stay v1 to the byte, and a failing stage never costs a record its result."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import numpy as np
+import pytest
+
+from service.identify import Identifier
+from service.messages import RESULT_SCHEMA, RESULT_SCHEMA_IDENTIFIED, json_schemas
+from service.metrics import Metrics
+from service.settings import Settings
+from tests.support.fakes import FakeScorer, make_handler, rec
+
+torch = pytest.importorskip("torch")
+CLASSES = ["pistol", "rifle", "toy gun"]
+
+
+@pytest.fixture(scope="module")
+def type_head_path(tmp_path_factory: pytest.TempPathFactory):
+    from dangerclip.modeling.typenet import TypeClassifier, build_backbone, export_type_head
+    from dangerclip.runtime.typehead import TypeCard
+
+    torch.manual_seed(0)
+    backbone, spec = build_backbone("resnet-small")
+    model = TypeClassifier(backbone, spec.feature_dim, len(CLASSES)).eval()
+    card = TypeCard(
+        name="test-types",
+        version="0.0.1",
+        classes=CLASSES,
+        look_alike=["toy gun"],
+        image_size=64,
+        confidence={"high": 0.9, "medium": 0.5},
+    )
+    return export_type_head(model, card, tmp_path_factory.mktemp("types") / "type_head.onnx")
+
+
+def _handler(type_head_path, **kw):
+    from dangerclip.runtime.typehead import TypeHead
+
+    handler, scorer, metrics = make_handler(**kw)
+    handler.identifier = Identifier(type_head=TypeHead(type_head_path), metrics=metrics)
+    return handler, scorer, metrics
+
+
+def _red(seed: int, red: int = 230) -> bytes:
+    """FakeScorer scores the red and green channels: a red image is flagged, a dark one is not."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    a = np.zeros((80, 96, 3), np.uint8)
+    a[..., 0] = red + rng.integers(0, 20, (80, 96))
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_flagged_results_carry_a_type_and_the_rest_stay_v1(type_head_path):
+    handler, _, metrics = _handler(type_head_path)
+    records = [rec(_red(0), offset=0), rec(_red(1, red=0), offset=1), rec(_red(2), offset=2)]
+    out = handler.handle(records)
+    docs = [json.loads(o.value) for o in out]
+    assert [d["any_flagged"] for d in docs] == [True, False, True]
+    schema = json_schemas()["result"]
+    for o, d in zip(out, docs, strict=True):
+        jsonschema.validate(d, schema)
+        sent = dict(o.headers)["dangerclip-schema"]
+        if d["any_flagged"]:
+            assert d["schema"] == RESULT_SCHEMA_IDENTIFIED and sent == RESULT_SCHEMA_IDENTIFIED.encode()
+            t = d["identification"]["type"]
+            assert t["type"] in CLASSES and t["model"] == "test-types@0.0.1"
+            assert t["look_alike"] == (t["type"] == "toy gun")
+            assert [x["type"] for x in t["top"]][0] == t["type"] and len(t["top"]) == 3
+            assert t["confidence"] == (
+                "high" if t["probability"] >= 0.9 else "medium" if t["probability"] >= 0.5 else "low"
+            )
+        else:
+            assert d["schema"] == RESULT_SCHEMA and "identification" not in d and sent == RESULT_SCHEMA.encode()
+    # An unflagged result is what a worker without the stage writes, key for key (timings aside).
+    plain, _, _ = make_handler()
+    alone = json.loads(plain.handle([records[1]])[0].value)
+    assert list(alone) == list(docs[1])
+    assert {k: v for k, v in alone.items() if k != "timings"} == {k: v for k, v in docs[1].items() if k != "timings"}
+    counted = sum(s.value for m in metrics.identified.collect() for s in m.samples if s.name.endswith("_total"))
+    assert counted == 2
+
+
+def test_a_failing_type_head_costs_no_result(type_head_path):
+    handler, _, metrics = _handler(type_head_path)
+
+    class Broken:
+        card = handler.identifier.type_head.card
+
+        def predict(self, images):
+            raise RuntimeError("GPU fell off")
+
+    handler.identifier.type_head = Broken()
+    out = handler.handle([rec(_red(0), offset=0), rec(_red(1), offset=1)])
+    docs = [json.loads(o.value) for o in out]
+    assert [o.kind for o in out] == ["result", "result"]
+    assert all(d["schema"] == RESULT_SCHEMA and "identification" not in d for d in docs)
+    assert metrics.identification_errors._value.get() == 1
+
+
+def test_the_worker_builds_the_stage_from_settings(type_head_path, tiny_onnx_path):
+    from service.serve import build
+
+    worker, metrics = build(Settings(_env_file=None, model_path=tiny_onnx_path, type_head_path=type_head_path))
+    assert worker.handler.identifier is not None
+    assert worker.handler.identifier.type_head.card.classes == CLASSES
+    worker2, _ = build(Settings(_env_file=None, model_path=tiny_onnx_path), Metrics())
+    assert worker2.handler.identifier is None
+
+
+def test_an_identifier_needs_something_to_identify_with():
+    with pytest.raises(ValueError):
+        Identifier()
+    assert FakeScorer().card.prompts  # the fake the handler tests share scores the red channel
