@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from dangerclip.modeling.factory import create_model
 
     torch.set_num_threads(a.threads)
-    model = create_model(a.config, seed=0).eval()
+    model = create_model(a.config, pretrained="random", seed=0).eval()
     s = model.card.preprocess.image_size
     x1 = torch.from_numpy(check_images(model, n=1))
     flops_backbone = count_flops(model.backbone.encode_dense, x1)

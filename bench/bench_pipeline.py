@@ -49,7 +49,7 @@ def export_random_model(config: str, out: Path) -> Path:
         "import sys, torch; torch.set_num_threads(2)\n"
         "from dangerclip.modeling.factory import create_model\n"
         "from dangerclip.modeling.export import export_onnx\n"
-        f"m = create_model({config!r}, pretrained=None, seed=0).eval()\n"
+        f"m = create_model({config!r}, pretrained='random', seed=0).eval()\n"
         f"export_onnx(m, {str(out)!r})\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)

@@ -215,7 +215,8 @@ def build_or_load(
     t0 = time.monotonic()
     root = Path(cache_root)
     root.mkdir(parents=True, exist_ok=True)
-    fkey = feature_key(backbone.sha256, cfg, recipe, rows)
+    # The architecture too: QuickGELU and GELU towers share weights (and their hash) but not their features.
+    fkey = feature_key(f"{backbone.sha256}/{getattr(backbone, 'arch', '')}", cfg, recipe, rows)
     tkey = targets_key(rows, categories, grid)
     path = root / f"{name}-{fkey[:16]}"
     views = recipe.views()

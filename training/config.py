@@ -34,7 +34,8 @@ class TrainConfig:
     model: str = "tiny"
     """DangerCLIP config name (``tiny``, ``ViT-B-16``)."""
     pretrained: str = ""
-    """CLIP weights: empty for a random backbone, an open_clip tag, or a local file."""
+    """CLIP weights: an open_clip tag or a local file; empty takes the model config's (``openai`` for ``ViT-B-16``,
+    random for the small configs); ``random`` asks for random weights explicitly."""
     out: str = "runs/dangerclip"
     """Run folder (checkpoints, metrics, model, ONNX, report)."""
     cache_dir: str = ""
@@ -60,7 +61,7 @@ class TrainConfig:
     loss_weights: tuple[float, float, float] = (1.0, 2.0, 1.0)
     """``(α, β, γ)`` for BCE, focal and dice (paper: 1, 2, 1)."""
     focal_alpha: float = 0.25
-    """Focal loss α for the map (the lead's default 0.25)."""
+    """Focal loss α for the map (RetinaNet's 0.25)."""
     flip: bool = True
     """Precompute mirrored views."""
     color_views: int = 2

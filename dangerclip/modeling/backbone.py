@@ -10,6 +10,7 @@ matched against it. The class token takes the ordinary path, so the global embed
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,7 +40,63 @@ def state_dict_sha256(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def build_clip(clip_cfg: Mapping[str, Any], pretrained: str | None = None) -> nn.Module:
+QUICK_GELU_TAGS = frozenset({"openai"})
+"""Pretrained tags whose weights were trained with QuickGELU, whatever the installed open_clip lists them under
+(open_clip 3 lists ``openai`` under plain ``ViT-B-16`` too, and only warns when the activation is wrong)."""
+
+
+def wants_quick_gelu(name: str, pretrained: str | None, default: bool = False) -> bool:
+    """Whether an open_clip architecture must run QuickGELU for ``pretrained``.
+
+    A known tag decides (OpenAI's, and every tag open_clip lists under ``<name>-quickgelu``); a local file or
+    random weights take the config's ``quick_gelu`` (``default``).
+    """
+    path_like = "/" in pretrained if pretrained else False
+    if not pretrained or path_like or Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors"):
+        return default
+    if pretrained in QUICK_GELU_TAGS:
+        return True
+    import open_clip
+
+    return any(n == f"{name}-quickgelu" and t == pretrained for n, t in open_clip.list_pretrained())
+
+
+def architecture(clip: nn.Module) -> dict[str, Any]:
+    """What the module *is*, read from it (not from the config that asked for it): the towers' shapes, the
+    patch embedding and the MLP activation. Two CLIPs with equal architectures run the same function of their
+    weights; ``state_dict_sha256`` cannot tell QuickGELU from GELU (neither has parameters), this can."""
+    v = clip.visual
+    blocks = v.transformer.resblocks
+    size = v.image_size
+    patch = v.patch_size
+
+    def act(block: nn.Module) -> str:
+        return type(getattr(block.mlp, "gelu", None) or block.mlp[1]).__name__
+
+    text = getattr(clip, "transformer", None)
+    return {
+        "embed_dim": int(v.proj.shape[1]),
+        "activation": act(blocks[0]),
+        "vision": {
+            "width": int(v.transformer.width),
+            "layers": len(blocks),
+            "heads": int(blocks[0].attn.num_heads),
+            "patch_size": int(patch[0] if isinstance(patch, (tuple, list)) else patch),
+            "image_size": int(size[0] if isinstance(size, (tuple, list)) else size),
+            "stem": type(v.conv1).__name__,
+        },
+        "text": None if text is None else {"width": int(text.width), "layers": len(text.resblocks)},
+    }
+
+
+def architecture_id(clip: nn.Module) -> str:
+    """``<activation>-<12 hex of the architecture's sha256>``: short, and names the activation for people."""
+    arch = architecture(clip)
+    digest = hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{arch['activation'].lower()}-{digest}"
+
+
+def build_clip(clip_cfg: Mapping[str, Any], pretrained: str | None = None, quick_gelu: bool | None = None) -> nn.Module:
     """Build an open_clip ``CLIP`` from a DangerCLIP config's ``clip`` section.
 
     Args:
@@ -47,6 +104,10 @@ def build_clip(clip_cfg: Mapping[str, Any], pretrained: str | None = None) -> nn
             ``embed_dim`` / ``vision_cfg`` / ``text_cfg`` for a custom one.
         pretrained: ``None`` or ``""`` for random weights; an open_clip pretrained tag (``openai``); or a
             local weights file (open_clip checkpoint, torch state dict or safetensors).
+
+    The activation follows the weights: QuickGELU for the tags trained with it (:func:`wants_quick_gelu`),
+    else the config's ``quick_gelu``; ``quick_gelu`` given here overrides both (a checkpoint rebuilding the
+    architecture its card records).
 
     Raises:
         BackboneError: the file is missing or does not hold this architecture's weights, or the tag cannot
@@ -57,6 +118,8 @@ def build_clip(clip_cfg: Mapping[str, Any], pretrained: str | None = None) -> nn
     local = _as_local_file(pretrained)
     if "open_clip" in clip_cfg:
         name = str(clip_cfg["open_clip"])
+        quick = wants_quick_gelu(name, pretrained, bool(clip_cfg.get("quick_gelu", False)))
+        quick = quick if quick_gelu is None else quick_gelu
         if name not in open_clip.list_models():
             raise BackboneError(f"open_clip has no architecture {name!r}")
         if pretrained and local is None:
@@ -66,14 +129,14 @@ def build_clip(clip_cfg: Mapping[str, Any], pretrained: str | None = None) -> nn
                     f"{pretrained!r} is neither a file nor an open_clip pretrained tag for {name}; tags: {tags}"
                 )
             try:
-                clip = open_clip.create_model(name, pretrained=pretrained)
+                clip = open_clip.create_model(name, pretrained=pretrained, force_quick_gelu=quick)
             except Exception as e:  # noqa: BLE001 - hub errors come in many types; all mean "not here"
                 raise BackboneError(
                     f"could not fetch open_clip weights {name}/{pretrained} ({type(e).__name__}: {e}). "
                     "Without network, download them elsewhere and pass the local file path instead."
                 ) from e
         else:
-            clip = open_clip.create_model(name, pretrained=None)
+            clip = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick)
     else:
         from open_clip.model import CLIP
 
@@ -83,6 +146,7 @@ def build_clip(clip_cfg: Mapping[str, Any], pretrained: str | None = None) -> nn
             embed_dim=int(clip_cfg["embed_dim"]),
             vision_cfg=vision_cfg,
             text_cfg=dict(clip_cfg["text_cfg"]),
+            quick_gelu=bool(clip_cfg.get("quick_gelu", False)) if quick_gelu is None else quick_gelu,
         )
         if stem:
             # Hybrid ViT (Dosovitskiy et al. 2021, sec. 3.1): convolutions make the patch tokens, then the
@@ -233,6 +297,11 @@ class DenseCLIP(nn.Module):
     def grid(self) -> tuple[int, int]:
         g = self.clip.visual.grid_size
         return int(g[0]), int(g[1])
+
+    @property
+    def arch(self) -> str:
+        """The architecture id (:func:`architecture_id`): activation and shapes, which the weights' hash misses."""
+        return architecture_id(self.clip)
 
     @property
     def sha256(self) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from dangerclip.modeling.backbone import BackboneError, DenseCLIP, build_clip
+from dangerclip.modeling.backbone import BackboneError, DenseCLIP, build_clip, wants_quick_gelu
 from dangerclip.modeling.factory import get_config
 from dangerclip.modeling.model import DangerCLIP, DangerHead, HeadConfig, ZeroShotHead
 from dangerclip.runtime.card import CARD_KEY, ModelCard
@@ -122,8 +122,11 @@ def load_checkpoint(path: str | Path, pretrained: str | None = None, device: str
     templates = tuple(json.loads(meta.get("dangerclip.templates", '["{}"]')))
     visual = {k[len("visual.") :]: v for k, v in tensors.items() if k.startswith("visual.")}
     seed = meta.get("dangerclip.backbone_seed")
+    arch = card.backbone.arch
+    # The activation the card records (QuickGELU or GELU leave no trace in the weights' hash).
+    quick = arch.startswith("quickgelu") if arch else None
     if visual:
-        clip = build_clip(cfg["clip"], None)
+        clip = build_clip(cfg["clip"], None, quick_gelu=quick if quick is not None else _tag_quick(cfg, card))
         clip.visual.load_state_dict(visual)
         source = card.backbone.pretrained
     else:
@@ -131,9 +134,15 @@ def load_checkpoint(path: str | Path, pretrained: str | None = None, device: str
         if not source:
             # A random backbone: its recorded seed rebuilds it; the hash check below decides.
             torch.manual_seed(int(seed or 0))
-        clip = build_clip(cfg["clip"], source or None)
+        clip = build_clip(cfg["clip"], source or None, quick_gelu=quick)
     backbone = DenseCLIP(clip, card.backbone.model, source)
     backbone.text_loaded = not visual
+    if arch and backbone.arch != arch:
+        raise BackboneError(
+            f"{path} was trained on backbone architecture {arch} ({card.backbone.model}), but the backbone built "
+            f"from {source or 'its config'} is {backbone.arch}: the activation or the shapes differ, so the "
+            "features would not be the ones the head learned; rebuild the checkpoint or pass matching weights"
+        )
     if backbone.sha256 != card.backbone.sha256:
         raise BackboneError(
             f"{path} was trained on backbone {card.backbone.model} ({card.backbone.pretrained or 'random'}) "
@@ -152,10 +161,22 @@ def load_checkpoint(path: str | Path, pretrained: str | None = None, device: str
     return model
 
 
+def _tag_quick(cfg: dict[str, Any], card: ModelCard) -> bool | None:
+    """For a card without a recorded architecture: the activation its pretrained tag implies."""
+    name = cfg["clip"].get("open_clip")
+    if not name:
+        return None
+    return wants_quick_gelu(str(name), card.backbone.pretrained or None, bool(cfg["clip"].get("quick_gelu", False)))
+
+
 # `dangerclip create`
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="tiny", help="model config (see `dangerclip models`)")
-    parser.add_argument("--pretrained", default=None, help="open_clip tag (openai) or local CLIP weights file")
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        help="open_clip tag (openai) or local CLIP weights file (default: the config's; 'random' for random weights)",
+    )
     parser.add_argument("--mode", default="trained", choices=["trained", "zeroshot"])
     parser.add_argument("--prompts", nargs="+", default=None, help="categories (default: weapon)")
     parser.add_argument("--safe-prompts", nargs="+", default=None, help="zero-shot contrast prompts")

@@ -32,6 +32,8 @@ DEFAULT_SAFE_PROMPTS = (
     "a toy",
     "furniture",
 )
+RANDOM_WEIGHTS = ("random", "none")
+"""``pretrained`` values that ask for random CLIP weights explicitly."""
 ZEROSHOT_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "an image containing {}.")
 MODES = ("trained", "zeroshot")
 
@@ -73,7 +75,9 @@ def create_model(
 
     Args:
         name: a config from ``list_models()`` (``ViT-B-16`` is the paper's, ``tiny`` the test/demo one).
-        pretrained: CLIP weights: ``None`` for random, an open_clip tag (``openai``) or a local file.
+        pretrained: CLIP weights: an open_clip tag (``openai``) or a local file; ``None`` takes the config's
+            ``pretrained`` (``openai`` for ``ViT-B-16``; random for the small configs, which declare none);
+            ``"random"`` asks for random weights explicitly (a big model never gets them by default).
         prompts: one category per prompt (default ``["weapon"]``, as in the paper).
         mode: ``trained`` (the paper's head, to be trained) or ``zeroshot`` (CLIP similarity against
             ``safe_prompts``; useful with public CLIP weights and no training).
@@ -87,6 +91,10 @@ def create_model(
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
     cfg = get_config(name)
+    if pretrained is None:
+        pretrained = cfg.get("pretrained") or None
+    elif pretrained.strip().lower() in RANDOM_WEIGHTS or not pretrained.strip():
+        pretrained = None
     prompts = list(prompts or DEFAULT_PROMPTS)
     if not prompts or len(set(prompts)) != len(prompts):
         raise ValueError(f"prompts must be non-empty and distinct, got {prompts}")
@@ -111,7 +119,9 @@ def create_model(
         prompts=prompts,
         thresholds={p: 0.5 for p in prompts},
         preprocess=preprocess_config(clip),
-        backbone=BackboneIdentity(model=backbone.name, pretrained=pretrained or "", sha256=backbone.sha256),
+        backbone=BackboneIdentity(
+            model=backbone.name, pretrained=pretrained or "", sha256=backbone.sha256, arch=backbone.arch
+        ),
         grid=backbone.grid,
         safe_prompts=safe,
         trained=False,

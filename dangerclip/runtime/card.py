@@ -54,11 +54,15 @@ class BackboneIdentity:
         model: open_clip architecture name (``ViT-B-16``) or a DangerCLIP config name for tiny backbones.
         pretrained: open_clip pretrained tag (``openai``), a local file path, or ``""`` for random weights.
         sha256: hash of the backbone's weights (see ``dangerclip.modeling.backbone.state_dict_sha256``).
+        arch: the architecture the weights ran in, activation included
+            (``dangerclip.modeling.backbone.architecture_id``: ``quickgelu-…`` or ``gelu-…``); ``""`` in cards
+            written before it was recorded.
     """
 
     model: str
     pretrained: str
     sha256: str
+    arch: str = ""
 
 
 @dataclass

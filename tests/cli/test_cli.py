@@ -59,7 +59,7 @@ def test_build_train_save_load_export_score(config, tmp_path, sample_images_dir)
     from dangerclip.modeling.losses import danger_loss
 
     torch.set_num_threads(2)
-    m = create_model(config, seed=0)
+    m = create_model(config, pretrained="random", seed=0)
     before = [p.detach().clone() for p in m.trainable_parameters()]
     opt = torch.optim.AdamW(m.trainable_parameters(), lr=1e-3)
     m.train()
