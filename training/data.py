@@ -28,7 +28,7 @@ from dangerclip.runtime.manifest import (
     manifest_from_folder,
     read_manifest,
 )
-from dangerclip.runtime.preprocess import ImageError, load_image, mask_to_grid, normalize, resize_and_crop
+from dangerclip.runtime.preprocess import ImageError, mask_to_grid, normalize, resize_and_crop
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +133,24 @@ def load_mask(path: str | Path, image_size: tuple[int, int]) -> np.ndarray:
     Raises:
         ImageError: the file cannot be read or its size differs from the image's.
     """
-    im = load_image(path)
+    from PIL import Image
+
+    try:
+        with Image.open(path) as raw:
+            raw.load()
+            im = raw.copy()
+    except (OSError, ValueError) as e:
+        raise ImageError("decode_error", f"mask {path} cannot be read: {e}") from e
     if im.size != tuple(image_size):
         raise ImageError(
             "decode_error", f"mask {path} is {im.size[0]}x{im.size[1]}, image is {image_size[0]}x{image_size[1]}"
         )
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        # A cut-out (object opaque, background transparent): the alpha channel is the mask. Composited on
+        # white, as images are, every pixel would read as danger.
+        alpha = np.asarray(im.convert("RGBA"))[..., 3]
+        if alpha.min() < 255:
+            return (alpha > 0).astype(np.float32)
     return (np.asarray(im.convert("L")) > 0).astype(np.float32)
 
 

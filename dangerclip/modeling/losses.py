@@ -2,7 +2,10 @@
 
 The dense terms compare each layer's calibrated attention row (per-patch log-odds) with the pseudo-mask on
 the patch grid, and are averaged over layers, as the paper supervises every self-attention module. Rows
-without a mask (``mask_valid`` False) add no dense loss; negatives carry an all-zero mask and do.
+without a mask (``mask_valid`` False) add no dense loss. As in ZegCLIP and MaskFormer, focal covers every row
+with a mask — negatives' all-zero masks included, which teach the map to stay dark — and dice only the rows whose
+category is present: on an empty target dice is ``Σp / (Σp + 1)``, 0.96 at the starting bias, so a batch of
+negatives would otherwise drown the dice of the few positives.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ def danger_loss(
         weights: ``(α, β, γ)`` for BCE, focal and dice; ``β = γ = 0`` is the paper's no-dense ablation.
 
     Returns:
-        ``{"loss", "bce", "focal", "dice"}``, scalars; the dense terms are 0 when no row has a mask.
+        ``{"loss", "bce", "focal", "dice"}``, scalars; the dense terms are 0 when no row has a mask, dice is 0
+        when no row's category is present.
     """
     if map_logits.dim() == 3:
         map_logits = map_logits.unsqueeze(0)
@@ -73,6 +77,7 @@ def danger_loss(
         sel = map_logits[:, valid]  # [L, V, N]
         tgt = masks[valid].to(sel.dtype).unsqueeze(0).expand_as(sel)
         focal = sigmoid_focal_loss(sel, tgt, focal_alpha, focal_gamma).mean()
-        dice = dice_loss(sel, tgt).mean()
+        present = masks[valid].sum(-1) > 0  # [V]
+        dice = dice_loss(sel[:, present], tgt[:, present]).mean() if bool(present.any()) else sel.sum() * 0.0
     a, b, c = weights
     return {"loss": a * bce + b * focal + c * dice, "bce": bce, "focal": focal, "dice": dice}

@@ -99,10 +99,19 @@ class DangerHead(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.width)
         self.classifier = nn.Linear(cfg.width, 1)
-        # Attention logits → per-patch log-odds. The bias starts at a low prior (most patches are safe),
-        # as focal-loss detectors initialise theirs.
-        self.map_scale = nn.Parameter(torch.tensor(1.0))
-        self.map_bias = nn.Parameter(torch.tensor(-2.0))
+        # Attention logits → per-patch log-odds, calibrated per category (a knife's map and a gun's need not
+        # share a scale). The bias starts at a low prior (most patches are safe), as focal-loss detectors
+        # initialise theirs.
+        self.map_scale = nn.Parameter(torch.ones(k))
+        self.map_bias = nn.Parameter(torch.full((k,), -2.0))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object, **kwargs: object) -> None:
+        # Checkpoints written before per-category calibration hold one scalar each: every category starts from it.
+        for name in ("map_scale", "map_bias"):
+            key = prefix + name
+            if key in state_dict and state_dict[key].dim() == 0:
+                state_dict[key] = state_dict[key].expand(self.num_categories).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def num_categories(self) -> int:
@@ -121,7 +130,7 @@ class DangerHead(nn.Module):
             x, a = blk(x, k)
             rows.append(a)
         logits = self.classifier(self.norm(x[:, :k])).squeeze(-1)
-        map_logits = torch.stack(rows) * self.map_scale + self.map_bias
+        map_logits = torch.stack(rows) * self.map_scale[:, None] + self.map_bias[:, None]  # [L, B, k, N]
         return HeadOutput(logits, map_logits)
 
 

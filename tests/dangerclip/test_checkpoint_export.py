@@ -11,6 +11,8 @@ import torch
 from dangerclip.modeling.backbone import BackboneError
 from dangerclip.modeling.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from dangerclip.modeling.export import (
+    CHECK_KEY,
+    TOLERANCES,
     ExportError,
     check_images,
     export_fp16,
@@ -118,12 +120,25 @@ def test_fp16_and_int8_report_their_deviation(tiny_onnx_path, tiny_model, tmp_pa
     calib = check_images(tiny_model, n=4, seed=9)
     d16 = export_fp16(tiny_onnx_path, tmp_path / "m.fp16.onnx", calib)
     d8 = export_int8(tiny_onnx_path, tmp_path / "m.int8.onnx", calib)
-    assert 0 < d16["score_max"] < 5e-3
-    assert 0 < d8["score_max"] < 0.2
-    for name in ("m.fp16.onnx", "m.int8.onnx"):
+    for d, precision in ((d16, "fp16"), (d8, "int8")):
+        assert 0 < d["score_max"] <= TOLERANCES[precision]["score"] and d["map_max"] <= TOLERANCES[precision]["map"]
+    for name, precision in (("m.fp16.onnx", "fp16"), ("m.int8.onnx", "int8")):
         s = DangerScorer(tmp_path / name)
         scores, _ = s.predict(calib)
         assert np.isfinite(scores).all()
+        check = json.loads(s.session.get_modelmeta().custom_metadata_map[CHECK_KEY])
+        assert check["precision"] == precision and check["tolerance"] == TOLERANCES[precision]
+
+
+def test_the_gate_refuses_a_copy_whose_maps_drift(tiny_onnx_path, tiny_model, tmp_path, monkeypatch):
+    """Maps count as much as scores: a copy within the score tolerance but off in its maps is not written."""
+    import dangerclip.modeling.export as ex
+
+    calib = check_images(tiny_model, n=4, seed=9)
+    monkeypatch.setitem(ex.TOLERANCES, "int8", {"score": 1.0, "map": 1e-6})
+    with pytest.raises(ExportError, match="map"):
+        export_int8(tiny_onnx_path, tmp_path / "m.int8.onnx", calib)
+    assert not (tmp_path / "m.int8.onnx").exists()
 
 
 def test_scorer_falls_back_to_cpu_and_applies_thresholds(tiny_onnx_path, tiny_model, caplog):

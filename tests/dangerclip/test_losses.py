@@ -43,8 +43,8 @@ def test_total_weights_and_bce_by_hand():
     f_pos, f_neg = 0.25 * 0.25 * math.log(2), 0.75 * 0.25 * math.log(2)
     assert out["focal"].item() == pytest.approx((2 * f_pos + 6 * f_neg) / 8, rel=1e-6)
     d_row1 = 1 - 3 / 5
-    d_row2 = 1 - 1 / (2.0 + 0 + 1)
-    assert out["dice"].item() == pytest.approx((d_row1 + d_row2) / 2, rel=1e-6)
+    # The second row's category is absent (all-zero mask): focal covers it, dice does not (ZegCLIP).
+    assert out["dice"].item() == pytest.approx(d_row1, rel=1e-6)
     assert out["loss"].item() == pytest.approx(bce + 2 * out["focal"].item() + out["dice"].item(), rel=1e-6)
 
 
@@ -67,3 +67,24 @@ def test_layers_are_averaged():
     both = danger_loss(torch.zeros(1, 1), m2, torch.ones(1, 1), masks, valid)
     assert both["focal"].item() == pytest.approx((a["focal"].item() + b["focal"].item()) / 2, rel=1e-6)
     assert both["dice"].item() == pytest.approx((a["dice"].item() + b["dice"].item()) / 2, rel=1e-6)
+
+
+def test_dice_covers_present_categories_only_and_negatives_still_teach_the_map_to_stay_dark():
+    torch.manual_seed(0)
+    labels = torch.tensor([[1.0], [0.0], [0.0], [0.0]])
+    masks = torch.zeros(4, 1, 16)
+    masks[0, 0, :4] = 1
+    valid = torch.ones(4, 1, dtype=torch.bool)
+    maps = torch.full((2, 4, 1, 16), -2.0)
+    only_pos = danger_loss(torch.zeros(1, 1), maps[:, :1], labels[:1], masks[:1], valid[:1])
+    with_negs = danger_loss(torch.zeros(4, 1), maps, labels, masks, valid)
+    # Three negatives at the starting bias leave the positive's dice unchanged (before: diluted by 0.96s).
+    assert with_negs["dice"].item() == pytest.approx(only_pos["dice"].item(), rel=1e-6)
+    # ...while their focal term still pulls a lit-up negative map down.
+    lit = maps.clone()
+    lit[:, 1:] = 3.0
+    assert danger_loss(torch.zeros(4, 1), lit, labels, masks, valid)["focal"] > with_negs["focal"]
+    # No present category at all: dice is 0, and differentiable.
+    none = danger_loss(torch.zeros(3, 1), maps[:, 1:].clone().requires_grad_(), labels[1:], masks[1:], valid[1:])
+    assert none["dice"].item() == 0.0
+    none["loss"].backward()

@@ -140,3 +140,20 @@ def test_conv_stem_makes_the_patch_tokens_and_hashes_its_buffers():
     assert g.shape == (2, 128) and patches.shape == (2, 196, 128)
     with pytest.raises(ValueError, match="does not divide"):
         ConvStem([32, 64, 128, 256, 512], 128, 16)
+
+
+def test_map_calibration_is_per_category_and_old_scalar_checkpoints_load():
+    from dangerclip.modeling.model import DangerHead, HeadConfig
+
+    head = DangerHead(torch.randn(3, 16), HeadConfig(layers=1, width=16, heads=2))
+    assert head.map_scale.shape == (3,) and head.map_bias.shape == (3,)
+    state = head.state_dict()
+    state["map_scale"], state["map_bias"] = torch.tensor(1.5), torch.tensor(-1.0)  # as written before
+    head.load_state_dict(state)
+    assert torch.equal(head.map_scale.data, torch.full((3,), 1.5)) and torch.equal(
+        head.map_bias.data, torch.full((3,), -1.0)
+    )
+    with torch.no_grad():
+        head.map_bias[1] = 4.0  # one category's map brighter, the others untouched
+    out = head(torch.nn.functional.normalize(torch.randn(2, 16), dim=-1), torch.randn(2, 9, 16))
+    assert (out.map_logits[:, :, 1] > out.map_logits[:, :, 0]).float().mean() > 0.9

@@ -187,3 +187,22 @@ def test_train_config_rejects_a_grayscale_share_outside_zero_to_one() -> None:
 
     with pytest.raises(ValueError, match="grayscale"):
         TrainConfig(data="x.jsonl", grayscale=1.5).validate()
+
+
+def test_a_cut_out_mask_is_read_by_its_alpha_not_composited_on_white(tmp_path):
+    from PIL import Image
+
+    from training.data import load_mask
+
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., :3] = 255  # white everywhere: composited on white, the whole image would be "danger"
+    rgba[5:10, 8:20, 3] = 255  # the object: opaque
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cut.png")
+    m = load_mask(tmp_path / "cut.png", (30, 20))
+    assert m.sum() == 5 * 12 and m[5:10, 8:20].all()
+    # An opaque RGBA mask (white object on black) is read by its luminance, as before.
+    opaque = np.zeros((20, 30, 4), np.uint8)
+    opaque[..., 3] = 255
+    opaque[2:4, 2:6, :3] = 255
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.png")
+    assert load_mask(tmp_path / "opaque.png", (30, 20)).sum() == 2 * 4
