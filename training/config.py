@@ -36,6 +36,9 @@ class TrainConfig:
     pretrained: str = ""
     """CLIP weights: an open_clip tag or a local file; empty takes the model config's (``openai`` for ``ViT-B-16``,
     random for the small configs); ``random`` asks for random weights explicitly."""
+    image_size: int = 0
+    """Input side in pixels: 0 for the CLIP's own (224), or 336 / 448 for a finer danger map (position
+    embeddings interpolated bicubically); the model card carries it, so export and serving follow."""
     out: str = "runs/dangerclip"
     """Run folder (checkpoints, metrics, model, ONNX, report)."""
     cache_dir: str = ""

@@ -52,6 +52,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> Any:
     return create_model(
         cfg.model,
         cfg.pretrained or None,
+        image_size=cfg.image_size or None,
         prompts=cfg.categories,
         mode="trained",
         seed=cfg.seed,

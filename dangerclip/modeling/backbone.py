@@ -158,6 +158,42 @@ def build_clip(clip_cfg: Mapping[str, Any], pretrained: str | None = None, quick
     return clip
 
 
+SUPPORTED_SIZES = (224, 336, 448)
+"""Input sides a model is created, trained, exported and served at (any multiple of the patch size works)."""
+
+
+def set_resolution(clip: nn.Module, image_size: int) -> nn.Module:
+    """Run ``clip``'s vision tower at ``image_size`` px: position embeddings interpolated bicubically to the new
+    patch grid (the class token's kept), as ZegCLIP and MaskCLIP do to run CLIP at 512 px.
+
+    Deterministic, so a checkpoint rebuilds the same weights (and weight hash) from the original ones. A no-op
+    at the native size.
+
+    Raises:
+        ValueError: ``image_size`` is not a multiple of the patch size.
+    """
+    v = clip.visual
+    patch = v.patch_size[0] if isinstance(v.patch_size, (tuple, list)) else v.patch_size
+    if image_size % patch:
+        raise ValueError(f"image_size {image_size} is not a multiple of the patch size {patch}")
+    grid = image_size // patch
+    old = v.grid_size[0] if isinstance(v.grid_size, (tuple, list)) else v.grid_size
+    if grid == old:
+        return clip
+    pos = v.positional_embedding.detach()
+    cls, patches = pos[:1], pos[1:]
+    width = patches.shape[-1]
+    patches = patches.reshape(1, old, old, width).permute(0, 3, 1, 2).float()
+    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(grid * grid, width).to(pos.dtype)
+    v.positional_embedding = nn.Parameter(torch.cat([cls, patches]), requires_grad=False)
+    v.grid_size = (grid, grid)
+    v.image_size = (image_size, image_size)
+    if hasattr(v, "preprocess_cfg") and isinstance(v.preprocess_cfg, dict):
+        v.preprocess_cfg = {**v.preprocess_cfg, "size": (image_size, image_size)}
+    return clip
+
+
 class ConvStem(nn.Module):
     """A small convolutional patch embedding: ``[B, 3, S, S] -> [B, width, S/patch, S/patch]``.
 

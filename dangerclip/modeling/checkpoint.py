@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from dangerclip.modeling.backbone import BackboneError, DenseCLIP, build_clip, wants_quick_gelu
+from dangerclip.modeling.backbone import BackboneError, DenseCLIP, build_clip, set_resolution, wants_quick_gelu
 from dangerclip.modeling.factory import get_config
 from dangerclip.modeling.model import DangerCLIP, DangerHead, HeadConfig, ZeroShotHead
 from dangerclip.runtime.card import CARD_KEY, ModelCard
@@ -127,6 +127,7 @@ def load_checkpoint(path: str | Path, pretrained: str | None = None, device: str
     quick = arch.startswith("quickgelu") if arch else None
     if visual:
         clip = build_clip(cfg["clip"], None, quick_gelu=quick if quick is not None else _tag_quick(cfg, card))
+        set_resolution(clip, card.preprocess.image_size)  # shapes first, then the saved (interpolated) weights
         clip.visual.load_state_dict(visual)
         source = card.backbone.pretrained
     else:
@@ -135,6 +136,10 @@ def load_checkpoint(path: str | Path, pretrained: str | None = None, device: str
             # A random backbone: its recorded seed rebuilds it; the hash check below decides.
             torch.manual_seed(int(seed or 0))
         clip = build_clip(cfg["clip"], source or None, quick_gelu=quick)
+    if not visual:
+        # A backbone rebuilt from its original weights runs at the card's resolution (embedded visual weights
+        # already hold the interpolated position embeddings).
+        set_resolution(clip, card.preprocess.image_size)
     backbone = DenseCLIP(clip, card.backbone.model, source)
     backbone.text_loaded = not visual
     if arch and backbone.arch != arch:
@@ -178,6 +183,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="open_clip tag (openai) or local CLIP weights file (default: the config's; 'random' for random weights)",
     )
     parser.add_argument("--mode", default="trained", choices=["trained", "zeroshot"])
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="input side (default: the CLIP's own; 336 or 448 for finer maps)"
+    )
     parser.add_argument("--prompts", nargs="+", default=None, help="categories (default: weapon)")
     parser.add_argument("--safe-prompts", nargs="+", default=None, help="zero-shot contrast prompts")
     parser.add_argument("--version", default=None, help="model version for the card")
@@ -199,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         safe_prompts=args.safe_prompts,
         version=version,
         seed=args.seed,
+        image_size=args.image_size,
     )
     notes = "zero-shot CLIP similarity; no training" if mode == "zeroshot" else "UNTRAINED head (random weights)"
     card = save_checkpoint(model, args.out, notes=notes, include_backbone=args.include_backbone)

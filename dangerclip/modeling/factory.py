@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from dangerclip.modeling.backbone import DenseCLIP, build_clip
+from dangerclip.modeling.backbone import DenseCLIP, build_clip, set_resolution
 from dangerclip.modeling.model import DangerCLIP, DangerHead, HeadConfig, ZeroShotHead
 from dangerclip.runtime.card import BackboneIdentity, ModelCard, PreprocessConfig
 
@@ -70,6 +70,7 @@ def create_model(
     version: str = "0.0.0-untrained",
     seed: int | None = 0,
     device: str | torch.device = "cpu",
+    image_size: int | None = None,
 ) -> DangerCLIP:
     """Build a DangerCLIP model.
 
@@ -87,6 +88,8 @@ def create_model(
         version: model version for the card.
         seed: seeds the head's initialisation (and the random backbone when ``pretrained`` is None).
         device: where to put the model.
+        image_size: input side in pixels (``None``: the CLIP's own, 224 for ViT-B/16); 336 or 448 run CLIP
+            with bicubically interpolated position embeddings and a finer danger map (21×21, 28×28 patches).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {MODES}")
@@ -101,6 +104,8 @@ def create_model(
     if seed is not None:
         torch.manual_seed(seed)
     clip = build_clip(cfg["clip"], pretrained)
+    if image_size:
+        set_resolution(clip, int(image_size))
     backbone = DenseCLIP(clip, cfg["clip"].get("open_clip", name), pretrained or "")
     backbone.to(device)
     tmpl = tuple(templates or (ZEROSHOT_TEMPLATES if mode == "zeroshot" else ("{}",)))
