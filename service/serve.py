@@ -46,6 +46,9 @@ def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Worker, M
         providers=settings.provider_list,
         intra_op_threads=settings.intra_op_threads,
         thresholds=settings.thresholds or None,
+        max_batch=settings.max_batch_size,
+        trt_cache_dir=settings.trt_cache_dir,
+        trt_fp16=settings.trt_fp16,
     )
     card = scorer.card
     metrics.set_model(

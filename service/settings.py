@@ -108,6 +108,13 @@ class Settings(BaseSettings):
     intra_op_threads: int | None = Field(None, ge=1)
     """onnxruntime intra-op threads; unset lets onnxruntime use every core it sees."""
 
+    trt_cache_dir: Path | None = None
+    """TensorRT only: a writable folder for built engines and timing caches (an emptyDir or a volume), so a
+    restarted worker does not spend minutes rebuilding them. Unset: no cache."""
+
+    trt_fp16: bool = True
+    """TensorRT only: allow fp16 layers (the model's fp16 export tolerance applies)."""
+
     # ---------------------------------------------------------------- identification (flagged images only)
     type_head_path: Path | None = None
     """An exported firearm-type head (``dangerclip types train``): flagged images' results then carry

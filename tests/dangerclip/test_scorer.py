@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from dangerclip.modeling.export import check_images
 from dangerclip.runtime.scorer import DangerScorer, ProviderError, choose_providers
 
 ort = pytest.importorskip("onnxruntime")
@@ -59,7 +60,8 @@ def gpu_sessions_raise(monkeypatch: pytest.MonkeyPatch, gpu_build_without_a_gpu:
     real = ort.InferenceSession
 
     def session(path: str, *args: Any, providers: list[str], **kwargs: Any) -> Any:
-        if any(p in (CUDA, TRT) for p in providers):
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]  # (name, options) pairs too
+        if any(p in (CUDA, TRT) for p in names):
             raise RuntimeError(reason)
         return real(path, *args, providers=providers, **kwargs)
 
@@ -141,3 +143,45 @@ def test_auto_names_the_exception_that_stopped_the_gpu(
     assert scorer.provider == CPU
     assert any(gpu_sessions_raise in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
     _scores_on_cpu(scorer)
+
+
+def test_gpu_providers_get_an_engine_cache_shape_profiles_and_cuda_behind_tensorrt(tmp_path, monkeypatch):
+    """Built and checked on the CPU: the options onnxruntime-gpu would get (no GPU here)."""
+    import onnxruntime as ort
+
+    from dangerclip.runtime.scorer import EngineOptions, choose_providers, provider_options
+
+    engine = EngineOptions(image_size=336, max_batch=16, trt_cache_dir=str(tmp_path / "trt"), trt_fp16=True)
+    (trt, trt_opts), (cuda, cuda_opts), cpu = provider_options(
+        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], engine
+    )
+    assert (trt, cuda, cpu) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    assert trt_opts["trt_profile_min_shapes"] == "images:1x3x336x336"
+    assert trt_opts["trt_profile_opt_shapes"] == "images:8x3x336x336"
+    assert trt_opts["trt_profile_max_shapes"] == "images:16x3x336x336"
+    assert trt_opts["trt_engine_cache_enable"] and trt_opts["trt_engine_cache_path"] == str(tmp_path / "trt")
+    assert (tmp_path / "trt").is_dir() and trt_opts["trt_fp16_enable"] is True
+    assert cuda_opts["do_copy_in_default_stream"] is True
+    assert "trt_engine_cache_enable" not in provider_options(["TensorrtExecutionProvider"], EngineOptions())[0][1]
+    # Asking for TensorRT by name puts CUDA behind it where this build has CUDA.
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: gpu_build)
+    assert choose_providers("tensorrt") == gpu_build
+    assert choose_providers("cuda") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_io_binding_gives_the_same_outputs_and_the_card_is_read_without_a_session(tiny_onnx_path, tiny_model):
+    import onnxruntime as ort
+
+    from dangerclip.runtime.onnxmeta import read_metadata
+
+    batch = check_images(tiny_model, n=3, seed=5)
+    plain = DangerScorer(tiny_onnx_path, providers="cpu")
+    bound = DangerScorer(tiny_onnx_path, providers="cpu", io_binding=True)
+    assert not plain.io_binding and bound.io_binding
+    for a, b in zip(plain.predict(batch), bound.predict(batch), strict=True):
+        np.testing.assert_array_equal(a, b)
+    meta = read_metadata(tiny_onnx_path)
+    assert meta == ort.InferenceSession(str(tiny_onnx_path)).get_modelmeta().custom_metadata_map
+    with pytest.raises(ValueError):
+        read_metadata(Path(__file__))  # a Python file is no ModelProto
