@@ -37,6 +37,7 @@ COMMANDS: dict[str, Command] = {
     "eval": Command("training.evaluate", "train", "evaluate a checkpoint on a manifest"),
     "baselines": Command("training.baselines", "train", "ResNet-50 / VGG-16 / zero-shot CLIP comparison rows"),
     "demo-model": Command("training.demo_model", "train", "build the offline demo model"),
+    "index": Command("dangerclip.runtime.index.cli", "index", "known-content index: PDQ hashes, hash banks, queries"),
     "types": Command("training.ssl.cli", "train", "firearm-type head: SSL pre-training, probe, fine-tune, compare"),
     "pseudomask": Command("pseudomask.cli", "pseudomask", "GroundingDINO + SAM pseudo-masks for a dataset"),
 }

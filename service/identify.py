@@ -28,6 +28,38 @@ class Matcher(Protocol):
     def known(self, matches: Sequence[MatchResult]) -> bool: ...
 
 
+class IndexMatcher:
+    """Known-content matching against a ``dangerclip index`` folder (PDQ), reloading a rebuilt index.
+
+    Args:
+        reader: the index.
+        top_k: matches per image.
+        reload_s: at most this often, check whether a new generation went live (a stat and a small read).
+    """
+
+    def __init__(self, reader: Any, top_k: int = 3, reload_s: float = 10.0) -> None:
+        self.reader = reader
+        self.top_k = top_k
+        self.reload_s = reload_s
+        self._checked = time.monotonic()
+
+    def match(self, images: Sequence[Image.Image]) -> list[list[MatchResult]]:
+        now = time.monotonic()
+        if now - self._checked >= self.reload_s:
+            self._checked = now
+            try:
+                self.reader.reload_if_changed()
+            except Exception as e:  # noqa: BLE001 - keep serving the generation already loaded
+                log.warning("index reload failed, keeping generation %s: %s", self.reader.generation, e)
+        return [
+            [MatchResult(id=m.id, label=m.label, distance=m.distance, signal="pdq") for m in row]
+            for row in self.reader.query_images(images, k=self.top_k)
+        ]
+
+    def known(self, matches: Sequence[MatchResult]) -> bool:
+        return any(m.distance <= self.reader.threshold for m in matches)
+
+
 class Identifier:
     """Type head and/or matcher on the flagged images of a batch.
 

@@ -22,7 +22,7 @@ from dangerclip.runtime.errors import UserError, run_command
 from dangerclip.runtime.filekind import expect
 from dangerclip.runtime.logs import setup_logging
 from service.handler import Handler
-from service.identify import Identifier
+from service.identify import Identifier, IndexMatcher
 from service.metrics import Metrics
 from service.settings import Settings
 from service.worker import Worker
@@ -75,23 +75,31 @@ def build(settings: Settings, metrics: Metrics | None = None) -> tuple[Worker, M
 
 def build_identifier(settings: Settings, metrics: Metrics | None = None) -> Identifier | None:
     """The identification stage the settings ask for (``None`` when none is configured)."""
-    if settings.type_head_path is None:
+    if settings.type_head_path is None and settings.index_path is None:
         return None
-    from dangerclip.runtime.typehead import TypeHead
+    head = matcher = None
+    if settings.type_head_path is not None:
+        from dangerclip.runtime.typehead import TypeHead
 
-    head = TypeHead(
-        settings.type_head_path,
-        providers=["CPUExecutionProvider"],
-        intra_op_threads=settings.intra_op_threads,
-        top_k=settings.type_head_top_k,
-    )
-    log.info(
-        "identification stage: type head %s %s (%d types) on flagged images",
-        head.card.name,
-        head.card.version,
-        len(head.card.classes),
-    )
-    return Identifier(type_head=head, metrics=metrics)
+        head = TypeHead(
+            settings.type_head_path,
+            providers=["CPUExecutionProvider"],
+            intra_op_threads=settings.intra_op_threads,
+            top_k=settings.type_head_top_k,
+        )
+        log.info(
+            "identification stage: type head %s %s (%d types) on flagged images",
+            head.card.name,
+            head.card.version,
+            len(head.card.classes),
+        )
+    if settings.index_path is not None:
+        from dangerclip.runtime.index import IndexReader
+
+        reader = IndexReader(settings.index_path)
+        matcher = IndexMatcher(reader, settings.index_top_k, settings.index_reload_s)
+        log.info("identification stage: index %s (%d entries, PDQ)", settings.index_path, len(reader))
+    return Identifier(type_head=head, matcher=matcher, metrics=metrics)
 
 
 def _start_watchdog(after_s: float) -> None:

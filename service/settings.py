@@ -123,6 +123,16 @@ class Settings(BaseSettings):
     type_head_top_k: int = Field(3, ge=1, le=50)
     """How many types each identification lists (best first)."""
 
+    index_path: Path | None = None
+    """A known-content index folder (``dangerclip index build``): flagged images' results then carry
+    ``identification.matches`` (PDQ) and ``known_match``. A rebuilt index is picked up without a restart."""
+
+    index_top_k: int = Field(3, ge=1, le=100)
+    """Matches each identification lists (nearest first)."""
+
+    index_reload_s: float = Field(10.0, gt=0)
+    """How often the worker checks for a rebuilt index."""
+
     thresholds: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     """Per-category threshold overrides on top of the model card's, e.g. ``weapon=0.7,knife=0.6`` or
     ``{"weapon": 0.7}``. Categories not named keep the card's threshold."""

@@ -51,6 +51,10 @@ CASES: dict[str, list[tuple[str, list[str], dict[str, str], list[str]]]] = {
     ],
     "baselines": [("missing data", ["{tmp}/none", "--out", "{tmp}/b"], {}, ["none"])],
     "demo-model": [("unknown config", ["--work", "{tmp}/w", "--model", "nope"], {}, ["nope"])],
+    "index": [
+        ("missing index", ["stats", "--index", "{tmp}/none"], {}, ["none"]),
+        ("missing images", ["build", "--index", "{tmp}/idx", "{tmp}/nowhere"], {}, ["nowhere"]),
+    ],
     "types": [
         ("missing data", ["train", "--data", "{tmp}/none", "--out", "{tmp}/t"], {}, ["none"]),
         ("unknown backbone", ["train", "--data", "{tmp}", "--out", "{tmp}/t", "--backbone", "nope"], {}, ["nope"]),

@@ -121,3 +121,54 @@ def test_an_identifier_needs_something_to_identify_with():
     with pytest.raises(ValueError):
         Identifier()
     assert FakeScorer().card.prompts  # the fake the handler tests share scores the red channel
+
+
+def test_flagged_images_are_matched_against_the_index_and_a_rebuilt_index_is_picked_up(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from dangerclip.runtime.index import IndexReader, IndexWriter
+    from dangerclip.runtime.index.store import entry_for_image
+    from service.identify import IndexMatcher
+
+    pytest.importorskip("pdqhash")
+    ref = Image.open(io.BytesIO(_red(7))).convert("RGB")
+    # A red picture with structure (PDQ needs some), flagged by the fake model's red channel.
+    from PIL import ImageDraw
+
+    d = ImageDraw.Draw(ref)
+    for i in range(6):
+        d.rectangle([10 * i, 5 * i, 10 * i + 25, 5 * i + 30], fill=(255, 20 * i, 0))
+    buf = io.BytesIO()
+    ref.save(buf, "PNG")
+    writer = IndexWriter(tmp_path / "idx")
+    writer.write([entry_for_image(_picture_other(), id="other")])
+    handler, _, _ = make_handler()
+    reader = IndexReader(tmp_path / "idx")
+    handler.identifier = Identifier(matcher=IndexMatcher(reader, top_k=2, reload_s=0.0))
+    upload = io.BytesIO()
+    ref.resize((72, 60)).save(upload, "JPEG", quality=70)
+    doc = json.loads(handler.handle([rec(upload.getvalue())])[0].value)
+    ident = doc["identification"]
+    assert doc["schema"] == RESULT_SCHEMA_IDENTIFIED and ident["known_match"] is False
+    assert [m["id"] for m in ident["matches"]] == ["other"] and ident["type"] is None
+    writer.add([entry_for_image(ref, id="catalogue-17", label="pistol")])  # rebuilt while the worker runs
+    doc = json.loads(handler.handle([rec(upload.getvalue())])[0].value)
+    assert doc["identification"]["known_match"] is True
+    assert doc["identification"]["matches"][0] == {
+        "id": "catalogue-17",
+        "label": "pistol",
+        "distance": doc["identification"]["matches"][0]["distance"],
+        "signal": "pdq",
+    }
+
+
+def _picture_other():
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (120, 90), (20, 40, 200))
+    d = ImageDraw.Draw(im)
+    for i in range(5):
+        d.ellipse([15 * i, 10, 15 * i + 30, 60], fill=(250, 250, 10 * i))
+    return im

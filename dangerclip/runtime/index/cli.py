@@ -1,0 +1,90 @@
+"""``dangerclip index``: build, change, query and inspect a known-content index; import and export hash banks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dangerclip.runtime.preprocess import IMAGE_SUFFIXES, load_image
+
+
+def _images(paths: list[str]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--index", required=True, help="index folder")
+
+    b = sub.add_parser("build", help="a new index from images (replaces what the index held)")
+    a = sub.add_parser("add", help="add images to the index")
+    for p in (b, a):
+        common(p)
+        p.add_argument("images", nargs="+", help="image files or folders")
+        p.add_argument("--label", help="label of every entry (default: the image's folder name)")
+        p.add_argument("--threshold", type=int, default=31, help="PDQ distance for known_match (HMA: 31)")
+    a.add_argument("--replace", action="store_true", help="overwrite entries whose id exists")
+    r = sub.add_parser("remove", help="remove entries by id")
+    common(r)
+    r.add_argument("ids", nargs="+")
+    q = sub.add_parser("query", help="nearest entries of images, as JSON lines")
+    common(q)
+    q.add_argument("images", nargs="+")
+    q.add_argument("-k", type=int, default=5)
+    s = sub.add_parser("stats", help="entries, labels, generation")
+    common(s)
+    i = sub.add_parser("import", help="add a PDQ hash bank (HMA/ThreatExchange: hash[,id[,label]] per line)")
+    common(i)
+    i.add_argument("bank")
+    i.add_argument("--label")
+    i.add_argument("--replace", action="store_true")
+    e = sub.add_parser("export", help="write the index's hashes as a bank (CSV hash,id,label,quality)")
+    common(e)
+    e.add_argument("out")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dangerclip.runtime.index.bank import read_bank, write_bank
+    from dangerclip.runtime.index.store import IndexReader, IndexWriter, entry_for_image
+
+    if args.action in ("build", "add"):
+        paths = _images(args.images)
+        entries = [
+            entry_for_image(load_image(p), id=str(p), label=args.label or p.parent.name, source=str(p)) for p in paths
+        ]
+        w = IndexWriter(args.index, threshold=args.threshold)
+        gen = w.write(entries) if args.action == "build" else w.add(entries, replace=args.replace)
+        print(json.dumps({"generation": gen.name, "added": len(entries), "entries": len(w.entries())}))
+    elif args.action == "remove":
+        gen, n = IndexWriter(args.index).remove(args.ids)
+        print(json.dumps({"generation": gen.name, "removed": n}))
+    elif args.action == "import":
+        entries = read_bank(args.bank, label=args.label)
+        w = IndexWriter(args.index)
+        gen = w.add(entries, replace=args.replace)
+        print(json.dumps({"generation": gen.name, "imported": len(entries)}))
+    elif args.action == "export":
+        n = write_bank(args.out, IndexWriter(args.index).entries())
+        print(json.dumps({"out": args.out, "entries": n}))
+    else:
+        reader = IndexReader(args.index)
+        if args.action == "stats":
+            print(json.dumps(reader.stats()))
+            return 0
+        paths = _images(args.images)
+        for p, matches in zip(paths, reader.query_images([load_image(p) for p in paths], k=args.k), strict=True):
+            known = any(m.distance <= reader.threshold for m in matches)
+            rows = [{"id": m.id, "label": m.label, "distance": m.distance, "signal": m.signal} for m in matches]
+            print(json.dumps({"image": str(p), "known_match": known, "matches": rows}))
+    return 0

@@ -1,0 +1,140 @@
+"""The known-content index: PDQ finds the same picture after a resize and a re-encode and not another, every
+change is a new generation a reader sees whole or not at all, hash banks round-trip, and the command works."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from dangerclip.runtime.index import IndexReader, IndexWriter
+from dangerclip.runtime.index.bank import read_bank, write_bank
+from dangerclip.runtime.index.pdq import DEFAULT_THRESHOLD, hamming, pdq_hash
+from dangerclip.runtime.index.store import entry_for_image
+
+pytest.importorskip("pdqhash")
+pytest.importorskip("faiss")
+
+
+def _picture(seed: int, size: tuple[int, int] = (320, 240)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", size, tuple(int(v) for v in rng.integers(0, 255, 3)))
+    d = ImageDraw.Draw(im)
+    for _ in range(12):
+        x0, y0 = (int(v) for v in rng.integers(0, 280, 2))
+        d.rectangle(
+            [x0, y0, x0 + int(rng.integers(10, 90)), y0 + int(rng.integers(10, 90))],
+            fill=tuple(int(v) for v in rng.integers(0, 255, 3)),
+        )
+    return im
+
+
+def _reencoded(im: Image.Image, scale: float = 0.6, quality: int = 60) -> Image.Image:
+    buf = io.BytesIO()
+    im.resize((int(im.width * scale), int(im.height * scale)), Image.Resampling.BILINEAR).save(
+        buf, "JPEG", quality=quality
+    )
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def test_pdq_matches_the_same_picture_and_not_another():
+    a, b = _picture(1), _picture(2)
+    ha, qa = pdq_hash(a)
+    assert len(ha) == 32 and qa >= 50
+    assert hamming(ha, pdq_hash(_reencoded(a))[0]) <= DEFAULT_THRESHOLD
+    assert hamming(ha, pdq_hash(b)[0]) > 2 * DEFAULT_THRESHOLD
+
+
+def test_add_query_remove_and_reload(tmp_path: Path):
+    pics = {f"ref-{i}": _picture(i) for i in range(20)}
+    w = IndexWriter(tmp_path / "idx")
+    w.write([entry_for_image(im, id=k, label="catalogue") for k, im in list(pics.items())[:10]])
+    r = IndexReader(tmp_path / "idx")
+    first = r.generation
+    (top,) = r.query_images([_reencoded(pics["ref-3"])], k=3)
+    assert top[0].id == "ref-3" and top[0].distance <= r.threshold and top[1].distance > r.threshold
+    w.add([entry_for_image(im, id=k) for k, im in list(pics.items())[10:]])
+    assert len(r) == 10 and r.reload_if_changed() and len(r) == 20 and r.generation != first
+    with pytest.raises(ValueError, match="already in the index"):
+        w.add([entry_for_image(pics["ref-1"], id="ref-1")])
+    _, n = w.remove(["ref-3", "nope"])
+    r.reload_if_changed()
+    assert n == 1 and len(r) == 19
+    (after,) = r.query_images([_reencoded(pics["ref-3"])], k=1)
+    assert after[0].id != "ref-3" and after[0].distance > r.threshold  # removed means gone
+    assert r.stats()["entries"] == 19 and len(list((tmp_path / "idx").glob("gen-*"))) <= 2
+
+
+def test_a_reader_never_sees_half_a_generation(tmp_path: Path):
+    root = tmp_path / "idx"
+    w = IndexWriter(root)
+    sizes = [5, 40, 15, 60, 25]
+    entries = [entry_for_image(_picture(i), id=f"e{i}") for i in range(max(sizes))]
+    w.write(entries[: sizes[0]])
+    r = IndexReader(root)
+    seen: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                r.reload_if_changed()
+                seen.append(len(r))
+                assert len(r.query_hashes([bytes(32)], k=3)[0]) == min(3, len(r))
+            except BaseException as e:  # noqa: BLE001 - collected and asserted below
+                errors.append(e)
+                return
+
+    t = threading.Thread(target=read)
+    t.start()
+    deadline = time.monotonic() + 20
+    for _ in range(3):
+        for n in sizes[1:]:
+            w.write(entries[:n])
+            if time.monotonic() > deadline:
+                break
+    stop.set()
+    t.join(10)
+    assert not errors, errors
+    assert set(seen) <= set(sizes) and len(set(seen)) >= 2
+
+
+def test_hash_banks_round_trip_and_bad_lines_are_named(tmp_path: Path):
+    w = IndexWriter(tmp_path / "idx")
+    w.write([entry_for_image(_picture(i), id=f"p{i}", label="gun") for i in range(4)])
+    n = write_bank(tmp_path / "bank.csv", w.entries())
+    back = read_bank(tmp_path / "bank.csv")
+    assert n == 4 and [(e.id, e.pdq, e.label) for e in back] == [(e.id, e.pdq, e.label) for e in w.entries()]
+    plain = tmp_path / "tx.txt"
+    plain.write_text("# from ThreatExchange\n" + "\n".join(e.pdq for e in back[:2]) + "\n")
+    assert [e.id for e in read_bank(plain, label="tx")] == ["tx:2", "tx:3"]
+    plain.write_text("abc123\n")
+    with pytest.raises(ValueError, match=r"tx.txt:1"):
+        read_bank(plain)
+
+
+def test_the_index_command(tmp_path: Path, capsys):
+    from dangerclip_cli.main import main
+
+    folder = tmp_path / "catalogue" / "pistols"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        _picture(i).save(folder / f"{i}.png")
+    _reencoded(_picture(1)).save(tmp_path / "upload.jpg")
+    idx = str(tmp_path / "idx")
+    assert main(["index", "build", "--index", idx, str(tmp_path / "catalogue")]) == 0
+    assert main(["index", "query", "--index", idx, str(tmp_path / "upload.jpg"), "-k", "2"]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert out[-1]["known_match"] is True and out[-1]["matches"][0]["id"].endswith("pistols/1.png")
+    assert out[-1]["matches"][0]["label"] == "pistols"
+    assert main(["index", "export", "--index", idx, str(tmp_path / "b.csv")]) == 0
+    assert main(["index", "import", "--index", str(tmp_path / "idx2"), str(tmp_path / "b.csv")]) == 0
+    assert main(["index", "stats", "--index", str(tmp_path / "idx2")]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["entries"] == 3
