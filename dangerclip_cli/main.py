@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import NamedTuple, NoReturn
 
 from dangerclip.runtime.errors import EXIT_USER_ERROR, run_command
-from dangerclip.runtime.logs import setup_logging
+from dangerclip.runtime.logs import setup_logging, split_verbose
 
 
 class Command(NamedTuple):
@@ -52,11 +52,7 @@ def _usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    verbose = 0
-    while args and args[0] in ("-v", "--verbose"):
-        verbose += 1
-        args.pop(0)
+    verbose, args = split_verbose(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0 if args else 2

@@ -20,7 +20,7 @@ from typing import Any
 
 from dangerclip.runtime.errors import UserError, run_command
 from dangerclip.runtime.filekind import expect
-from dangerclip.runtime.logs import setup_logging
+from dangerclip.runtime.logs import setup_logging, split_verbose
 from service.handler import Handler
 from service.identify import Identifier, IndexMatcher
 from service.metrics import Metrics
@@ -245,11 +245,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m service.serve``: the worker without the umbrella CLI (what a container may run directly)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    verbose = 0
-    while args and args[0] in ("-v", "--verbose"):
-        verbose += 1
-        args.pop(0)
+    verbose, args = split_verbose(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="dangerclip serve", description="run a Kafka scoring worker")
     add_arguments(parser)
     ns = parser.parse_args(args)

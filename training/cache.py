@@ -378,9 +378,9 @@ def _prefetched(
 
 
 def _progress_bar(n: int) -> Any:
-    from tqdm import tqdm
+    from dangerclip.runtime.progress import progress
 
-    return tqdm(total=n, desc="encoding", unit="img")
+    return progress(n, desc="encoding", unit="img")
 
 
 def _load_rows(

@@ -318,9 +318,10 @@ def _step(
 def _progress_bar(cfg: TrainConfig, start: int) -> Any:
     if not cfg.progress:
         return None
-    from tqdm import tqdm
+    from dangerclip.runtime.progress import progress
 
-    return tqdm(total=cfg.iterations, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    # A bar on a terminal; in a log (a pod, `> train.log`) a line with rate, ETA and the losses every minute.
+    return progress(cfg.iterations, desc="train", unit="step", initial=start)
 
 
 # --- `dangerclip train` --------------------------------------------------------------------------------

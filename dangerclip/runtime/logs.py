@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 
 
 def setup_logging(verbose: int = 0, json_logs: bool = False) -> None:
@@ -14,3 +15,13 @@ def setup_logging(verbose: int = 0, json_logs: bool = False) -> None:
     else:
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, stream=sys.stderr, force=True)
+
+
+def split_verbose(argv: Sequence[str]) -> tuple[int, list[str]]:
+    """Leading ``-v``/``--verbose`` flags counted off the front of a command line: ``(count, the rest)``."""
+    args = list(argv)
+    verbose = 0
+    while args and args[0] in ("-v", "--verbose"):
+        verbose += 1
+        args.pop(0)
+    return verbose, args
