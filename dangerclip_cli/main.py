@@ -38,6 +38,8 @@ COMMANDS: dict[str, Command] = {
     "baselines": Command("training.baselines", "train", "ResNet-50 / VGG-16 / zero-shot CLIP comparison rows"),
     "demo-model": Command("training.demo_model", "train", "build the offline demo model"),
     "index": Command("dangerclip.runtime.index.cli", "index", "known-content index: PDQ hashes, hash banks, queries"),
+    "firearms": Command("training.firearms.cli", "train", "generate the synthetic fine-grained firearm set"),
+    "retrieval": Command("training.retrieval.cli", "train", "DeepFirearm retrieval: the ablation table"),
     "types": Command("training.ssl.cli", "train", "firearm-type head: SSL pre-training, probe, fine-tune, compare"),
     "pseudomask": Command("pseudomask.cli", "pseudomask", "GroundingDINO + SAM pseudo-masks for a dataset"),
 }

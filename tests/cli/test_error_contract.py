@@ -55,6 +55,8 @@ CASES: dict[str, list[tuple[str, list[str], dict[str, str], list[str]]]] = {
         ("missing index", ["stats", "--index", "{tmp}/none"], {}, ["none"]),
         ("missing images", ["build", "--index", "{tmp}/idx", "{tmp}/nowhere"], {}, ["nowhere"]),
     ],
+    "firearms": [("too few models", ["{tmp}/fa", "--per-family", "1"], {}, ["per family"])],
+    "retrieval": [("missing data", ["ablation", "--data", "{tmp}/none", "--out", "{tmp}/ab"], {}, ["none"])],
     "types": [
         ("missing data", ["train", "--data", "{tmp}/none", "--out", "{tmp}/t"], {}, ["none"]),
         ("unknown backbone", ["train", "--data", "{tmp}", "--out", "{tmp}/t", "--backbone", "nope"], {}, ["nope"]),

@@ -1,0 +1,44 @@
+"""``dangerclip retrieval ablation``: DeepFirearm's ablation table on a ``dangerclip firearms`` folder;
+``dangerclip firearms``: write that folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from dangerclip.runtime.commandline import add_options, exits_2_on_bad_input, given_options
+from training.retrieval.train import RetrievalConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True)
+    ab = sub.add_parser("ablation", help="the paper's six rows on the synthetic (or your) firearm set")
+    add_options(ab, RetrievalConfig, required=("data", "out"))
+    ab.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True, help="add the frozen CLIP row")
+
+
+@exits_2_on_bad_input("retrieval")
+def run(args: argparse.Namespace) -> int:
+    from training.retrieval.train import ablation
+
+    print(ablation(RetrievalConfig(**given_options(RetrievalConfig, args)), clip=args.clip))
+    return 0
+
+
+def add_firearms_arguments(parser: argparse.ArgumentParser) -> None:
+    from training.firearms.dataset import FirearmsConfig
+
+    parser.add_argument("out", help="output folder")
+    add_options(parser, FirearmsConfig)
+    parser.add_argument("--workers", type=int, default=1, help="processes drawing images")
+
+
+@exits_2_on_bad_input("firearms")
+def run_firearms(args: argparse.Namespace) -> int:
+    from training.firearms.dataset import FirearmsConfig, generate
+
+    cfg = FirearmsConfig(**given_options(FirearmsConfig, args))
+    if cfg.per_family < 3 or cfg.images_per_model < 4:
+        raise ValueError("need at least 3 models per family and 4 images per model (2 are queries)")
+    print(json.dumps(generate(args.out, cfg, workers=args.workers)))
+    return 0
