@@ -357,43 +357,8 @@ class DenseCLIP(nn.Module):
             ``g [B, D]``, the L2-normalised global embedding (``encode_image`` normalised), and
             ``patches [B, N, D]``, joint-space patch tokens (not normalised), ``N = h * w`` row-major.
         """
-        v = self.clip.visual
-        x = v._embeds(images)  # [B, 1+N, W] after ln_pre
-        blocks = v.transformer.resblocks
-        for blk in blocks[:-1]:
-            x = blk(x)
-        last = blocks[-1]
-        y = last.ln_1(x)
-        w_q, w_k, w_v = last.attn.in_proj_weight.chunk(3, dim=0)
-        b_q, b_k, b_v = last.attn.in_proj_bias.chunk(3, dim=0)
-        # Class token: the block's ordinary attention, with the class token as the only query.
-        cls = x[:, :1]
-        attn = self._attend(y[:, :1], y, last.attn.num_heads, (w_q, w_k, w_v), (b_q, b_k, b_v))
-        cls = cls + last.ls_1(last.attn.out_proj(attn))
-        cls = cls + last.ls_2(last.mlp(last.ln_2(cls)))
-        # Patch tokens: value path only (MaskCLIP), then the same residual and MLP.
-        pv = last.attn.out_proj(F.linear(y[:, 1:], w_v, b_v))
-        pt = x[:, 1:] + last.ls_1(pv)
-        pt = pt + last.ls_2(last.mlp(last.ln_2(pt)))
-        g = v.ln_post(cls[:, 0]) @ v.proj
-        patches = v.ln_post(pt) @ v.proj
+        g, patches = dense_forward(self.clip, images)
         return F.normalize(g, dim=-1), patches
-
-    @staticmethod
-    def _attend(
-        q_x: torch.Tensor,
-        kv_x: torch.Tensor,
-        heads: int,
-        w: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        b: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    ) -> torch.Tensor:
-        bsz, lq, width = q_x.shape
-        hd = width // heads
-        q = F.linear(q_x, w[0], b[0]).view(bsz, lq, heads, hd).transpose(1, 2)
-        k = F.linear(kv_x, w[1], b[1]).view(bsz, -1, heads, hd).transpose(1, 2)
-        val = F.linear(kv_x, w[2], b[2]).view(bsz, -1, heads, hd).transpose(1, 2)
-        a = torch.softmax((q @ k.transpose(-1, -2)) * hd**-0.5, dim=-1)
-        return (a @ val).transpose(1, 2).reshape(bsz, lq, width)
 
     @torch.no_grad()
     def encode_text(self, prompts: Sequence[str], templates: Sequence[str] = ("{}",)) -> torch.Tensor:
@@ -413,3 +378,59 @@ class DenseCLIP(nn.Module):
 
     def _device(self) -> torch.device:
         return next(self.clip.parameters()).device
+
+
+def dense_forward(
+    clip: nn.Module, images: torch.Tensor, keep: int | None = None, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MaskCLIP reading of a CLIP vision tower, with gradients: what ``DenseCLIP.encode_dense`` serves and
+    what pre-training (``training.pretrain``) trains, one computation for both.
+
+    Args:
+        images: ``[B, 3, S, S]`` preprocessed images.
+        keep: if set, only this many randomly chosen patch tokens per image enter the transformer (FLIP's token
+            masking, for pre-training at a fraction of the cost).
+        generator: random source for the kept tokens.
+
+    Returns:
+        ``g [B, D]`` (``encode_image``, not normalised) and ``patches [B, N', D]`` (``N' = keep`` or ``N``).
+    """
+    v = clip.visual
+    x = v._embeds(images)  # [B, 1+N, W] after ln_pre
+    if keep is not None and keep < x.shape[1] - 1:
+        b, n1, w = x.shape
+        idx = (torch.rand(b, n1 - 1, generator=generator).argsort(1)[:, :keep] + 1).to(x.device)
+        x = torch.cat([x[:, :1], x.gather(1, idx.unsqueeze(-1).expand(b, keep, w))], 1)
+    blocks = v.transformer.resblocks
+    for blk in blocks[:-1]:
+        x = blk(x)
+    last = blocks[-1]
+    y = last.ln_1(x)
+    w_q, w_k, w_v = last.attn.in_proj_weight.chunk(3, dim=0)
+    b_q, b_k, b_v = last.attn.in_proj_bias.chunk(3, dim=0)
+    # Class token: the block's ordinary attention, with the class token as the only query.
+    cls = x[:, :1]
+    attn = _attend(y[:, :1], y, last.attn.num_heads, (w_q, w_k, w_v), (b_q, b_k, b_v))
+    cls = cls + last.ls_1(last.attn.out_proj(attn))
+    cls = cls + last.ls_2(last.mlp(last.ln_2(cls)))
+    # Patch tokens: value path only (MaskCLIP), then the same residual and MLP.
+    pv = last.attn.out_proj(F.linear(y[:, 1:], w_v, b_v))
+    pt = x[:, 1:] + last.ls_1(pv)
+    pt = pt + last.ls_2(last.mlp(last.ln_2(pt)))
+    return v.ln_post(cls[:, 0]) @ v.proj, v.ln_post(pt) @ v.proj
+
+
+def _attend(
+    q_x: torch.Tensor,
+    kv_x: torch.Tensor,
+    heads: int,
+    w: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    b: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    bsz, lq, width = q_x.shape
+    hd = width // heads
+    q = F.linear(q_x, w[0], b[0]).view(bsz, lq, heads, hd).transpose(1, 2)
+    k = F.linear(kv_x, w[1], b[1]).view(bsz, -1, heads, hd).transpose(1, 2)
+    val = F.linear(kv_x, w[2], b[2]).view(bsz, -1, heads, hd).transpose(1, 2)
+    a = torch.softmax((q @ k.transpose(-1, -2)) * hd**-0.5, dim=-1)
+    return (a @ val).transpose(1, 2).reshape(bsz, lq, width)

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from dangerclip.modeling.backbone import dense_forward
 from dangerclip.runtime.card import OPENAI_MEAN, OPENAI_STD
 from dangerclip.runtime.files import atomic_path
 
@@ -49,38 +49,9 @@ def normalise(images_u8: torch.Tensor) -> torch.Tensor:
 def dense_tokens(
     clip: nn.Module, images: torch.Tensor, keep: int | None = None, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class-token embedding and MaskCLIP dense patch tokens, with gradients.
-
-    The same computation as ``dangerclip.modeling.backbone.DenseCLIP.encode_dense`` (which runs without gradients),
-    so what is trained here is exactly what the head will read.
-
-    Args:
-        images: ``[B, 3, S, S]`` normalised images.
-        keep: if set, only this many randomly chosen patch tokens per image enter the transformer (FLIP's
-            token masking: the same 224 px / 16 px geometry at a fraction of the cost).
-        generator: random source for the kept tokens.
-
-    Returns:
-        ``g [B, D]`` (``encode_image``, not normalised) and ``patches [B, N', D]`` (``N' = keep`` or ``N``).
-    """
-    v = clip.visual
-    x = v._embeds(images)  # [B, 1+N, W]
-    if keep is not None and keep < x.shape[1] - 1:
-        b, n1, w = x.shape
-        idx = (torch.rand(b, n1 - 1, generator=generator).argsort(1)[:, :keep] + 1).to(x.device)
-        x = torch.cat([x[:, :1], x.gather(1, idx.unsqueeze(-1).expand(b, keep, w))], 1)
-    blocks = v.transformer.resblocks
-    for blk in blocks[:-1]:
-        x = blk(x)
-    last = blocks[-1]
-    y = last.ln_1(x)
-    w_v = last.attn.in_proj_weight.chunk(3, dim=0)[2]
-    b_v = last.attn.in_proj_bias.chunk(3, dim=0)[2]
-    cls = x[:, :1] + last.ls_1(last.attn(y[:, :1], y, y, need_weights=False)[0])
-    cls = cls + last.ls_2(last.mlp(last.ln_2(cls)))
-    pt = x[:, 1:] + last.ls_1(last.attn.out_proj(F.linear(y[:, 1:], w_v, b_v)))
-    pt = pt + last.ls_2(last.mlp(last.ln_2(pt)))
-    return v.ln_post(cls[:, 0]) @ v.proj, v.ln_post(pt) @ v.proj
+    """Class-token embedding and MaskCLIP dense patch tokens, with gradients: ``dense_forward`` of the backbone
+    module, so what is trained here is exactly what the head will read (see it for the arguments)."""
+    return dense_forward(clip, images, keep=keep, generator=generator)
 
 
 def encode_text(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
