@@ -38,7 +38,7 @@ MAX_BYTES = 1 << 20
 
 FUZZ = settings(
     max_examples=200,
-    deadline=timedelta(seconds=10),  # a decode takes milliseconds, seconds on a loaded 2-core runner; a hang is what this catches
+    deadline=timedelta(seconds=10),  # milliseconds a decode, seconds on a loaded runner; it catches hangs
     derandomize=True,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
