@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,13 +81,67 @@ def test_text_embeddings_are_buffers_from_the_text_tower(tiny_model):
     assert "text" in dict(tiny_model.head.named_buffers())
 
 
-def test_relational_descriptor_matches_zegclip_formula(tiny_model):
+def test_the_heads_query_tokens_are_zegclips_relation_descriptor(tiny_model):
+    """What the head feeds its first block, caught in the act: for each prompt t and image g the query is
+    q_in(q_proj([t ⊙ g, t])) (ZegCLIP's relation descriptor: the element-wise product with the image embedding,
+    concatenated with the text embedding), followed by the projected patch tokens."""
+    head = tiny_model.head
     g = F.normalize(torch.randn(2, 128), dim=-1)
-    t = tiny_model.head.text
-    q = tiny_model.head.q_proj(torch.cat([t[None] * g[:, None], t[None].expand(2, -1, -1)], dim=-1))
-    w = tiny_model.head.q_proj.weight
-    manual = (t[None] * g[:, None]) @ w[:, :128].T + t @ w[:, 128:].T + tiny_model.head.q_proj.bias
-    assert torch.allclose(q, manual, atol=1e-6)
+    patches = torch.randn(2, 196, 128)
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        head.q_proj.register_forward_hook(lambda m, i, o: seen.update(q_in=i[0])),
+        head.blocks[0].register_forward_hook(lambda m, i, o: seen.update(x=i[0])),
+    ]
+    try:
+        head(g, patches)
+    finally:
+        for h in hooks:
+            h.remove()
+    t = F.normalize(head.text, dim=-1)  # the stored text embeddings are unit vectors
+    k = t.shape[0]
+    descriptor = torch.cat([t[None] * g[:, None], t[None].expand(2, -1, -1)], dim=-1)  # [B, k, 2D]
+    assert torch.allclose(seen["q_in"], descriptor, atol=1e-6)
+    w, b = head.q_proj.weight, head.q_proj.bias
+    queries = head.q_in(descriptor @ w.T + b)
+    assert torch.allclose(seen["x"][:, :k], queries, atol=1e-5)
+    assert torch.allclose(seen["x"][:, k:], head.p_in(patches), atol=1e-5)
+
+
+def test_the_zero_shot_map_lights_the_patch_that_matches_the_prompt():
+    from dangerclip.modeling.model import ZeroShotHead
+
+    torch.manual_seed(0)
+    text = F.normalize(torch.randn(1, 64), dim=-1)
+    safe = F.normalize(torch.randn(4, 64), dim=-1)
+    head = ZeroShotHead(text, safe, logit_scale=100.0)
+    # Background patches look like the safe prompts (plus noise); one patch shows the thing the prompt names.
+    patches = safe[torch.randint(0, 4, (49,))][None] + 0.05 * torch.randn(1, 49, 64)
+    patches[0, 17] = text[0] + 0.05 * torch.randn(64)
+    out = head(F.normalize(torch.randn(1, 64), dim=-1), patches)
+    m = out.map_logits[0, 0, 0]  # [N] log-odds of "weapon" against the safe prompts
+    assert int(m.argmax()) == 17 and torch.sigmoid(m[17]) > 0.99 and (torch.sigmoid(m) > 0.5).sum() == 1
+
+
+@pytest.mark.weights
+@pytest.mark.skipif(not os.environ.get("DANGERCLIP_REAL_WEIGHTS"), reason="set DANGERCLIP_REAL_WEIGHTS=1 (downloads)")
+def test_real_openai_weights_give_the_papers_backbone_and_sensible_zero_shot_scores():
+    """With the OpenAI ViT-B/16 weights (network once): QuickGELU, and the zero-shot model prefers 'a photo of a
+    gun' for a drawn pistol over the safe prompts more than for a plain grey image."""
+    from PIL import Image, ImageDraw
+
+    from dangerclip.runtime.preprocess import preprocess_batch
+
+    m = create_model("ViT-B-16", mode="zeroshot", prompts=["gun"]).eval()
+    assert m.card.backbone.pretrained == "openai" and m.card.backbone.arch.startswith("quickgelu-")
+    gun = Image.new("RGB", (224, 224), (230, 230, 230))
+    d = ImageDraw.Draw(gun)
+    d.rectangle([40, 80, 190, 110], fill=(20, 20, 20))
+    d.polygon([(60, 110), (90, 110), (75, 180), (45, 180)], fill=(20, 20, 20))
+    grey = Image.new("RGB", (224, 224), (128, 128, 128))
+    x = torch.from_numpy(preprocess_batch([gun, grey], m.card.preprocess))
+    s = m(x).scores[:, 0]
+    assert s[0] > s[1]
 
 
 def test_zero_shot_scores_are_clip_softmax_against_safe_prompts():
