@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""CPU speed toward the hardware limit: fp32 vs dynamic INT8 vs static QDQ INT8, with the machine's peaks.
+
+    .venv/bin/python bench/quantize.py                     # the bundled demo model (trained), 200 held-out images
+    .venv/bin/python bench/quantize.py --config ViT-B-16   # speed of the paper's model (random weights)
+
+Everything in one run on one machine: the int8 and fp32 matrix-product peaks of this CPU in onnxruntime
+(a 2048² MatMulInteger and MatMul), images/s of each precision at batch 1 and 8, and — for a trained model —
+the share of decisions (flagged or not, per category, at the card's thresholds) unchanged from fp32 on
+held-out synthetic images (>= 99 % required) and the largest score change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+DEMO = Path(__file__).resolve().parents[1] / "dangerclip" / "assets" / "demo" / "model.safetensors"
+
+
+def _rate(run, n: int, seconds: float) -> float:
+    run()
+    k, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        run()
+        k += n
+    return k / (time.perf_counter() - t0)
+
+
+def peaks(seconds: float) -> dict[str, float]:
+    """GOP/s of a 2048² int8 MatMulInteger and fp32 MatMul in onnxruntime on this CPU."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    n = 2048
+    out = {}
+    for name, op, dtype, np_dtype in (
+        ("int8", "MatMulInteger", TensorProto.INT8, np.int8),
+        ("fp32", "MatMul", TensorProto.FLOAT, np.float32),
+    ):
+        out_type = TensorProto.INT32 if op == "MatMulInteger" else TensorProto.FLOAT
+        graph = helper.make_graph(
+            [helper.make_node(op, ["a", "b"], ["c"])],
+            name,
+            [helper.make_tensor_value_info("a", dtype, [n, n]), helper.make_tensor_value_info("b", dtype, [n, n])],
+            [helper.make_tensor_value_info("c", out_type, [n, n])],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        sess = ort.InferenceSession(model.SerializeToString())
+        rng = np.random.default_rng(0)
+        a = (rng.integers(-100, 100, (n, n)) if np_dtype == np.int8 else rng.standard_normal((n, n))).astype(np_dtype)
+        b = a.T.copy()
+        rate = _rate(lambda s=sess, a=a, b=b: s.run(None, {"a": a, "b": b}), 1, seconds)
+        out[name] = 2 * n**3 * rate / 1e9
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="", help="a config with random weights instead of the demo model")
+    p.add_argument("--images", type=int, default=200, help="held-out images for calibration (half) and agreement")
+    p.add_argument("--seconds", type=float, default=6.0)
+    a = p.parse_args()
+    from dangerclip.modeling.checkpoint import load_checkpoint
+    from dangerclip.modeling.export import export_int8, export_onnx
+    from dangerclip.modeling.factory import create_model
+    from dangerclip.modeling.quantize import qdq_matmuls, quantize_static_qdq
+    from dangerclip.runtime.preprocess import load_image, preprocess_batch
+    from dangerclip.runtime.scorer import DangerScorer
+    from training.synth.config import SynthConfig
+    from training.synth.dataset import generate
+
+    pk = peaks(a.seconds / 2)
+    print(
+        f"CPU peaks (onnxruntime, 2048² matmul): int8 {pk['int8']:.0f} GOP/s, fp32 {pk['fp32']:.0f} GFLOP/s", flush=True
+    )
+    model = (create_model(a.config, pretrained="random", seed=0) if a.config else load_checkpoint(DEMO)).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        generate(tmp / "held_out", SynthConfig(n=a.images, seed=7, start=5_000_000))
+        files = sorted(p for p in (tmp / "held_out").rglob("*.jpg"))[: a.images]
+        batch = preprocess_batch([load_image(f) for f in files], model.card.preprocess)
+        calib, check = batch[::2], batch[1::2]
+        fp32 = export_onnx(model, tmp / "m.onnx", check_batch=check[:8])
+        dyn = tmp / "m.int8.onnx"
+        export_int8(fp32, dyn, check)
+        st = tmp / "m.qdq.onnx"
+        quantize_static_qdq(fp32, st, calib, check)
+        both, total = qdq_matmuls(st)
+        print(f"static QDQ: {both} of {total} MatMuls take int8 on both inputs (attention included)", flush=True)
+        rows = []
+        ref = DangerScorer(fp32, providers="cpu")
+        ref_scores, _ = ref.predict(check)
+        for name, path in (("fp32", fp32), ("int8 dynamic", dyn), ("int8 static QDQ", st)):
+            s = DangerScorer(path, providers="cpu")
+            scores, _ = s.predict(check)
+            agree = float((s.flag(scores) == ref.flag(ref_scores)).mean())
+            r1 = _rate(lambda s=s: s.predict(check[:1]), 1, a.seconds)
+            r8 = _rate(lambda s=s: s.predict(check[:8]), 8, a.seconds)
+            rows.append((name, r1, r8, agree, float(np.abs(scores - ref_scores).max())))
+            print(
+                f"{name}: {r1:.1f} images/s at batch 1, {r8:.1f} at batch 8; decisions unchanged {100 * agree:.1f} %",
+                flush=True,
+            )
+    print(f"\n{a.config or 'demo model (trained)'}; {len(check)} held-out images; ratios to fp32 in this run")
+    print("| precision | images/s b1 | images/s b8 | × fp32 (b8) | decisions unchanged | max |Δscore| |")
+    print("|---|---|---|---|---|---|")
+    for name, r1, r8, agree, dmax in rows:
+        print(f"| {name} | {r1:.1f} | {r8:.1f} | {r8 / rows[0][2]:.2f} | {100 * agree:.1f} % | {dmax:.4f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
