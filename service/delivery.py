@@ -28,6 +28,10 @@ from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+receipts = logging.getLogger(__name__ + ".receipts")
+"""At DEBUG, one line per delivered batch: each output's input coordinate and where the broker acknowledged it
+(``DANGERCLIP_DEBUG=service.delivery.receipts``). An audit trail, and how the chaos tests tell a broker that lost
+acknowledged records from a worker that lost inputs."""
 
 
 MIN_DEAD_LETTER_BYTES = 4096
@@ -53,6 +57,13 @@ class Backoff:
 
     def reset(self) -> None:
         self.current = self.first_s
+
+
+def _receipt(o: OutputRecord, meta: Any) -> str:
+    """``in-topic/0@12>out-topic/3@40``: an output's input coordinate and where the broker put it."""
+    src = o.source
+    where = f"{meta.topic}/{meta.partition}@{meta.offset}" if meta is not None else "?"
+    return f"{src.topic}/{src.partition}@{src.offset}>{where}"
 
 
 def is_too_large(err: BaseException | None) -> bool:
@@ -103,6 +114,7 @@ class Delivery:
         start = 0  # everything before ``start`` is acknowledged
         t0 = time.perf_counter()
         attempts = 0
+        acked: dict[int, Any] = {}  # index -> the broker's RecordMetadata of its last acknowledged copy
         while start < len(out):
             if self.abort.is_set():
                 raise Aborted(f"{len(out) - start} outputs not acknowledged")
@@ -125,6 +137,7 @@ class Delivery:
             for j, fut in enumerate(futures):
                 i = start + j
                 if fut is not None and fut.is_done and fut.succeeded():
+                    acked[i] = fut.value
                     continue
                 err = fut.exception if fut is not None and fut.is_done else None
                 if is_too_large(err):
@@ -150,6 +163,8 @@ class Delivery:
             if attempts % 3 == 0:
                 self.reset()
         self.metrics.produce_duration.observe(time.perf_counter() - t0)
+        if receipts.isEnabledFor(logging.DEBUG):
+            receipts.debug("acknowledged %s", " ".join(_receipt(o, acked.get(i)) for i, o in enumerate(out)))
         return out
 
     def _send(self, o: OutputRecord) -> Any:

@@ -20,7 +20,7 @@ from typing import Any
 
 from dangerclip.runtime.errors import UserError, run_command
 from dangerclip.runtime.filekind import expect
-from dangerclip.runtime.logs import setup_logging, split_verbose
+from dangerclip.runtime.logs import DEBUG_ENV, setup_logging, split_verbose
 from service.handler import Handler
 from service.identify import Identifier, IndexMatcher
 from service.metrics import Metrics
@@ -227,6 +227,7 @@ def run(args: argparse.Namespace) -> int:
     if args.env_help:
         for name, doc in Settings.model_construct().env_help():
             sys.stdout.write(f"{name:<42} {doc}\n")
+        sys.stdout.write(f"{DEBUG_ENV:<42} comma-separated loggers to log at DEBUG (service.delivery.receipts)\n")
         return 0
     settings = settings_from_args(args)  # a bad setting: the error contract names its variable (exit 2)
     if settings.log_json and not args.json_logs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections import Counter, defaultdict
 
 import jsonschema
@@ -31,7 +32,9 @@ def _ids(results: list) -> list[str]:
 
 
 def test_round_trip_in_partition_order_then_clean_shutdown(broker, topics, model_path, workers, tmp_path):
-    w = WorkerProcess(broker.bootstrap_servers, topics, model_path, tmp_path, max_batch_size="8")
+    w = WorkerProcess(
+        broker.bootstrap_servers, topics, model_path, tmp_path, max_batch_size="8", debug="service.delivery.receipts"
+    )
     workers.append(w)
     w.wait_ready()
     n = 32
@@ -65,6 +68,14 @@ def test_round_trip_in_partition_order_then_clean_shutdown(broker, topics, model
     assert sorted(_ids(out)) == sorted(f"env-{i:03d}" if i % 3 == 0 else f"img-{i:03d}" for i in range(n))
     for p, offsets in by_part.items():
         assert offsets == sorted(offsets), f"partition {p} out of order: {offsets}"
+    # the delivery receipts (DANGERCLIP_DEBUG) say truly where the broker put each input's outcome
+    receipts = set(re.findall(r"(\S+/\d+@\d+)>(\S+/\d+@\d+)", w.log()))
+    where = {
+        (f"{res.source.topic}/{res.source.partition}@{res.source.offset}", f"{r.topic}/{r.partition}@{r.offset}")
+        for r in out
+        for res in [ScoreResult.model_validate(json.loads(r.value))]
+    }
+    assert receipts == where, sorted(receipts ^ where)[:6]
 
     # the offsets were committed: lag drops to zero on every partition
     def lag_gauges() -> list[float] | None:
@@ -255,7 +266,7 @@ def test_env_help_lists_every_setting():
         timeout=60,
     )
     assert r.returncode == 0
-    for name in Settings.model_fields:
+    for name in [*Settings.model_fields, "debug"]:
         assert f"DANGERCLIP_{name.upper()}" in r.stdout
 
 

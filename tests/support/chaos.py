@@ -199,6 +199,8 @@ class OutcomeLedger:
         self.bootstrap = bootstrap
         self.topics = topics
         self.by_source: dict[Coord, list[Outcome]] = {}
+        self._seen: set[tuple[str, int, int]] = set()
+        """Outcome records already indexed: a re-read after an offset reset is not a second outcome."""
         self.foreign: list[Any] = []
         """Outcomes naming another input topic, or none at all (there should be none)."""
         self._lock = threading.Lock()
@@ -219,6 +221,8 @@ class OutcomeLedger:
             bootstrap_servers=self.bootstrap,
             group_id=None,
             enable_auto_commit=False,
+            # a reset after a broker restart re-reads (deduplicated in _add) instead of skipping to the end
+            auto_offset_reset="earliest",
             fetch_max_bytes=16 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
@@ -247,6 +251,10 @@ class OutcomeLedger:
             c.close()
 
     def _add(self, r: Any) -> None:
+        with self._lock:
+            if (r.topic, r.partition, r.offset) in self._seen:
+                return
+            self._seen.add((r.topic, r.partition, r.offset))
         try:
             doc = json.loads(r.value)
             src = doc["source"]
@@ -569,8 +577,16 @@ class Fleet:
         for w in self.workers:
             w.stop()
 
-    def logs(self, tail: int = 1500) -> str:
-        return "\n".join(f"--- {self.names[id(w)]} ---\n{w.log()[-tail:]}" for w in self.workers)
+    def logs(self, tail: int = 1500, own: int = 6000) -> str:
+        """Each worker's log: the last ``tail`` characters, and before them the last ``own`` characters of the
+        worker's own lines (``service.*``: assignments, revocations, commits, resends), which a kafka-python
+        retry storm would otherwise push out of the tail."""
+        parts = []
+        for w in self.workers:
+            text = w.log()
+            mine = "\n".join(line for line in text.splitlines() if " service." in line)
+            parts.append(f"--- {self.names[id(w)]}: its own lines ---\n{mine[-own:]}\n--- tail ---\n{text[-tail:]}")
+        return "\n".join(parts)
 
 
 def churn_events(n: int, rng: random.Random) -> list[str]:
