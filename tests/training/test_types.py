@@ -75,7 +75,10 @@ def test_a_trained_head_is_served_without_torch_with_types_levels_and_look_alike
     assert sum(p.type == "toy-pistol" for p in preds) >= 5
     assert all(p.look_alike == (p.type == "toy-pistol") for p in preds)
     assert all(p.confidence == head.card.level(p.probability) for p in preds)
-    assert all(abs(sum(t[1] for t in p.top) - 1) < 0.3 or len(p.top) == 3 for p in preds)
+    for p in preds:  # three classes, top 3: the whole distribution, best first, the prediction at its head
+        assert [c for c, _ in p.top][0] == p.type and abs(p.top[0][1] - p.probability) < 1e-6
+        assert sorted(c for c, _ in p.top) == sorted(CLASSES) and abs(sum(q for _, q in p.top) - 1) < 1e-4
+        assert [q for _, q in p.top] == sorted((q for _, q in p.top), reverse=True)
 
 
 @pytest.mark.slow
