@@ -153,6 +153,60 @@ def export_onnx(
     return path
 
 
+def export_checked(
+    module: nn.Module,
+    example: torch.Tensor,
+    path: str | Path,
+    *,
+    input_name: str,
+    output_name: str,
+    metadata: dict[str, str],
+    atol: float = 1e-4,
+    what: str = "model",
+    opset: int = 17,
+) -> float:
+    """Export a one-input, one-output ``module`` (dynamic batch) with ``metadata`` in the file, and write it only
+    if onnxruntime gives torch's output on ``example`` within ``atol``: the gate every exported head passes (the
+    type head, the retrieval embedder). Returns the largest deviation.
+
+    Raises:
+        ExportError: the exported graph disagrees with torch (nothing is written).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.onnx")
+    module = module.eval()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(
+                module,
+                (example,),
+                str(tmp),
+                input_names=[input_name],
+                output_names=[output_name],
+                dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+            want = module(example).numpy()
+        proto = onnx.load(str(tmp))
+        onnx.helper.set_model_props(proto, metadata)
+        onnx.save(proto, str(tmp))
+        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = sess.run([output_name], {input_name: example.numpy()})[0]
+        err = float(np.abs(got - want).max())
+        if err > atol:
+            raise ExportError(f"exported {what} differs from torch by {err:.2e} (> {atol}); not writing {path}")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return err
+
+
 def _gate(dev: dict[str, float], limit: dict[str, float], precision: str, path: Path | str) -> None:
     over = [f"{k} {dev[k]:.3g} > {limit[k]:g}" for k in ("score", "map") if dev[k] > limit[k]]
     if over:

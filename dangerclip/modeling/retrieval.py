@@ -14,9 +14,16 @@ Stage 1 trains a class-weighted linear classifier on the pooled features (:class
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dangerclip.runtime.embedder import EMBEDDER_CARD_KEY, INPUT_NAME, OUTPUT_NAME, EmbedderCard
+
+log = logging.getLogger(__name__)
 
 BACKBONES = ("small", "vgg16")
 
@@ -88,10 +95,37 @@ def single_margin_loss(a: torch.Tensor, b: torch.Tensor, same: torch.Tensor, mar
     return 0.5 * (y * d**2 + (1 - y) * F.relu(margin - d) ** 2).mean()
 
 
-class _Export(nn.Module):
+class _Embed(nn.Module):
+    """What is exported: images to unit embeddings."""
+
     def __init__(self, net: EmbeddingNet) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.embed(x)
+
+
+def export_embedder(net: EmbeddingNet, card: EmbedderCard, path: str | Path, atol: float = 1e-4) -> Path:
+    """Write ``net``'s embedding as ONNX (``images [B, 3, S, S] -> embeddings [B, D]``, dynamic batch) with ``card``
+    in its metadata, checked against torch like every export; the serving half reads it with
+    :class:`dangerclip.runtime.embedder.Embedder`.
+
+    Raises:
+        ExportError: the exported graph disagrees with torch (a ``RuntimeError``).
+    """
+    from dangerclip.modeling.export import export_checked
+
+    s = card.image_size
+    err = export_checked(
+        _Embed(net),
+        torch.randn(2, 3, s, s),
+        path,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        metadata={EMBEDDER_CARD_KEY: card.to_json()},
+        atol=atol,
+        what="embedder",
+    )
+    log.info("embedder exported to %s (%d-d, max deviation %.1e)", path, card.dim, err)
+    return Path(path)

@@ -128,38 +128,20 @@ def export_type_head(model: TypeClassifier, card: TypeCard, path: str | Path, at
     in its metadata, and check onnxruntime gives torch's probabilities within ``atol``.
 
     Raises:
-        RuntimeError: the exported graph disagrees with torch.
+        ExportError: the exported graph disagrees with torch (a ``RuntimeError``).
     """
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
+    from dangerclip.modeling.export import export_checked
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = _Probabilities(model, card.temperature).eval()
     s = card.image_size
-    x = torch.randn(2, 3, s, s)
-    tmp = path.with_suffix(".tmp.onnx")
-    torch.onnx.export(
-        wrapped,
-        (x,),
-        str(tmp),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
+    err = export_checked(
+        _Probabilities(model, card.temperature),
+        torch.randn(2, 3, s, s),
+        path,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        metadata={TYPE_CARD_KEY: card.to_json()},
+        atol=atol,
+        what="type head",
     )
-    proto = onnx.load(str(tmp))
-    onnx.helper.set_model_props(proto, {TYPE_CARD_KEY: card.to_json()})
-    onnx.save(proto, str(tmp))
-    with torch.no_grad():
-        want = wrapped(x).numpy()
-    got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x.numpy()})[0]
-    err = float(np.abs(got - want).max())
-    if err > atol:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"exported type head differs from torch by {err:.2e} (> {atol})")
-    tmp.replace(path)
     log.info("type head exported to %s (%d classes, max deviation %.1e)", path, len(card.classes), err)
-    return path
+    return Path(path)

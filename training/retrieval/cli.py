@@ -1,5 +1,6 @@
-"""``dangerclip retrieval ablation``: DeepFirearm's ablation table on a ``dangerclip firearms`` folder;
-``dangerclip firearms``: write that folder."""
+"""``dangerclip retrieval train``: the served embedder (two stages, ``embedder.onnx``); ``dangerclip retrieval
+ablation``: DeepFirearm's ablation table; both on any retrieval set (``training.firearms.readers``).
+``dangerclip firearms``: write the synthetic one."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from training.retrieval.train import RetrievalConfig
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
+    tr = sub.add_parser("train", help="train the served embedder (classification, then pairs) and export it")
+    add_options(tr, RetrievalConfig, required=("data", "out"))
     ab = sub.add_parser("ablation", help="the paper's six rows on the synthetic (or your) firearm set")
     add_options(ab, RetrievalConfig, required=("data", "out"))
     ab.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True, help="add the frozen CLIP row")
@@ -19,8 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @exits_2_on_bad_input("retrieval")
 def run(args: argparse.Namespace) -> int:
-    from training.retrieval.train import ablation
+    from training.retrieval.train import ablation, train
 
+    if args.action == "train":
+        print(json.dumps(train(RetrievalConfig(**given_options(RetrievalConfig, args))), indent=1))
+        return 0
     print(ablation(RetrievalConfig(**given_options(RetrievalConfig, args)), clip=args.clip))
     return 0
 
