@@ -187,6 +187,47 @@ class Doctor:
         if self.infer:
             self._check_inference(scorer)
         self._check_type_head()
+        self._check_index()
+
+    def _check_index(self) -> None:
+        s = self.settings
+        if s.index_path is None:
+            self.add("index", "skip", "not configured (DANGERCLIP_INDEX_PATH): flagged images get no matches")
+            return
+        try:
+            from dangerclip.runtime.embedder import Embedder
+            from dangerclip.runtime.index import IndexReader
+
+            embedder = Embedder(s.embedder_path) if s.embedder_path is not None else None
+            reader = IndexReader(s.index_path, embedder=embedder)
+        except Exception as e:  # noqa: BLE001 - reported as the check's result
+            self.add(
+                "index",
+                "fail",
+                f"{s.index_path}: {user_message(e)}",
+                "build one with dangerclip index build [--embedder], or unset DANGERCLIP_INDEX_PATH",
+            )
+            return
+        st = reader.stats()
+        held = st.get("embedder")
+        summary = f"{st['entries']} entries, generation {st.get('generation')}, signals {', '.join(st['signals'])}"
+        if held is not None and embedder is None:
+            self.add(
+                "index",
+                "warn",
+                f"{summary}: the embeddings from {held['name']}@{held['version']} are not searched",
+                "set DANGERCLIP_EMBEDDER_PATH to that embedder's .onnx",
+            )
+        elif held is not None and embedder is not None and not reader.searches_embeddings:
+            self.add(
+                "index",
+                "fail",
+                f"{summary}: built with {held['name']}@{held['version']}, but the embedder is "
+                f"{embedder.card.name}@{embedder.card.version}",
+                "point DANGERCLIP_EMBEDDER_PATH at the embedder the index was built with, or rebuild the index",
+            )
+        else:
+            self.add("index", "ok", summary, entries=st["entries"])
 
     def _check_type_head(self) -> None:
         s = self.settings

@@ -29,7 +29,9 @@ class Matcher(Protocol):
 
 
 class IndexMatcher:
-    """Known-content matching against a ``dangerclip index`` folder (PDQ), reloading a rebuilt index.
+    """Matching against a ``dangerclip index`` folder, reloading a rebuilt index: PDQ (the same picture again:
+    ``known``) and, when the reader has the index's embedder, embeddings (the same firearm model in another
+    picture: each match's ``same_model``).
 
     Args:
         reader: the index.
@@ -42,6 +44,9 @@ class IndexMatcher:
         self.top_k = top_k
         self.reload_s = reload_s
         self._checked = time.monotonic()
+        embedder = getattr(reader, "embedder", None)
+        self.image_size: int | None = embedder.card.image_size if embedder is not None else None
+        """The embedder's input side (None: PDQ only)."""
 
     def match(self, images: Sequence[Image.Image]) -> list[list[MatchResult]]:
         now = time.monotonic()
@@ -52,12 +57,16 @@ class IndexMatcher:
             except Exception as e:  # noqa: BLE001 - keep serving the generation already loaded
                 log.warning("index reload failed, keeping generation %s: %s", self.reader.generation, e)
         return [
-            [MatchResult(id=m.id, label=m.label, distance=m.distance, signal="pdq") for m in row]
+            [
+                MatchResult(id=m.id, label=m.label, distance=m.distance, signal=m.signal, same_model=m.same_model)
+                for m in row
+            ]
             for row in self.reader.query_images(images, k=self.top_k)
         ]
 
     def known(self, matches: Sequence[MatchResult]) -> bool:
-        return any(m.distance <= self.reader.threshold for m in matches)
+        """A PDQ match within the index's threshold: this very picture is in the index."""
+        return any(m.signal == "pdq" and m.distance <= self.reader.threshold for m in matches)
 
 
 class Identifier:
@@ -76,6 +85,7 @@ class Identifier:
         self.matcher = matcher
         self.metrics = metrics
         sides = [type_head.card.image_size] if type_head is not None else []
+        sides += [side] if (side := getattr(matcher, "image_size", None)) else []
         self.keep_side = max([*sides, 224]) * 2
         """Shortest side of the copy of each decoded image kept until the batch is scored."""
 

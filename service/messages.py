@@ -200,8 +200,11 @@ class MatchResult(BaseModel):
 
     id: str
     label: str | None = None
-    distance: float
+    distance: float = Field(description="PDQ: Hamming distance (0-256); embedding: Euclidean, unit vectors (0-2).")
     signal: Literal["embedding", "pdq"]
+    same_model: bool | None = Field(
+        None, description="Embedding matches: within the embedder's calibrated match distance (the same model)."
+    )
 
 
 class Identification(BaseModel):

@@ -96,9 +96,17 @@ def build_identifier(settings: Settings, metrics: Metrics | None = None) -> Iden
     if settings.index_path is not None:
         from dangerclip.runtime.index import IndexReader
 
-        reader = IndexReader(settings.index_path)
+        embedder = None
+        if settings.embedder_path is not None:
+            from dangerclip.runtime.embedder import Embedder
+
+            embedder = Embedder(
+                settings.embedder_path, providers=["CPUExecutionProvider"], intra_op_threads=settings.intra_op_threads
+            )
+        reader = IndexReader(settings.index_path, embedder=embedder)
         matcher = IndexMatcher(reader, settings.index_top_k, settings.index_reload_s)
-        log.info("identification stage: index %s (%d entries, PDQ)", settings.index_path, len(reader))
+        signals = "PDQ" if embedder is None else f"PDQ and {embedder.card.name}@{embedder.card.version} embeddings"
+        log.info("identification stage: index %s (%d entries, %s)", settings.index_path, len(reader), signals)
     return Identifier(type_head=head, matcher=matcher, metrics=metrics)
 
 

@@ -127,6 +127,11 @@ class Settings(BaseSettings):
     """A known-content index folder (``dangerclip index build``): flagged images' results then carry
     ``identification.matches`` (PDQ) and ``known_match``. A rebuilt index is picked up without a restart."""
 
+    embedder_path: Path | None = None
+    """The retrieval embedder an index was built with (``dangerclip retrieval train``'s ``embedder.onnx``;
+    ``dangerclip index build --embedder``): matches then include the nearest catalogued firearms by embedding,
+    each with ``same_model`` from the embedder's calibrated distance. Needs ``index_path``."""
+
     index_top_k: int = Field(3, ge=1, le=100)
     """Matches each identification lists (nearest first)."""
 
@@ -377,6 +382,8 @@ class Settings(BaseSettings):
             raise ValueError("sasl_mechanism AWS_MSK_IAM needs security_protocol SASL_SSL")
         if self.sasl_mechanism and not self.security_protocol.startswith("SASL_"):
             raise ValueError(f"sasl_mechanism {self.sasl_mechanism} needs security_protocol SASL_SSL or SASL_PLAINTEXT")
+        if self.embedder_path is not None and self.index_path is None:
+            raise ValueError("embedder_path needs index_path: an embedder searches an index built with it")
         if len({self.input_topic, self.output_topic, self.dead_letter_topic}) != 3:
             raise ValueError("input_topic, output_topic and dead_letter_topic must be three different topics")
         return self

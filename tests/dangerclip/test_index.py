@@ -17,6 +17,7 @@ from dangerclip.runtime.index import IndexReader, IndexWriter
 from dangerclip.runtime.index.bank import read_bank, write_bank
 from dangerclip.runtime.index.pdq import DEFAULT_THRESHOLD, hamming, pdq_hash
 from dangerclip.runtime.index.store import entry_for_image
+from tests.support.models import export_embedder
 
 pytest.importorskip("pdqhash")
 pytest.importorskip("faiss")
@@ -138,3 +139,95 @@ def test_the_index_command(tmp_path: Path, capsys):
     assert main(["index", "import", "--index", str(tmp_path / "idx2"), str(tmp_path / "b.csv")]) == 0
     assert main(["index", "stats", "--index", str(tmp_path / "idx2")]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["entries"] == 3
+
+
+# ---------------------------------------------------------------------------- the embedding signal
+def test_the_embedding_signal_survives_add_and_remove_and_says_same_model_by_the_card(tmp_path: Path, caplog):
+    from dangerclip.runtime.embedder import Embedder
+    from dangerclip.runtime.index.store import embedder_identity
+
+    emb = Embedder(export_embedder(tmp_path / "e.onnx"))
+    ident = embedder_identity(emb.card)
+    pics = {f"ref-{i}": _picture(i) for i in range(12)}
+    w = IndexWriter(tmp_path / "idx")
+    first = list(pics)[:8]
+    w.write([entry_for_image(pics[k], id=k) for k in first], emb.embed([pics[k] for k in first]), ident)
+    r = IndexReader(tmp_path / "idx", embedder=emb)
+    (row,) = r.query_images([_reencoded(pics["ref-5"])], k=3)
+    by = [m for m in row if m.signal == "embedding"]
+    assert [m.signal for m in row] == ["pdq"] * 3 + ["embedding"] * 3
+    assert by[0].id == "ref-5" and by[0].distance < by[1].distance
+    assert all(m.same_model == (m.distance <= 0.5) for m in by)
+    # add keeps every old vector with its entry; remove takes the vector with it
+    later = list(pics)[8:]
+    new = [entry_for_image(pics[k], id=k) for k in later]
+    w.add(new, embeddings=emb.embed([pics[k] for k in later]), embedder=ident)
+    w.remove(["ref-5"])
+    r.reload_if_changed()
+    for k in ("ref-1", "ref-10"):
+        (row,) = r.query_images([pics[k]], k=1)
+        assert [(m.signal, m.id) for m in row] == [("pdq", k), ("embedding", k)] and row[1].distance < 1e-3
+    (row,) = r.query_images([pics["ref-5"]], k=11)
+    assert "ref-5" not in {m.id for m in row} and len(row) == 22
+    assert r.stats()["signals"] == ["pdq", "embedding"] and r.stats()["embedder"]["search"] == "exact"
+    # an index with embeddings takes no entry without one, nor one from another embedder
+    with pytest.raises(ValueError, match="holds embeddings from test-embedder@1"):
+        w.add([entry_for_image(_picture(99), id="x")])
+    other = Embedder(export_embedder(tmp_path / "e2.onnx", version="2"))
+    with pytest.raises(ValueError, match="rebuild the index"):
+        x = [entry_for_image(_picture(99), id="x")]
+        w.add(x, embeddings=other.embed([_picture(99)]), embedder=embedder_identity(other.card))
+    # a reader with another embedder searches PDQ only, and says why
+    with caplog.at_level("ERROR"):
+        r2 = IndexReader(tmp_path / "idx", embedder=other)
+    assert {m.signal for m in r2.query_images([pics["ref-1"]], k=2)[0]} == {"pdq"}
+    assert "searching PDQ only" in caplog.text
+
+
+def test_above_the_exact_limit_the_vectors_are_an_hnsw_graph_with_high_recall(tmp_path: Path, monkeypatch):
+    from dangerclip.runtime.index import vectors
+
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((3000, 64)).astype(np.float32)
+    q = v[:200] + 0.3 * rng.standard_normal((200, 64)).astype(np.float32)
+    exact, hnsw = vectors.build(v), vectors.build(v, exact_up_to=1000)
+    assert vectors.kind(exact) == "exact" and vectors.kind(hnsw) == "hnsw"
+    de, ie = vectors.search(exact, q, 10)
+    dh, ih = vectors.search(hnsw, q, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ie, ih, strict=True)])
+    assert recall >= 0.95, recall
+    assert np.all(np.diff(de, axis=1) >= -1e-6) and np.allclose(
+        de[:, 0], np.linalg.norm(vectors.unit(q) - vectors.unit(v[ie[:, 0]]), axis=1), atol=1e-4
+    )
+    # the writer builds the graph past the limit, and a reloaded reader searches it
+    monkeypatch.setattr(vectors, "EXACT_UP_TO", 10)
+    from dangerclip.runtime.embedder import Embedder
+    from dangerclip.runtime.index.store import embedder_identity
+
+    emb = Embedder(export_embedder(tmp_path / "e.onnx"))
+    pics = [_picture(i) for i in range(24)]
+    IndexWriter(tmp_path / "idx").write(
+        [entry_for_image(p, id=str(i)) for i, p in enumerate(pics)], emb.embed(pics), embedder_identity(emb.card)
+    )
+    r = IndexReader(tmp_path / "idx", embedder=emb)
+    assert r.stats()["embedder"]["search"] == "hnsw"
+    assert r.query_images([pics[7]], k=1)[0][1].id == "7"
+
+
+def test_the_index_command_with_an_embedder(tmp_path: Path, capsys):
+    from dangerclip_cli.main import main
+
+    folder = tmp_path / "catalogue" / "pistols"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        _picture(i).save(folder / f"{i}.png")
+    _reencoded(_picture(2)).save(tmp_path / "upload.jpg")
+    e = str(export_embedder(tmp_path / "e.onnx", match_distance=0.2))
+    idx = str(tmp_path / "idx")
+    assert main(["index", "build", "--index", idx, "--embedder", e, str(tmp_path / "catalogue")]) == 0
+    assert main(["index", "query", "--index", idx, "--embedder", e, str(tmp_path / "upload.jpg"), "-k", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    (pdq, by) = out["matches"]
+    assert pdq["signal"] == "pdq" and out["known_match"] is True
+    assert by["signal"] == "embedding" and by["id"].endswith("pistols/2.png")
+    assert by["same_model"] == (by["distance"] <= 0.2)

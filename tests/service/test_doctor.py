@@ -148,3 +148,34 @@ def test_topic_limits_below_the_workers_are_flagged(tmp_path: Path):
     assert by[f"topic {s.output_topic}"].status == "warn" and "2000000" in by[f"topic {s.output_topic}"].fix
     assert by[f"topic {s.dead_letter_topic}"].status == "ok"
     assert _flatten_configs({"topic": {"t": {"retention.ms": {"value": 5}}}}) == {"t": {"retention.ms": "5"}}
+
+
+def test_the_index_check_names_an_embedder_that_is_missing_or_not_the_index_one(tmp_path: Path):
+    pytest.importorskip("pdqhash")
+    import numpy as np
+    from PIL import Image
+
+    from dangerclip.runtime.embedder import Embedder
+    from dangerclip.runtime.index import IndexWriter
+    from dangerclip.runtime.index.store import embedder_identity, entry_for_image
+    from tests.support.models import export_embedder
+
+    e1 = export_embedder(tmp_path / "a.onnx", version="1")
+    e2 = export_embedder(tmp_path / "b.onnx", version="2")  # same weights, another version: another identity
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    emb = Embedder(e1)
+    IndexWriter(tmp_path / "idx").write([entry_for_image(img, id="x")], emb.embed([img]), embedder_identity(emb.card))
+
+    def index_check(**kw: object):
+        d = Doctor(Settings(_env_file=None, index_path=tmp_path / "idx", **kw))
+        d._check_index()
+        return d.checks[-1]
+
+    assert index_check(embedder_path=e1).status == "ok"
+    c = index_check()
+    assert c.status == "warn" and "test-embedder@1" in c.detail and "DANGERCLIP_EMBEDDER_PATH" in c.fix
+    c = index_check(embedder_path=e2)
+    assert c.status == "fail" and "test-embedder@2" in c.detail and "rebuild" in c.fix
+    d = Doctor(Settings(_env_file=None, index_path=tmp_path / "nowhere"))
+    d._check_index()
+    assert d.checks[-1].status == "fail" and "dangerclip index build" in d.checks[-1].fix

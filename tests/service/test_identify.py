@@ -14,6 +14,7 @@ from service.messages import RESULT_SCHEMA, RESULT_SCHEMA_IDENTIFIED, json_schem
 from service.metrics import Metrics
 from service.settings import Settings
 from tests.support.fakes import make_handler, rec
+from tests.support.models import export_embedder
 
 torch = pytest.importorskip("torch")
 CLASSES = ["pistol", "rifle", "toy gun"]
@@ -117,6 +118,26 @@ def test_the_worker_builds_the_stage_from_settings(type_head_path, tiny_onnx_pat
     assert worker2.handler.identifier is None
 
 
+def test_an_embedder_comes_with_an_index_and_the_worker_searches_both_signals(tmp_path, tiny_onnx_path):
+    from pydantic import ValidationError
+
+    from dangerclip.runtime.embedder import Embedder
+    from dangerclip.runtime.index import IndexWriter
+    from dangerclip.runtime.index.store import embedder_identity, entry_for_image
+    from service.serve import build
+
+    pytest.importorskip("pdqhash")
+    e = export_embedder(tmp_path / "embedder.onnx", match_distance=0.3)
+    with pytest.raises(ValidationError, match="embedder_path needs index_path"):
+        Settings(_env_file=None, model_path=tiny_onnx_path, embedder_path=e)
+    emb = Embedder(e)
+    IndexWriter(tmp_path / "idx").write(
+        [entry_for_image(_picture_other(), id="x")], emb.embed([_picture_other()]), embedder_identity(emb.card)
+    )
+    worker, _ = build(Settings(_env_file=None, model_path=tiny_onnx_path, index_path=tmp_path / "idx", embedder_path=e))
+    assert worker.handler.identifier.matcher.reader.searches_embeddings
+
+
 def test_an_identifier_needs_something_to_identify_with():
     with pytest.raises(ValueError):
         Identifier()
@@ -160,7 +181,30 @@ def test_flagged_images_are_matched_against_the_index_and_a_rebuilt_index_is_pic
         "label": "pistol",
         "distance": doc["identification"]["matches"][0]["distance"],
         "signal": "pdq",
+        "same_model": None,  # PDQ says "this picture", not "this model"
     }
+
+    # The same index rebuilt with a retrieval embedder: matches by embedding follow, each saying whether it is
+    # the same model by the card's calibrated distance; known_match still comes from PDQ alone.
+    from dangerclip.runtime.embedder import Embedder
+    from dangerclip.runtime.index.store import embedder_identity
+
+    emb = Embedder(export_embedder(tmp_path / "embedder.onnx", match_distance=0.3))
+    ident_of = embedder_identity(emb.card)
+    writer.write([entry_for_image(_picture_other(), id="other")], emb.embed([_picture_other()]), ident_of)
+    handler.identifier = Identifier(matcher=IndexMatcher(IndexReader(tmp_path / "idx", embedder=emb), top_k=2))
+    ident = json.loads(handler.handle([rec(upload.getvalue())])[0].value)["identification"]
+    assert [(m["signal"], m["id"]) for m in ident["matches"]] == [("pdq", "other"), ("embedding", "other")]
+    assert ident["known_match"] is False  # an embedding distance (0-2) is never read on PDQ's scale (31)
+    catalogued = [entry_for_image(ref, id="catalogue-17", label="pistol")]
+    writer.add(catalogued, embeddings=emb.embed([ref]), embedder=ident_of)
+    handler.identifier.matcher.reload_s = 0.0
+    ident = json.loads(handler.handle([rec(upload.getvalue())])[0].value)["identification"]
+    assert [m["signal"] for m in ident["matches"]] == ["pdq", "pdq", "embedding", "embedding"]
+    near = ident["matches"][2]
+    assert near["id"] == "catalogue-17" and near["same_model"] == (near["distance"] <= 0.3)
+    assert ident["known_match"] is True
+    assert handler.identifier.keep_side == 2 * 224  # the embedder's 48 px needs no more than PDQ's floor
 
 
 def _picture_other():

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
+
 from dangerclip.runtime.preprocess import IMAGE_SUFFIXES, load_image
 
 
@@ -35,10 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--label", help="label of every entry (default: the image's folder name)")
         p.add_argument("--threshold", type=int, default=31, help="PDQ distance for known_match (HMA: 31)")
     a.add_argument("--replace", action="store_true", help="overwrite entries whose id exists")
+    q = sub.add_parser("query", help="nearest entries of images, as JSON lines")
+    for p in (b, a, q):
+        p.add_argument(
+            "--embedder",
+            help="a retrieval embedder (dangerclip retrieval train's embedder.onnx): entries and queries get the "
+            "embedding signal too (which firearm model, not only which picture)",
+        )
     r = sub.add_parser("remove", help="remove entries by id")
     common(r)
     r.add_argument("ids", nargs="+")
-    q = sub.add_parser("query", help="nearest entries of images, as JSON lines")
     common(q)
     q.add_argument("images", nargs="+")
     q.add_argument("-k", type=int, default=5)
@@ -58,13 +66,31 @@ def run(args: argparse.Namespace) -> int:
     from dangerclip.runtime.index.bank import read_bank, write_bank
     from dangerclip.runtime.index.store import IndexReader, IndexWriter, entry_for_image
 
+    embedder = None
+    if getattr(args, "embedder", None):
+        from dangerclip.runtime.embedder import Embedder
+
+        embedder = Embedder(args.embedder)
     if args.action in ("build", "add"):
+        from dangerclip.runtime.index.store import embedder_identity
+
         paths = _images(args.images)
-        entries = [
-            entry_for_image(load_image(p), id=str(p), label=args.label or p.parent.name, source=str(p)) for p in paths
-        ]
+        entries, vecs = [], []
+        for k in range(0, len(paths), 64):  # a chunk of images decoded at a time: bounded memory
+            imgs = [load_image(p) for p in paths[k : k + 64]]
+            for p, img in zip(paths[k : k + 64], imgs, strict=True):
+                entries.append(entry_for_image(img, id=str(p), label=args.label or p.parent.name, source=str(p)))
+            if embedder is not None:
+                vecs.append(embedder.embed(imgs))
+        emb = np.concatenate(vecs) if embedder is not None and vecs else None
+        ident = embedder_identity(embedder.card) if embedder is not None else None
+        if embedder is not None and emb is None:
+            emb = np.zeros((0, embedder.dim), np.float32)
         w = IndexWriter(args.index, threshold=args.threshold)
-        gen = w.write(entries) if args.action == "build" else w.add(entries, replace=args.replace)
+        if args.action == "build":
+            gen = w.write(entries, emb, ident)
+        else:
+            gen = w.add(entries, replace=args.replace, embeddings=emb, embedder=ident)
         print(json.dumps({"generation": gen.name, "added": len(entries), "entries": len(w.entries())}))
     elif args.action == "remove":
         gen, n = IndexWriter(args.index).remove(args.ids)
@@ -78,13 +104,16 @@ def run(args: argparse.Namespace) -> int:
         n = write_bank(args.out, IndexWriter(args.index).entries())
         print(json.dumps({"out": args.out, "entries": n}))
     else:
-        reader = IndexReader(args.index)
+        reader = IndexReader(args.index, embedder=embedder)
         if args.action == "stats":
             print(json.dumps(reader.stats()))
             return 0
         paths = _images(args.images)
         for p, matches in zip(paths, reader.query_images([load_image(p) for p in paths], k=args.k), strict=True):
-            known = any(m.distance <= reader.threshold for m in matches)
-            rows = [{"id": m.id, "label": m.label, "distance": m.distance, "signal": m.signal} for m in matches]
+            known = any(m.signal == "pdq" and m.distance <= reader.threshold for m in matches)
+            rows = [
+                {"id": m.id, "label": m.label, "distance": m.distance, "signal": m.signal, "same_model": m.same_model}
+                for m in matches
+            ]
             print(json.dumps({"image": str(p), "known_match": known, "matches": rows}))
     return 0

@@ -6,7 +6,9 @@ Layout of an index folder::
     gen-<time>-<id>/
         entries.jsonl       one reference entry a line: id, label, source, pdq (hex), quality, added_at
         pdq.faissbin        faiss IndexBinaryFlat over the hashes, rows in entries.jsonl order
-        meta.json           counts, threshold, created_at
+        embeddings.npy      (with an embedder) [N, D] float32 unit vectors, rows in entries.jsonl order
+        vectors.faiss       (with an embedder) their faiss index: exact, or HNSW above 50 000 (``vectors``)
+        meta.json           counts, threshold, created_at, signals, the embedder's identity and match distance
 
 Every change (add, remove, rebuild) writes a whole new generation beside the live one and then switches
 ``CURRENT``: a reader either sees the old generation or the new, never half of one. Old generations are pruned
@@ -31,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from dangerclip.runtime.files import atomic_write_text
+from dangerclip.runtime.index import vectors
 from dangerclip.runtime.index.pdq import DEFAULT_THRESHOLD, PDQ_BITS, from_hex, pdq_hash, to_hex
 
 log = logging.getLogger(__name__)
@@ -51,12 +54,29 @@ class Entry:
 
 @dataclass(frozen=True)
 class Match:
-    """A reference entry near a query."""
+    """A reference entry near a query: by PDQ (Hamming distance of the hashes) or by embedding (Euclidean distance
+    of unit vectors; ``same_model`` from the embedder's calibrated match distance)."""
 
     id: str
     label: str | None
     distance: float
     signal: str = "pdq"
+    same_model: bool | None = None
+
+
+def embedder_identity(card: Any) -> dict[str, Any]:
+    """What an index records of the embedder its vectors came from (a query must use the same one)."""
+    return {
+        "name": card.name,
+        "version": card.version,
+        "dim": card.dim,
+        "image_size": card.image_size,
+        "match_distance": card.match_distance,
+    }
+
+
+def _same_embedder(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("name", "version", "dim", "image_size"))
 
 
 class _Generation:
@@ -72,6 +92,36 @@ class _Generation:
         self.index = faiss.read_index_binary(str(path / "pdq.faissbin"))
         if self.index.ntotal != len(self.entries):
             raise ValueError(f"{path}: {self.index.ntotal} hashes for {len(self.entries)} entries")
+        self.embedder: dict[str, Any] | None = self.meta.get("embedder")
+        self.vectors: Any = None
+        if self.embedder is not None:
+            self.vectors = vectors.load(path / "vectors.faiss")
+            if self.vectors.ntotal != len(self.entries):
+                raise ValueError(f"{path}: {self.vectors.ntotal} embeddings for {len(self.entries)} entries")
+
+    def embeddings(self) -> np.ndarray | None:
+        """The stored ``[N, D]`` vectors (for a writer changing this generation), or None."""
+        return None if self.embedder is None else np.load(self.path / "embeddings.npy")
+
+    def search_vectors(self, queries: np.ndarray, k: int) -> list[list[Match]]:
+        if self.vectors is None:
+            return [[] for _ in range(len(queries))]
+        dist, rows = vectors.search(self.vectors, queries, k)
+        limit = self.embedder.get("match_distance") if self.embedder else None
+        return [
+            [
+                Match(
+                    self.entries[i].id,
+                    self.entries[i].label,
+                    round(float(d), 4),
+                    "embedding",
+                    None if limit is None else bool(d <= limit),
+                )
+                for d, i in zip(drow, irow, strict=True)
+                if i >= 0
+            ]
+            for drow, irow in zip(dist, rows, strict=True)
+        ]
 
     def search(self, hashes: np.ndarray, k: int) -> list[list[Match]]:
         if not self.entries or len(hashes) == 0:
@@ -119,12 +169,23 @@ class IndexWriter:
         self.threshold = threshold
         self.keep = keep
 
-    def entries(self) -> list[Entry]:
+    def _live(self) -> _Generation | None:
         gen = current_generation(self.root)
-        return [] if gen is None else _Generation(gen).entries
+        return None if gen is None else _Generation(gen)
 
-    def write(self, entries: Iterable[Entry]) -> Path:
-        """Write ``entries`` as the new live generation (ids must be unique) and return its folder."""
+    def entries(self) -> list[Entry]:
+        live = self._live()
+        return [] if live is None else live.entries
+
+    def write(
+        self, entries: Iterable[Entry], embeddings: np.ndarray | None = None, embedder: dict[str, Any] | None = None
+    ) -> Path:
+        """Write ``entries`` as the new live generation (ids must be unique) and return its folder.
+
+        Args:
+            embeddings: ``[N, D]`` vectors of the entries, in their order (the embedding signal), from ``embedder``
+                (:func:`embedder_identity` of its card).
+        """
         import faiss
 
         entries = list(entries)
@@ -132,6 +193,10 @@ class IndexWriter:
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
             raise ValueError(f"duplicate ids in the index: {dup}")
+        if (embeddings is None) != (embedder is None):
+            raise ValueError("embeddings and the embedder they came from go together")
+        if embeddings is not None and embedder is not None and embeddings.shape != (len(entries), embedder["dim"]):
+            raise ValueError(f"{embeddings.shape} embeddings for {len(entries)} entries ({embedder['dim']}-d embedder)")
         name = f"gen-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
         tmp = self.root / f".{name}.tmp"
         tmp.mkdir()
@@ -142,7 +207,15 @@ class IndexWriter:
         if entries:
             index.add(_pack(entries))
         faiss.write_index_binary(index, str(tmp / "pdq.faissbin"))
-        meta = {"entries": len(entries), "threshold": self.threshold, "created_at": time.time(), "signals": ["pdq"]}
+        meta: dict[str, Any] = {"entries": len(entries), "threshold": self.threshold, "created_at": time.time()}
+        meta["signals"] = ["pdq"]
+        if embeddings is not None:
+            unit = vectors.unit(embeddings)
+            np.save(tmp / "embeddings.npy", unit)
+            vindex = vectors.build(unit)
+            vectors.save(vindex, tmp / "vectors.faiss")
+            meta["signals"].append("embedding")
+            meta["embedder"] = dict(embedder or {}, search=vectors.kind(vindex))
         (tmp / "meta.json").write_text(json.dumps(meta))
         for p in tmp.iterdir():  # durable before it becomes visible
             with open(p, "rb") as fh:
@@ -160,21 +233,50 @@ class IndexWriter:
             if old != live:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def add(self, new: Iterable[Entry], replace: bool = False) -> Path:
-        """The live entries plus ``new``; an id already present is an error unless ``replace``."""
-        current = {e.id: e for e in self.entries()}
+    def add(
+        self,
+        new: Iterable[Entry],
+        replace: bool = False,
+        embeddings: np.ndarray | None = None,
+        embedder: dict[str, Any] | None = None,
+    ) -> Path:
+        """The live entries plus ``new``; an id already present is an error unless ``replace``. An index with
+        embeddings takes new entries only with embeddings from the same embedder (and one without, only without).
+        """
+        live = self._live()
+        new = list(new)
+        held = live.embedder if live is not None else None
+        current = {e.id: e for e in (live.entries if live is not None else [])}
+        if current and (held is not None) != (embeddings is not None):
+            why = f"embeddings from {held['name']}@{held['version']}" if held is not None else "no embeddings"
+            raise ValueError(f"the index holds {why}: add with the same (or rebuild the index)")
+        if held is not None and embedder is not None and not _same_embedder(held, embedder):
+            raise ValueError(f"the index's embeddings come from {held!r}, these from {embedder!r}: rebuild the index")
+        vecs: dict[str, np.ndarray] = {}
+        if embeddings is not None:
+            old = live.embeddings() if live is not None else None
+            if old is not None:
+                vecs = dict(zip(current, old, strict=True))
+            vecs.update(zip((e.id for e in new), embeddings, strict=True))
         for e in new:
             if e.id in current and not replace:
                 raise ValueError(f"id {e.id!r} is already in the index (pass replace to overwrite it)")
             current[e.id] = e
-        return self.write(current.values())
+        if embeddings is None:
+            return self.write(current.values())
+        return self.write(current.values(), np.stack([vecs[i] for i in current]), embedder)
 
     def remove(self, ids: Iterable[str]) -> tuple[Path, int]:
         """The live entries without ``ids`` (compacted: removed entries leave no trace); returns the count removed."""
         drop = set(ids)
-        kept = [e for e in self.entries() if e.id not in drop]
-        before = len(self.entries())
-        return self.write(kept), before - len(kept)
+        live = self._live()
+        entries = live.entries if live else []
+        keep = [i for i, e in enumerate(entries) if e.id not in drop]
+        kept = [entries[i] for i in keep]
+        emb = live.embeddings() if live is not None else None
+        if emb is None or live is None:
+            return self.write(kept), len(entries) - len(kept)
+        return self.write(kept, emb[keep].reshape(len(keep), -1), live.embedder), len(entries) - len(kept)
 
 
 def entry_for_image(img: Image.Image, id: str, label: str | None = None, source: str = "") -> Entry:
@@ -186,15 +288,33 @@ class IndexReader:
     """Queries the live generation; ``reload_if_changed`` picks up a new one (a stat and a small read).
 
     Thread-safe: a query holds a reference to one generation for its whole run.
+
+    Args:
+        root: the index folder.
+        embedder: a :class:`~dangerclip.runtime.embedder.Embedder`, for the embedding signal of an index built
+            with the same one (with another, or none, only PDQ is searched, and the mismatch is logged).
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, embedder: Any = None) -> None:
         self.root = Path(root)
+        self.embedder = embedder
         self._lock = threading.Lock()
         self._gen: _Generation | None = None
         self._seen: str | None = None
         if not self.reload_if_changed():
             raise FileNotFoundError(f"no index at {self.root} (build one: dangerclip index build)")
+
+    @property
+    def searches_embeddings(self) -> bool:
+        """Whether queries search the live generation's embeddings (it has some, from this reader's embedder)."""
+        with self._lock:
+            gen = self._gen
+        return gen is not None and self._vectors_usable(gen)
+
+    def _vectors_usable(self, gen: _Generation) -> bool:
+        if gen.embedder is None or self.embedder is None:
+            return False
+        return _same_embedder(gen.embedder, embedder_identity(self.embedder.card))
 
     @property
     def generation(self) -> str | None:
@@ -218,6 +338,14 @@ class IndexReader:
         with self._lock:
             self._gen, self._seen = loaded, gen.name
         log.info("index %s: loaded generation %s (%d entries)", self.root, gen.name, len(loaded.entries))
+        if loaded.embedder is not None and not self._vectors_usable(loaded):
+            mine = None if self.embedder is None else embedder_identity(self.embedder.card)
+            log.error(
+                "index %s holds embeddings from %s but this reader's embedder is %s: searching PDQ only",
+                self.root,
+                {k: loaded.embedder.get(k) for k in ("name", "version", "dim")},
+                mine and {k: mine[k] for k in ("name", "version", "dim")},
+            )
         return True
 
     def query_hashes(self, hashes: Sequence[bytes], k: int = 5) -> list[list[Match]]:
@@ -229,7 +357,14 @@ class IndexReader:
         return gen.search(arr, k)
 
     def query_images(self, images: Sequence[Image.Image], k: int = 5) -> list[list[Match]]:
-        return self.query_hashes([pdq_hash(img)[0] for img in images], k)
+        """Each image's ``k`` nearest by PDQ, then (with a matching embedder) its ``k`` nearest by embedding."""
+        with self._lock:
+            gen = self._gen
+        pdq = self.query_hashes([pdq_hash(img)[0] for img in images], k)
+        if gen is None or not self._vectors_usable(gen):
+            return pdq
+        emb = gen.search_vectors(self.embedder.embed(images), k)
+        return [a + b for a, b in zip(pdq, emb, strict=True)]
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -247,4 +382,6 @@ class IndexReader:
             "low_quality_hashes": low,
             "threshold": self.threshold,
             "created_at": gen.meta.get("created_at"),
+            "signals": gen.meta.get("signals", ["pdq"]),
+            "embedder": gen.embedder,
         }
