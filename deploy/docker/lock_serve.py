@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Write ``requirements-serve.txt``: exact pins of everything ``pip install '.[serve]'`` installs.
+"""Write ``requirements-serve.txt``: exact pins of everything ``pip install '.[serve,index]'`` installs.
 
 The serving images install from this file (reproducible builds, and hadolint's pinning rule holds), then
 the project itself with ``--no-deps``. The pins are read from the environment this runs in, which must
 have ``.[serve]`` installed (``scripts/setup.sh``): the closure of the core dependencies plus the
-``serve`` extra, walked through installed package metadata, so nothing is downloaded.
+``serve`` and ``index`` extras (the worker's match stage: PDQ and faiss), walked through installed package
+metadata, so nothing is downloaded.
 
     .venv/bin/python deploy/docker/lock_serve.py            # rewrite the file
     .venv/bin/python deploy/docker/lock_serve.py --check    # exit 1 when the file is stale
@@ -25,7 +26,7 @@ from packaging.requirements import Requirement
 HERE = Path(__file__).resolve().parent
 LOCK = HERE / "requirements-serve.txt"
 ROOT_DIST = "dangerclip"
-EXTRA = "serve"
+EXTRAS = ("serve", "index")
 
 
 def canonical(name: str) -> str:
@@ -33,7 +34,7 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def closure(root: str = ROOT_DIST, extras: tuple[str, ...] = (EXTRA,)) -> dict[str, str]:
+def closure(root: str = ROOT_DIST, extras: tuple[str, ...] = EXTRAS) -> dict[str, str]:
     """``{canonical name: installed version}`` of everything ``root[extras]`` pulls in, root excluded.
 
     Raises:
@@ -64,7 +65,7 @@ def closure(root: str = ROOT_DIST, extras: tuple[str, ...] = (EXTRA,)) -> dict[s
 def render(pins: dict[str, str]) -> str:
     head = [
         "# Exact pins of the serving images' dependencies: the closure of dangerclip's core dependencies",
-        "# plus the [serve] extra. Never torch. Regenerate with:",
+        "# plus the [serve] and [index] extras. Never torch. Regenerate with:",
         "#   .venv/bin/python deploy/docker/lock_serve.py",
     ]
     return "\n".join(head + [f"{n}=={v}" for n, v in pins.items()]) + "\n"

@@ -306,6 +306,7 @@ def test_serving_requirements_hold_no_torch_and_cover_the_serve_extra() -> None:
     assert not any(n.startswith("nvidia-") for n in pinned)
     closure = lock_serve.closure()
     assert "onnxruntime" in closure and "kafka-python" in closure and "pydantic-settings" in closure
+    assert "faiss-cpu" in closure and "pdqhash" in closure  # the match stage works in the image
     assert set(pinned) == set(closure), (
         f"requirements-serve.txt is stale (rerun deploy/docker/lock_serve.py): "
         f"missing {sorted(set(closure) - set(pinned))}, extra {sorted(set(pinned) - set(closure))}"
