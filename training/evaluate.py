@@ -165,9 +165,9 @@ def evaluate(
     rep = M.multilabel_report(pred.scores, pred.labels, tv, cats)
     mth = map_thresholds or {}
     for j, c in enumerate(cats):
-        rep["per_category"][c]["localisation"] = M.localisation_report(
-            pred.maps[:, j], pred.masks[:, j], pred.labels[:, j], pred.mask_valid[:, j], mth.get(c, 0.5)
-        )
+        args = (pred.maps[:, j], pred.masks[:, j], pred.labels[:, j], pred.mask_valid[:, j])
+        rep["per_category"][c]["localisation"] = M.localisation_report(*args, mth.get(c, 0.5))
+        rep["per_category"][c]["by_size"] = M.by_object_size(pred.scores[:, j], *args, tv[j], mth.get(c, 0.5))
     loc_keys = ("topk_iou", "pointing", "iou", "iou@0.5")
     for key in loc_keys:
         vals = [rep["per_category"][c]["localisation"][key] for c in cats]

@@ -329,6 +329,42 @@ def localisation_report(
     return out
 
 
+SIZE_BUCKETS = (("small", 0.0, 1 / 49), ("medium", 1 / 49, 9 / 49), ("large", 9 / 49, float("inf")))
+"""Object size as the share of the image its mask covers: COCO's 32² and 96² pixel limits at 224 px."""
+
+
+def by_object_size(
+    scores: np.ndarray,
+    maps: np.ndarray,
+    masks: np.ndarray,
+    labels: np.ndarray,
+    mask_valid: np.ndarray,
+    threshold: float,
+    map_threshold: float,
+) -> dict[str, dict[str, Any]]:
+    """Recall and map quality of one category's positives by object size (:data:`SIZE_BUCKETS`): whether the
+    model finds small weapons, and whether its map points at them.
+
+    Returns:
+        ``{bucket: {"n", "recall", "topk_iou", "pointing", "iou"}}`` over positives with a mask (NaN: none).
+    """
+    masks = np.asarray(masks, np.float64)
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    valid = np.asarray(mask_valid).reshape(-1).astype(bool)
+    area = masks.mean(axis=1)
+    hit = np.asarray(scores).reshape(-1) >= threshold
+    out: dict[str, dict[str, Any]] = {}
+    for name, lo, hi in SIZE_BUCKETS:
+        rows = y & valid & (area > lo) & (area <= hi)
+        loc = localisation_report(maps[rows], masks[rows], labels[rows], mask_valid[rows], map_threshold)
+        out[name] = {
+            "n": int(rows.sum()),
+            "recall": float(hit[rows].mean()) if rows.any() else float("nan"),
+            **{k: loc[k] for k in ("topk_iou", "pointing", "iou")},
+        }
+    return out
+
+
 def choose_map_threshold(
     maps: np.ndarray,
     masks: np.ndarray,

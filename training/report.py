@@ -223,6 +223,18 @@ def metrics_tables(rep: dict[str, Any]) -> str:
             f"{_f(loc['map_threshold'])} | {_f(loc['iou'])} | {_f(loc['iou@0.5'])} | "
             f"{_f(loc['peak_mean'])} | {_f(loc['peak_above_threshold'])} | {_f(loc['negative_area'])} |"
         )
+    if any("by_size" in r for r in rep["per_category"].values()):
+        lines += [
+            "",
+            "| category | object size | positives with masks | recall | pointing | top-k IoU | IoU@threshold |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for c, r in rep["per_category"].items():
+            for size, m in r.get("by_size", {}).items():
+                lines.append(
+                    f"| {c} | {size} | {m['n']} | {_f(m['recall'])} | {_f(m['pointing'])} | "
+                    f"{_f(m['topk_iou'])} | {_f(m['iou'])} |"
+                )
     return "\n".join(lines)
 
 

@@ -123,3 +123,26 @@ def test_scikit_learn_figures_equal_the_hand_written_ones() -> None:
     p0, r0, t0 = M.precision_recall_curve(s, np.zeros(400, int))
     assert len(t0) == 93 and not p0.any() and not r0.any()
     assert math.isnan(M.roc_auc(np.zeros(0), np.zeros(0, int)))
+
+
+def test_by_object_size_splits_positives_by_the_area_their_mask_covers():
+    P = 196  # a 14 x 14 grid
+    masks, maps, scores, labels = [], [], [], []
+    for covered, score in ((2, 0.2), (3, 0.3), (20, 0.9), (30, 0.4), (120, 0.95), (0, 0.1)):  # last: a negative
+        m = np.zeros(P)
+        m[:covered] = 1.0
+        peak = np.zeros(P)
+        peak[0 if covered else 100] = 1.0  # each map peaks on its object
+        masks.append(m)
+        maps.append(peak)
+        scores.append(score)
+        labels.append(1 if covered else 0)
+    out = M.by_object_size(
+        np.array(scores), np.array(maps), np.array(masks), np.array(labels), np.ones(6, bool), 0.5, 0.5
+    )
+    assert {k: v["n"] for k, v in out.items()} == {"small": 2, "medium": 2, "large": 1}  # 2/196, 3/196 < 1/49
+    assert out["small"]["recall"] == 0.0 and out["medium"]["recall"] == 0.5 and out["large"]["recall"] == 1.0
+    assert all(v["pointing"] == 1.0 for v in out.values())
+    none = np.zeros((1, P))
+    empty = M.by_object_size(np.array([0.9]), none, none, np.array([0]), np.ones(1, bool), 0.5, 0.5)
+    assert all(v["n"] == 0 and np.isnan(v["recall"]) for v in empty.values())

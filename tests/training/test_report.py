@@ -68,8 +68,13 @@ def test_metrics_tables_list_every_category_and_the_any_row() -> None:
                         np.hstack([p.mask_valid, p.mask_valid]))  # fmt: skip
     text = R.metrics_tables(E.evaluate(two, ["gun", "knife"], {"gun": 0.5, "knife": 0.4}, {"gun": 0.5}))
     lines = text.splitlines()
-    assert sum(line.startswith("| gun |") for line in lines) == 2  # classification and localisation
-    assert sum(line.startswith("| knife |") for line in lines) == 2
+    assert sum(line.startswith("| gun |") for line in lines) == 5  # classification, localisation, 3 object sizes
+    assert sum(line.startswith("| knife |") for line in lines) == 5
+    assert [line.split("|")[2].strip() for line in lines if line.startswith("| gun |")][2:] == [
+        "small",
+        "medium",
+        "large",
+    ]
     assert any(line.startswith("| any danger |") for line in lines)
 
 

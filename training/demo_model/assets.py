@@ -25,6 +25,9 @@ def _brief(eval_json: Path, split: str) -> dict[str, Any]:
     row.pop("model", None)
     row["iou@threshold"] = row.pop("iou", None)
     row["n"] = rep.get("n")
+    first = next(iter(rep["per_category"].values()))
+    if "by_size" in first:
+        row["by_size"] = first["by_size"]
     return row
 
 
@@ -112,6 +115,22 @@ def _markdown(rep: dict[str, Any]) -> str:
     ):
         if key in rep:
             lines.append(f"| {name} | " + " | ".join(_fmt(rep[key].get(c)) for c in cols) + " |")
+    sized = [(name, rep[key]["by_size"]) for name, key in (("dense", "dense"), ("no-dense", "no_dense")) if key in rep]
+    if any(b for _, b in sized):
+        lines += [
+            "",
+            "By object size (share of the image the weapon covers: small < 1/49, medium < 9/49, large above; COCO's",
+            "32² and 96² px at 224 px):",
+            "",
+            "| model | size | n | recall | pointing | topk_iou | iou@threshold |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, b in sized:
+            for size, m in (b or {}).items():
+                lines.append(
+                    f"| {name} | {size} | {m['n']} | {_fmt(m['recall'])} | {_fmt(m['pointing'])} | "
+                    f"{_fmt(m['topk_iou'])} | {_fmt(m['iou'])} |"
+                )
     pre = rep["pretrain"]
     lines += [
         "",
