@@ -72,13 +72,19 @@ def test_ci_build_reports_every_figure(ci_build: tuple[DemoConfig, dict]) -> Non
 
 @pytest.mark.slow
 def test_second_build_reuses_every_stage(ci_build: tuple[DemoConfig, dict], caplog: pytest.LogCaptureFixture) -> None:
-    cfg, _ = ci_build
+    cfg, first = ci_build
     stamp = (Path(cfg.work) / "backbone" / "clip.safetensors").stat().st_mtime_ns
     caplog.set_level("INFO")
-    build(cfg)
+    second = build(cfg)
     assert (Path(cfg.work) / "backbone" / "clip.safetensors").stat().st_mtime_ns == stamp
     text = caplog.text
     assert "pretrain: reusing" in text and "train (dense): reusing" in text and "synth: reusing" in text
+    # the model the second build replaced (the first one) was evaluated on the same split: the "before" row
+    before = second["before"]
+    assert before["sha256"] == first["files"]["model.onnx"]["sha256"] and before["n"] == first["dense"]["n"]
+    assert before["f1"] == pytest.approx(first["dense"]["f1"], abs=0.02)  # onnxruntime on images vs the head run
+    assert set(before["by_size"]) == {"small", "medium", "large"}
+    assert "the model this build replaced" in (Path(cfg.assets) / "report.md").read_text()
 
 
 @pytest.mark.slow

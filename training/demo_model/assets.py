@@ -20,7 +20,33 @@ log = logging.getLogger(__name__)
 def _brief(eval_json: Path, split: str) -> dict[str, Any]:
     """The headline figures of one run's split (macro over categories; P/R/F1 of the only one when k = 1)."""
     ev = json.loads(eval_json.read_text())
-    rep = ev["metrics"].get(split) or ev["metrics"]["val"]
+    return _row(ev["metrics"].get(split) or ev["metrics"]["val"], split)
+
+
+def _replaced(onnx_path: Path, manifest: Path, split: str) -> dict[str, Any] | None:
+    """The figures of the model this build replaces, on the same split of the same data (its own thresholds):
+    the "before" of a rebuild. None when there is none, or it cannot be read."""
+    if not onnx_path.is_file():
+        return None
+    from dangerclip.runtime.scorer import DangerScorer
+    from training.data import assign_splits, load_rows
+    from training.evaluate import evaluate, predict_images
+
+    try:
+        model = DangerScorer(onnx_path, providers="cpu")
+    except Exception as e:  # noqa: BLE001 - a report without "before" is still a report
+        log.warning("cannot evaluate the replaced model %s: %s", onnx_path, e)
+        return None
+    cats = list(model.card.prompts)
+    rows = load_rows(manifest, cats)
+    test = [rows[i] for i in assign_splits(rows)[split]]
+    mth = {c: float(v) for c, v in (model.card.metrics or {}).get("map_thresholds", {}).items()}
+    row = _row(evaluate(predict_images(model, test, cats), cats, dict(model.card.thresholds), mth), split)
+    row["sha256"] = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    return row
+
+
+def _row(rep: dict[str, Any], split: str) -> dict[str, Any]:
     row = summary_row(split, rep)
     row.pop("model", None)
     row["iou@threshold"] = row.pop("iou", None)
@@ -37,6 +63,7 @@ def stage_export(
     pre: dict[str, Any],
     runs: dict[str, dict[str, Any]],
     command: str = "dangerclip demo-model",
+    manifest: Path | None = None,
 ) -> Path:
     """Write the dense model (checkpoint with its vision tower, ONNX) and the reports into ``cfg.assets``.
 
@@ -45,6 +72,7 @@ def stage_export(
         weights: the backbone's weights file; ``pre``: its stage record (probe, recipe).
         runs: the head stages' records by name (``dense``, ``no-dense``).
         command: the command line that made it, for the report.
+        manifest: the head's data; the model these assets held before is evaluated on its test split (``before``).
     """
     from dangerclip.modeling.checkpoint import load_checkpoint, save_checkpoint
     from dangerclip.modeling.export import export_onnx
@@ -52,6 +80,7 @@ def stage_export(
 
     assets = Path(cfg.assets)
     assets.mkdir(parents=True, exist_ok=True)
+    before = _replaced(assets / "model.onnx", manifest, "test") if manifest is not None else None
     dense_ckpt = Path(runs["dense"]["checkpoint"])
     model = load_checkpoint(dense_ckpt, pretrained=str(weights))
     # The card must not point at this machine's work folder: the backbone travels inside the checkpoint.
@@ -86,6 +115,8 @@ def stage_export(
     }
     if "no-dense" in runs:
         report["no_dense"] = _brief(Path(runs["no-dense"]["checkpoint"]).parent / "eval.json", split)
+    if before is not None:
+        report["before"] = before
     write_json(assets / "report.json", report)
     atomic_write_text(assets / "report.md", _markdown(report))
     log.info("demo model written to %s", assets)
@@ -112,10 +143,12 @@ def _markdown(rep: dict[str, Any]) -> str:
     for name, key in (
         ("dense losses (BCE + 2·focal + dice)", "dense"),
         ("no-dense ablation (BCE)", "no_dense"),
+        ("the model this build replaced", "before"),
     ):
         if key in rep:
             lines.append(f"| {name} | " + " | ".join(_fmt(rep[key].get(c)) for c in cols) + " |")
-    sized = [(name, rep[key]["by_size"]) for name, key in (("dense", "dense"), ("no-dense", "no_dense")) if key in rep]
+    names = (("dense", "dense"), ("no-dense", "no_dense"), ("replaced", "before"))
+    sized = [(name, rep[key].get("by_size")) for name, key in names if key in rep]
     if any(b for _, b in sized):
         lines += [
             "",

@@ -33,7 +33,7 @@ def build(cfg: DemoConfig, force: bool = False, command: str = "dangerclip demo-
         runs = {"dense": stage_train(cfg, data, weights, dense=True, force=force)}
         if cfg.ablation:
             runs["no-dense"] = stage_train(cfg, data, weights, dense=False, force=force)
-        stage_export(cfg, weights, pre, runs, command)
+        stage_export(cfg, weights, pre, runs, command, manifest=data["head"])
     report = json.loads((Path(cfg.assets) / "report.json").read_text())
     log.info("demo-model built in %.1f s", time.perf_counter() - t0)
     return report
