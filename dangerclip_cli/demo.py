@@ -5,6 +5,11 @@ uses that cluster through exactly the same code (topics are created when missing
 process with its ``/metrics`` server; the images go in as raw records, results and dead letters are read back
 and printed as they arrive, then a summary, then everything shuts down.
 
+With the identification assets (``dangerclip/assets/identify``, built by ``dangerclip demo-identify``) the
+worker also runs the identification stage: the firearm-type head, and a catalogue index (one picture per firearm
+model, PDQ and embeddings) built at start; flagged images print their type, the nearest catalogued model and
+whether the very picture is known. The demo then streams the identification samples too.
+
 The model is ``--model``, else the bundled demo model (``dangerclip/assets/demo/model.onnx``), else an
 untrained tiny model built on the spot with the torch half (``pip install 'dangerclip[train]'``); the output
 says loudly when scores come from an untrained model.
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent / "dangerclip"
 DEMO_MODEL = PACKAGE_ROOT / "assets" / "demo" / "model.onnx"
 SAMPLES = PACKAGE_ROOT / "assets" / "samples"
+IDENTIFY = PACKAGE_ROOT / "assets" / "identify"
 RUN_HEADER = "demo-run"
 
 
@@ -131,6 +137,50 @@ def resolve_images(arg: str | None, tmp: Path) -> tuple[list[Path], str]:
     return synthetic_images(tmp / "images"), "synthetic images (no sample folder found; use --images DIR)"
 
 
+def identification_settings(tmp: Path) -> dict[str, Path]:
+    """Settings of the identification stage from the bundled assets, the catalogue indexed now into ``tmp``
+    ({} when the assets are absent; the type head alone when the index extra is not installed)."""
+    if not (IDENTIFY / "type_head.onnx").is_file():
+        return {}
+    out = {"type_head_path": IDENTIFY / "type_head.onnx"}
+    try:
+        from dangerclip.runtime.embedder import Embedder
+        from dangerclip.runtime.index import IndexWriter
+        from dangerclip.runtime.index.store import embedder_identity, entry_for_image
+        from dangerclip.runtime.preprocess import load_image
+
+        emb = Embedder(IDENTIFY / "embedder.onnx")
+        refs = sorted((IDENTIFY / "catalogue").glob("*.jpg"))
+        imgs = [load_image(p) for p in refs]
+        entries = [
+            entry_for_image(im, id=p.stem, label=p.stem, source=f"catalogue/{p.name}")
+            for p, im in zip(refs, imgs, strict=True)
+        ]
+        IndexWriter(tmp / "index").write(entries, emb.embed(imgs), embedder_identity(emb.card))
+    except ImportError as e:
+        _say(f"identification: type only; no catalogue matching without {e.name} (pip install 'dangerclip[index]')")
+        return out
+    return {**out, "index_path": tmp / "index", "embedder_path": IDENTIFY / "embedder.onnx"}
+
+
+def describe_identification(ident: dict[str, Any]) -> str:
+    """One line for a flagged result's ``identification``."""
+    parts = []
+    t = ident.get("type")
+    if t:
+        look = ", a look-alike" if t.get("look_alike") else ""
+        parts.append(f"type {t['type']} {t['probability']:.2f} ({t['confidence']}{look})")
+    by_embedding = [m for m in ident.get("matches", []) if m["signal"] == "embedding"]
+    if by_embedding:
+        m = by_embedding[0]
+        same = {True: ", same model", False: ", another model", None: ""}[m.get("same_model")]
+        parts.append(f"nearest catalogued {m['label'] or m['id']} (distance {m['distance']:.2f}{same})")
+    pdq = [m for m in ident.get("matches", []) if m["signal"] == "pdq"]
+    if ident.get("known_match") and pdq:
+        parts.append(f"KNOWN picture: {pdq[0]['label'] or pdq[0]['id']} (PDQ distance {pdq[0]['distance']:.0f})")
+    return "; ".join(parts)
+
+
 # ---------------------------------------------------------------------------- the demo
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -147,6 +197,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=120.0, help="give up waiting for results after this")
     parser.add_argument("--json", action="store_true", help="print each result as its full JSON document")
+    parser.add_argument(
+        "--identify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the identification stage with the bundled type head, embedder and catalogue (when present)",
+    )
     parser.add_argument(
         "--linger", type=float, default=0.0, help="keep the worker and /metrics up this many seconds after the summary"
     )
@@ -169,6 +225,10 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
 
     model_path = resolve_model(args.model)
     images, source = resolve_images(args.images, tmp)
+    identify = identification_settings(tmp) if args.identify else {}
+    if identify and args.images is None and (IDENTIFY / "samples").is_dir():
+        images += sorted((IDENTIFY / "samples").glob("*.jpg"))
+        source += f" and {IDENTIFY / 'samples'}"
     broker = None
     if args.bootstrap_servers:
         bootstrap = args.bootstrap_servers
@@ -193,6 +253,7 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
             metrics_port=args.metrics_port if args.metrics_port else free_port(),
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
+            **identify,
         )
         security = settings.kafka_security()
         ensure_topics(
@@ -216,6 +277,17 @@ def _run(args: argparse.Namespace, tmp: Path) -> int:
             _say(f"model quality (from its card): {quality}")
         if card.notes:
             _say(f"model notes: {card.notes}")
+        ident = worker.handler.identifier
+        if ident is not None:
+            what = []
+            if ident.type_head is not None:
+                c = ident.type_head.card
+                acc = c.metrics.get("test_accuracy", 0.0)
+                what.append(f"type head {c.name} ({len(c.classes)} types, test accuracy {acc:.2f})")
+            if ident.matcher is not None:
+                st = ident.matcher.reader.stats()
+                what.append(f"catalogue index of {st['entries']} firearm models ({' + '.join(st['signals'])})")
+            _say(f"identification of flagged images: {', '.join(what)}")
         if not card.trained:
             _say("")
             _say("  !! THIS MODEL IS UNTRAINED: its scores are random and mean nothing. !!")
@@ -314,7 +386,7 @@ def _stream(
     producer.flush(30)
     producer.close(5)
 
-    latencies, flagged, dead = [], 0, 0
+    latencies, flagged, dead, identified = [], 0, 0, 0
     deadline = time.monotonic() + args.timeout
     seen: set[str] = set()
     try:
@@ -345,6 +417,9 @@ def _stream(
                             peak = f"  peak@{first['peak_at']}"
                         mark = "FLAGGED" if hit else "ok     "
                         _say(f"  {mark} {key:<28} {scores}{peak}  ({lat * 1000:.0f} ms)")
+                        if doc.get("identification"):
+                            identified += 1
+                            _say(f"          {describe_identification(doc['identification'])}")
     finally:
         reader.close()
     elapsed = time.perf_counter() - t_start
@@ -352,7 +427,7 @@ def _stream(
     _say("")
     _say(
         f"summary: {n}/{len(sent_at)} images scored in {elapsed:.2f} s ({n / elapsed:.1f} images/s), "
-        f"{flagged} flagged, {dead} dead-lettered"
+        f"{flagged} flagged ({identified} identified), {dead} dead-lettered"
     )
     if latencies:
         p50, p99 = np.percentile(np.asarray(latencies) * 1000, [50, 99])

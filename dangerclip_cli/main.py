@@ -37,6 +37,7 @@ COMMANDS: dict[str, Command] = {
     "eval": Command("training.evaluate", "train", "evaluate a checkpoint on a manifest"),
     "baselines": Command("training.baselines", "train", "ResNet-50 / VGG-16 / zero-shot CLIP comparison rows"),
     "demo-model": Command("training.demo_model", "train", "build the offline demo model"),
+    "demo-identify": Command("training.demo_identify", "train", "build the identification stage's demo assets"),
     "index": Command("dangerclip.runtime.index.cli", "index", "known-content index: PDQ hashes, hash banks, queries"),
     "firearms": Command("training.firearms.cli", "train", "generate the synthetic fine-grained firearm set"),
     "retrieval": Command("training.retrieval.cli", "train", "DeepFirearm retrieval: the ablation table"),
