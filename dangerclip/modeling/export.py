@@ -222,8 +222,21 @@ def _record_check(path: Path | str, precision: str, limit: dict[str, float], dev
     onnx.save(m, str(path))
 
 
-def _gated_copy(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray, precision: str) -> dict[str, float]:
-    """Measure a converted copy against the fp32 export; remove it and raise when over its tolerance."""
+def finish_copy(
+    fp32_path: str | Path, out_path: str | Path, calib: np.ndarray, precision: str, label: str | None = None
+) -> dict[str, float]:
+    """Stamp a converted copy of an fp32 export with its precision (``label``, default ``precision``), measure it
+    against the fp32 export on ``calib``, and keep it only within ``TOLERANCES[precision]`` (the check recorded in
+    the file). Every converted copy (fp16, dynamic and static INT8) ends here.
+
+    Raises:
+        ExportError: over the tolerance (the copy is removed).
+    """
+    import onnx
+
+    m = onnx.load(str(out_path))
+    _set_precision(m, label or precision)
+    onnx.save(m, str(out_path))
     dev = onnx_deviation(fp32_path, out_path, calib)
     try:
         _gate({"score": dev["score_max"], "map": dev["map_max"]}, TOLERANCES[precision], precision, out_path)
@@ -266,10 +279,8 @@ def export_fp16(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray) 
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     m = onnx.load(str(fp32_path))
-    m16 = convert_float_to_float16(m, keep_io_types=True)
-    _set_precision(m16, "fp16")
-    onnx.save(m16, str(out_path))
-    return _gated_copy(fp32_path, out_path, calib, "fp16")
+    onnx.save(convert_float_to_float16(m, keep_io_types=True), str(out_path))
+    return finish_copy(fp32_path, out_path, calib, "fp16")
 
 
 def export_int8(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray) -> dict[str, float]:
@@ -285,12 +296,7 @@ def export_int8(fp32_path: str | Path, out_path: str | Path, calib: np.ndarray) 
     quantize_dynamic(
         str(fp32_path), str(out_path), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]
     )
-    import onnx
-
-    m = onnx.load(str(out_path))
-    _set_precision(m, "int8")
-    onnx.save(m, str(out_path))
-    return _gated_copy(fp32_path, out_path, calib, "int8")
+    return finish_copy(fp32_path, out_path, calib, "int8")
 
 
 def _set_precision(m: object, precision: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dangerclip.modeling.export import TOLERANCES, _gated_copy, _set_precision
+from dangerclip.modeling.export import TOLERANCES, finish_copy
 from dangerclip.runtime.scorer import INPUT_NAME
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ def quantize_static_qdq(
     Raises:
         ExportError: scores or maps off the fp32 export by more than ``TOLERANCES["int8"]`` (no file left).
     """
-    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -71,10 +70,7 @@ def quantize_static_qdq(
         )
     finally:
         prepped.unlink(missing_ok=True)
-    m = onnx.load(str(out_path))
-    _set_precision(m, "int8-static")
-    onnx.save(m, str(out_path))
-    dev = _gated_copy(fp32_path, out_path, calib if check is None else check, "int8")
+    dev = finish_copy(fp32_path, out_path, calib if check is None else check, "int8", label="int8-static")
     log.info(
         "static QDQ int8: max |Δscore| %.3g, max |Δmap| %.3g (limits %s)",
         dev["score_max"],
