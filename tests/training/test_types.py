@@ -104,6 +104,9 @@ def test_pre_training_resumes_where_it_stopped(data: Path, tmp_path: Path, caplo
         figures = run(_cfg(data, tmp_path, method="simclr", epochs=2, finetune_epochs=0, export=False))
     assert "resuming pre-training at epoch 1" in caplog.text
     assert [e["epoch"] for e in figures["pretrain"]["history"]["epochs"]] == [1, 2]
+    # the same folder under another method is not resumed into: its state would not fit, or silently mislead
+    with pytest.raises(ValueError, match="method 'simclr' \\(now 'dino'\\)"):
+        run(_cfg(data, tmp_path, method="dino", epochs=3, finetune_epochs=0, export=False))
 
 
 def test_temperature_and_confidence_cuts_are_fit_on_held_out_predictions():

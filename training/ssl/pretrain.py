@@ -177,8 +177,9 @@ def pretrain(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(ds) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    start_epoch = _resume(out / "pretrain_last.pt", model, opt, history)
+    run_key = {"method": cfg.method, "backbone": cfg.backbone, "image_size": size, "data": cfg.data, "seed": cfg.seed}
     gen = torch.Generator().manual_seed(cfg.seed)
+    start_epoch = _resume(out / "pretrain_last.pt", model, opt, history, gen, run_key)
     bar = progress(total, desc=f"pretrain {cfg.method}", unit="step", initial=start_epoch * steps_per_epoch)
     t0 = time.perf_counter() - history["seconds"]
     for epoch in range(start_epoch, cfg.epochs):
@@ -230,22 +231,50 @@ def pretrain(
             log.info("epoch %d: loss %.4f, k-NN val accuracy %.3f", epoch + 1, row["loss"], row["knn_val_accuracy"])
         history["epochs"].append(row)
         history["seconds"] = time.perf_counter() - t0
-        _save(out / "pretrain_last.pt", model, opt, history, epoch + 1)
+        _save(out / "pretrain_last.pt", model, opt, history, epoch + 1, gen, run_key)
     bar.close()
     return history
 
 
-def _save(path: Path, model: nn.Module, opt: torch.optim.Optimizer, history: dict[str, Any], epoch: int) -> None:
+def _save(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    history: dict[str, Any],
+    epoch: int,
+    gen: torch.Generator,
+    key: dict[str, Any],
+) -> None:
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "history": history, "epoch": epoch}
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "history": history, "epoch": epoch}, tmp)
+        torch.save({**state, "gen": gen.get_state(), "key": key}, tmp)
 
 
-def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, history: dict[str, Any]) -> int:
+def _resume(
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    history: dict[str, Any],
+    gen: torch.Generator,
+    key: dict[str, Any],
+) -> int:
+    """The epoch to start at: 0, or the one after the run folder's last checkpoint (model, optimiser, history and
+    the shuffling generator restored).
+
+    Raises:
+        ValueError: the checkpoint was made by a run with another method, backbone, size, data or seed.
+    """
     if not path.is_file():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=False)
+    before = state.get("key", {})
+    differ = [f"{k} {before.get(k)!r} (now {v!r})" for k, v in key.items() if before.get(k) != v]
+    if differ:
+        raise ValueError(f"{path} was made with {', '.join(differ)}: use another --out, or delete it to start over")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     history.update(state["history"])
+    if "gen" in state:
+        gen.set_state(state["gen"])
     log.info("resuming pre-training at epoch %d from %s", state["epoch"], path)
     return int(state["epoch"])
