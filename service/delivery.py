@@ -59,9 +59,10 @@ class Backoff:
         self.current = self.first_s
 
 
-def _receipt(o: OutputRecord, meta: Any) -> str:
+def _receipt(o: OutputRecord, fut: Any) -> str:
     """``in-topic/0@12>out-topic/3@40``: an output's input coordinate and where the broker put it."""
     src = o.source
+    meta = getattr(fut, "value", None)
     where = f"{meta.topic}/{meta.partition}@{meta.offset}" if meta is not None else "?"
     return f"{src.topic}/{src.partition}@{src.offset}>{where}"
 
@@ -114,7 +115,7 @@ class Delivery:
         start = 0  # everything before ``start`` is acknowledged
         t0 = time.perf_counter()
         attempts = 0
-        acked: dict[int, Any] = {}  # index -> the broker's RecordMetadata of its last acknowledged copy
+        acked: dict[int, Any] = {}  # index -> the future of its last acknowledged copy (for the receipts)
         while start < len(out):
             if self.abort.is_set():
                 raise Aborted(f"{len(out) - start} outputs not acknowledged")
@@ -137,7 +138,7 @@ class Delivery:
             for j, fut in enumerate(futures):
                 i = start + j
                 if fut is not None and fut.is_done and fut.succeeded():
-                    acked[i] = fut.value
+                    acked[i] = fut
                     continue
                 err = fut.exception if fut is not None and fut.is_done else None
                 if is_too_large(err):
