@@ -41,78 +41,17 @@ class FirearmModel:
         return asdict(self)
 
 
-_PROTOTYPES: dict[str, dict[str, float]] = {
-    "pistol": dict(
-        barrel=0.25,
-        barrel_h=0.10,
-        body=1.0,
-        body_h=0.22,
-        grip_angle=18,
-        grip_len=0.55,
-        grip_w=0.20,
-        stock=0.0,
-        stock_drop=0.0,
-        magazine=0.0,
-        mag_curve=0.0,
-        guard=0.22,
-    ),
-    "revolver": dict(
-        barrel=0.65,
-        barrel_h=0.09,
-        body=0.55,
-        body_h=0.26,
-        grip_angle=25,
-        grip_len=0.50,
-        grip_w=0.19,
-        stock=0.0,
-        stock_drop=0.0,
-        magazine=0.25,
-        mag_curve=0.0,
-        guard=0.20,
-    ),
-    "rifle": dict(
-        barrel=1.30,
-        barrel_h=0.06,
-        body=1.0,
-        body_h=0.20,
-        grip_angle=20,
-        grip_len=0.42,
-        grip_w=0.16,
-        stock=1.0,
-        stock_drop=0.10,
-        magazine=0.38,
-        mag_curve=0.25,
-        guard=0.18,
-    ),
-    "shotgun": dict(
-        barrel=1.60,
-        barrel_h=0.09,
-        body=0.85,
-        body_h=0.20,
-        grip_angle=35,
-        grip_len=0.30,
-        grip_w=0.16,
-        stock=1.15,
-        stock_drop=0.18,
-        magazine=0.0,
-        mag_curve=0.0,
-        guard=0.17,
-    ),
-    "smg": dict(
-        barrel=0.45,
-        barrel_h=0.08,
-        body=1.0,
-        body_h=0.24,
-        grip_angle=12,
-        grip_len=0.45,
-        grip_w=0.17,
-        stock=0.55,
-        stock_drop=0.02,
-        magazine=0.55,
-        mag_curve=0.05,
-        guard=0.18,
-    ),
-}
+_GEOMETRY = "barrel barrel_h body body_h grip_angle grip_len grip_w stock stock_drop magazine mag_curve guard".split()
+"""A family prototype's fields, the columns of the rows below."""
+_ROWS = {
+    #            barl  bar_h body  bod_h angle grip  grp_w stock drop  mag   curve guard
+    "pistol":   (0.25, 0.10, 1.00, 0.22,   18, 0.55, 0.20, 0.00, 0.00, 0.00, 0.00, 0.22),
+    "revolver": (0.65, 0.09, 0.55, 0.26,   25, 0.50, 0.19, 0.00, 0.00, 0.25, 0.00, 0.20),
+    "rifle":    (1.30, 0.06, 1.00, 0.20,   20, 0.42, 0.16, 1.00, 0.10, 0.38, 0.25, 0.18),
+    "shotgun":  (1.60, 0.09, 0.85, 0.20,   35, 0.30, 0.16, 1.15, 0.18, 0.00, 0.00, 0.17),
+    "smg":      (0.45, 0.08, 1.00, 0.24,   12, 0.45, 0.17, 0.55, 0.02, 0.55, 0.05, 0.18),
+}  # fmt: skip
+_PROTOTYPES: dict[str, dict[str, float]] = {k: dict(zip(_GEOMETRY, v, strict=True)) for k, v in _ROWS.items()}
 
 
 def make_catalogue(per_family: int = 10, seed: int = 0, spread: float = 0.18) -> list[FirearmModel]:
