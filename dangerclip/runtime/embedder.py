@@ -9,17 +9,17 @@ say "this is model X" and not only "X is nearest".
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from dangerclip.runtime.card import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
+from dangerclip.runtime.card import IMAGENET_MEAN, IMAGENET_STD
+from dangerclip.runtime.headfile import JsonCard, open_head
 from dangerclip.runtime.preprocess import preprocess_batch
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ OUTPUT_NAME = "embeddings"
 
 
 @dataclass
-class EmbedderCard:
+class EmbedderCard(JsonCard):
     """What an embedder is and how to read it.
 
     Attributes:
@@ -47,6 +47,7 @@ class EmbedderCard:
         notes: a line or two for people.
     """
 
+    REQUIRED = ("name", "version", "dim")
     name: str
     version: str
     dim: int
@@ -58,25 +59,6 @@ class EmbedderCard:
     backbone: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
-
-    def to_json(self) -> str:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return json.dumps(d, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> EmbedderCard:
-        d = json.loads(text)
-        missing = [k for k in ("name", "version", "dim") if k not in d]
-        if missing:
-            raise ValueError(f"embedder card is missing {missing}")
-        d["mean"], d["std"] = tuple(d.get("mean", IMAGENET_MEAN)), tuple(d.get("std", IMAGENET_STD))
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    @property
-    def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig(image_size=self.image_size, mean=self.mean, std=self.std)
 
 
 class Embedder:
@@ -97,19 +79,8 @@ class Embedder:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_threads: int | None = None,
     ) -> None:
-        import onnxruntime as ort
-
-        from dangerclip.runtime.filekind import expect
-
-        expect(model_path, "onnx", what="embedder")
-        opts = ort.SessionOptions()
-        if intra_op_threads:
-            opts.intra_op_num_threads = intra_op_threads
-        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=list(providers))
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if EMBEDDER_CARD_KEY not in meta:
-            raise ValueError(f"{model_path} has no embedder card ({EMBEDDER_CARD_KEY}): is it a retrieval embedder?")
-        self.card = EmbedderCard.from_json(meta[EMBEDDER_CARD_KEY])
+        self.session, card = open_head(model_path, EMBEDDER_CARD_KEY, "embedder", providers, intra_op_threads)
+        self.card = EmbedderCard.from_json(card)
         log.info("embedder %s %s: %d-d, %d px", self.card.name, self.card.version, self.card.dim, self.card.image_size)
 
     @property

@@ -8,17 +8,17 @@ from the card, so a model retrained on another taxonomy serves without code chan
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from dangerclip.runtime.card import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
+from dangerclip.runtime.card import IMAGENET_MEAN, IMAGENET_STD
+from dangerclip.runtime.headfile import JsonCard, open_head
 from dangerclip.runtime.preprocess import preprocess_batch
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ LEVELS = ("high", "medium", "low")
 
 
 @dataclass
-class TypeCard:
+class TypeCard(JsonCard):
     """What a type head is and how to read it.
 
     Attributes:
@@ -48,6 +48,7 @@ class TypeCard:
         notes: a line or two for people.
     """
 
+    REQUIRED = ("name", "version", "classes")
     name: str
     version: str
     classes: list[str]
@@ -60,25 +61,6 @@ class TypeCard:
     backbone: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
-
-    def to_json(self) -> str:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return json.dumps(d, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> TypeCard:
-        d = json.loads(text)
-        missing = [k for k in ("name", "version", "classes") if k not in d]
-        if missing:
-            raise ValueError(f"type card is missing {missing}")
-        d["mean"], d["std"] = tuple(d.get("mean", IMAGENET_MEAN)), tuple(d.get("std", IMAGENET_STD))
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-    @property
-    def preprocess(self) -> PreprocessConfig:
-        return PreprocessConfig(image_size=self.image_size, mean=self.mean, std=self.std)
 
     def level(self, probability: float) -> str:
         if probability >= self.confidence.get("high", 1.01):
@@ -125,19 +107,8 @@ class TypeHead:
         intra_op_threads: int | None = None,
         top_k: int = 3,
     ) -> None:
-        import onnxruntime as ort
-
-        from dangerclip.runtime.filekind import expect
-
-        expect(model_path, "onnx", what="type head")
-        opts = ort.SessionOptions()
-        if intra_op_threads:
-            opts.intra_op_num_threads = intra_op_threads
-        self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=list(providers))
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if TYPE_CARD_KEY not in meta:
-            raise ValueError(f"{model_path} has no type card ({TYPE_CARD_KEY}): is it a type head?")
-        self.card = TypeCard.from_json(meta[TYPE_CARD_KEY])
+        self.session, card = open_head(model_path, TYPE_CARD_KEY, "type head", providers, intra_op_threads)
+        self.card = TypeCard.from_json(card)
         self.top_k = top_k
         self._look_alike = set(self.card.look_alike)
         log.info(

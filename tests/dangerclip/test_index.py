@@ -44,6 +44,15 @@ def _reencoded(im: Image.Image, scale: float = 0.6, quality: int = 60) -> Image.
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
+def _catalogue(tmp_path: Path, upload: int) -> None:
+    """``catalogue/pistols/{0,1,2}.png``, and ``upload.jpg``: picture ``upload`` resized and re-encoded."""
+    folder = tmp_path / "catalogue" / "pistols"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        _picture(i).save(folder / f"{i}.png")
+    _reencoded(_picture(upload)).save(tmp_path / "upload.jpg")
+
+
 def test_pdq_matches_the_same_picture_and_not_another():
     a, b = _picture(1), _picture(2)
     ha, qa = pdq_hash(a)
@@ -124,11 +133,7 @@ def test_hash_banks_round_trip_and_bad_lines_are_named(tmp_path: Path):
 def test_the_index_command(tmp_path: Path, capsys):
     from dangerclip_cli.main import main
 
-    folder = tmp_path / "catalogue" / "pistols"
-    folder.mkdir(parents=True)
-    for i in range(3):
-        _picture(i).save(folder / f"{i}.png")
-    _reencoded(_picture(1)).save(tmp_path / "upload.jpg")
+    _catalogue(tmp_path, upload=1)
     idx = str(tmp_path / "idx")
     assert main(["index", "build", "--index", idx, str(tmp_path / "catalogue")]) == 0
     assert main(["index", "query", "--index", idx, str(tmp_path / "upload.jpg"), "-k", "2"]) == 0
@@ -217,11 +222,7 @@ def test_above_the_exact_limit_the_vectors_are_an_hnsw_graph_with_high_recall(tm
 def test_the_index_command_with_an_embedder(tmp_path: Path, capsys):
     from dangerclip_cli.main import main
 
-    folder = tmp_path / "catalogue" / "pistols"
-    folder.mkdir(parents=True)
-    for i in range(3):
-        _picture(i).save(folder / f"{i}.png")
-    _reencoded(_picture(2)).save(tmp_path / "upload.jpg")
+    _catalogue(tmp_path, upload=2)
     e = str(export_embedder(tmp_path / "e.onnx", match_distance=0.2))
     idx = str(tmp_path / "idx")
     assert main(["index", "build", "--index", idx, "--embedder", e, str(tmp_path / "catalogue")]) == 0
