@@ -232,3 +232,29 @@ def test_the_index_command_with_an_embedder(tmp_path: Path, capsys):
     assert pdq["signal"] == "pdq" and out["known_match"] is True
     assert by["signal"] == "embedding" and by["id"].endswith("pistols/2.png")
     assert by["same_model"] == (by["distance"] <= 0.2)
+
+
+def test_a_reader_maps_the_vectors_instead_of_copying_them_into_its_heap(tmp_path: Path):
+    """40 MB of vectors: loaded the usual way they would add 40 MB of private memory to every worker process."""
+    import faiss
+
+    from dangerclip.runtime.index import vectors
+
+    def rss_anon_mb() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+        pytest.skip("no /proc/self/status RssAnon here")
+
+    path = tmp_path / "vectors.faiss"
+    v = np.random.default_rng(0).standard_normal((160_000, 64)).astype(np.float32)
+    vectors.save(vectors.build(v, exact_up_to=len(v)), path)
+    del v
+    before = rss_anon_mb()
+    mapped = vectors.load(path)
+    grew_mapped = rss_anon_mb() - before
+    copied = faiss.read_index(str(path))
+    grew_copied = rss_anon_mb() - before - grew_mapped
+    assert mapped.ntotal == copied.ntotal == 160_000
+    assert grew_copied > 30 and grew_mapped < 5, (grew_mapped, grew_copied)
+    assert vectors.search(mapped, np.ones((1, 64), np.float32), 3)[1].shape == (1, 3)

@@ -4,7 +4,7 @@ PDQ finds the same picture again; an embedding finds the same *firearm model* in
 retrieval). Up to :data:`EXACT_UP_TO` vectors the search is exact (faiss ``IndexFlatIP``); above, an HNSW graph
 (``IndexHNSWFlat``, M = 32, efSearch = 128), whose recall@10 against exact search ``bench/index.py`` measures.
 Distances are Euclidean between unit vectors, ``sqrt(2 - 2 cos)``, the scale the embedder card's
-``match_distance`` is calibrated on.
+``match_distance`` is calibrated on. A reader memory-maps the index file.
 """
 
 from __future__ import annotations
@@ -52,9 +52,12 @@ def save(index: Any, path: Path) -> None:
 
 
 def load(path: Path) -> Any:
+    """The index at ``path``, memory-mapped: the pages a search touches come from the file (shared between workers
+    on one node, and out of the process's heap), so a million-entry catalogue does not cost each worker 1 GB."""
     import faiss
 
-    index = faiss.read_index(str(path))
+    # IO_FLAG_MMAP_IFC maps flat and HNSW storage in place (faiss >= 1.10); plain IO_FLAG_MMAP copies flat codes.
+    index = faiss.read_index(str(path), getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP))
     if hasattr(index, "hnsw"):
         index.hnsw.efSearch = HNSW_EF_SEARCH  # not stored in the file
     return index
