@@ -97,6 +97,14 @@ class Identifier:
             return img.copy()
         return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
 
+    def _count_matches(self, matches: Sequence[MatchResult], known: bool) -> None:
+        c = self.metrics.identification_matches
+        c.labels(signal="pdq", result="match" if known else "no_match").inc()
+        by_embedding = [x for x in matches if x.signal == "embedding"]
+        if by_embedding:
+            same = any(x.same_model for x in by_embedding)
+            c.labels(signal="embedding", result="match" if same else "no_match").inc()
+
     def identify(self, images: Sequence[Image.Image]) -> list[Identification | None]:
         """One ``Identification`` per image; ``None`` for all of them when the stage fails."""
         if not images:
@@ -125,6 +133,8 @@ class Identifier:
                 if self.metrics is not None:
                     self.metrics.identified.labels(confidence=t.confidence, look_alike=str(t.look_alike).lower()).inc()
             known = None if m is None or self.matcher is None else self.matcher.known(m)
+            if self.metrics is not None and m is not None:
+                self._count_matches(m, bool(known))
             out.append(Identification(type=type_result, matches=list(m or []), known_match=known))
         if self.metrics is not None:
             self.metrics.identification_duration.observe(time.perf_counter() - t0)

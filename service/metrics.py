@@ -25,6 +25,8 @@ Counters
       confidence level (``high``, ``medium``, ``low``) and whether the type is a non-lethal look-alike.
     - ``dangerclip_identification_errors_total``: batches whose identification stage failed (their results go
       out without ``identification``).
+    - ``dangerclip_identification_matches_total`` {signal, result}: flagged images searched in the index, by
+      signal (``pdq``: the very picture; ``embedding``: the same firearm model) and ``match`` / ``no_match``.
 
 Histograms (base units)
     - ``dangerclip_batch_size_records``: records per scored micro-batch.
@@ -76,6 +78,7 @@ BROKER_ERRORS = "dangerclip_broker_errors_total"
 REBALANCES = "dangerclip_rebalances_total"
 IDENTIFIED = "dangerclip_identified_total"
 IDENTIFICATION_ERRORS = "dangerclip_identification_errors_total"
+IDENTIFICATION_MATCHES = "dangerclip_identification_matches_total"
 IDENTIFICATION_DURATION = "dangerclip_identification_duration_seconds"
 BATCH_SIZE = "dangerclip_batch_size_records"
 DECODE_DURATION = "dangerclip_decode_duration_seconds"
@@ -110,6 +113,7 @@ METRIC_NAMES: tuple[str, ...] = (
     REBALANCES,
     IDENTIFIED,
     IDENTIFICATION_ERRORS,
+    IDENTIFICATION_MATCHES,
     IDENTIFICATION_DURATION,
     BATCH_SIZE,
     DECODE_DURATION,
@@ -235,6 +239,12 @@ class Metrics:
             _unsuffixed(IDENTIFIED, "_total"),
             "Flagged images given a firearm type, by confidence level and look-alike.",
             ["confidence", "look_alike"],
+            registry=r,
+        )
+        self.identification_matches = Counter(
+            _unsuffixed(IDENTIFICATION_MATCHES, "_total"),
+            "Flagged images searched in the index, by signal (pdq, embedding) and result (match, no_match).",
+            ["signal", "result"],
             registry=r,
         )
         self.identification_errors = Counter(

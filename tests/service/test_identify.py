@@ -192,7 +192,9 @@ def test_flagged_images_are_matched_against_the_index_and_a_rebuilt_index_is_pic
     emb = Embedder(export_embedder(tmp_path / "embedder.onnx", match_distance=0.3))
     ident_of = embedder_identity(emb.card)
     writer.write([entry_for_image(_picture_other(), id="other")], emb.embed([_picture_other()]), ident_of)
-    handler.identifier = Identifier(matcher=IndexMatcher(IndexReader(tmp_path / "idx", embedder=emb), top_k=2))
+    metrics = Metrics()
+    reader_e = IndexReader(tmp_path / "idx", embedder=emb)
+    handler.identifier = Identifier(matcher=IndexMatcher(reader_e, top_k=2), metrics=metrics)
     ident = json.loads(handler.handle([rec(upload.getvalue())])[0].value)["identification"]
     assert [(m["signal"], m["id"]) for m in ident["matches"]] == [("pdq", "other"), ("embedding", "other")]
     assert ident["known_match"] is False  # an embedding distance (0-2) is never read on PDQ's scale (31)
@@ -205,6 +207,15 @@ def test_flagged_images_are_matched_against_the_index_and_a_rebuilt_index_is_pic
     assert near["id"] == "catalogue-17" and near["same_model"] == (near["distance"] <= 0.3)
     assert ident["known_match"] is True
     assert handler.identifier.keep_side == 2 * 224  # the embedder's 48 px needs no more than PDQ's floor
+    counted = {
+        (s.labels["signal"], s.labels["result"]): s.value
+        for m in metrics.registry.collect()
+        if m.name == "dangerclip_identification_matches"
+        for s in m.samples
+        if s.name.endswith("_total")
+    }
+    assert counted[("pdq", "match")] == 1 and counted[("pdq", "no_match")] == 1  # unknown, then known
+    assert counted.get(("embedding", "match"), 0) + counted.get(("embedding", "no_match"), 0) == 2
 
 
 def _picture_other():
