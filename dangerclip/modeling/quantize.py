@@ -39,12 +39,32 @@ class _Reader:
         self.i = 0
 
 
+def activation_matmuls(path: str | Path) -> list[str]:
+    """Names of the MatMuls whose two inputs are both activations (neither computable from the weights alone):
+    the attention products ``Q·Kᵀ`` and ``softmax·V``, whose inputs' ranges move most from image to image."""
+    import onnx
+
+    g = onnx.load(str(path)).graph
+    constant = {t.name for t in g.initializer}
+    for n in g.node:  # topological order: a node fed only by constants is one (Constant, a Transpose of a weight)
+        if all(i in constant for i in n.input if i):
+            constant.update(n.output)
+    return [n.name for n in g.node if n.op_type == "MatMul" and not any(i in constant for i in n.input[:2])]
+
+
 def quantize_static_qdq(
-    fp32_path: str | Path, out_path: str | Path, calib: np.ndarray, check: np.ndarray | None = None
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calib: np.ndarray,
+    check: np.ndarray | None = None,
+    attention: bool = True,
 ) -> dict[str, Any]:
     """A statically quantised QDQ copy of ``fp32_path`` (per-channel int8 weights, int8 activations with ranges
-    from ``calib``, MatMuls between activations included); returns its deviation from fp32 on ``check``
-    (default: ``calib``).
+    from ``calib``); returns its deviation from fp32 on ``check`` (default: ``calib``).
+
+    Args:
+        attention: quantise the activation × activation MatMuls too (the attention products); False keeps them in
+            fp32 (:func:`activation_matmuls`), the recipe to try when the whole-graph copy fails the gate.
 
     Raises:
         ExportError: scores or maps off the fp32 export by more than ``TOLERANCES["int8"]`` (no file left).
@@ -56,6 +76,7 @@ def quantize_static_qdq(
     prepped = out_path.with_name(out_path.stem + ".pre.onnx")
     try:
         quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
+        exclude = [] if attention else activation_matmuls(prepped)
         quantize_static(
             str(prepped),
             str(out_path),
@@ -66,11 +87,13 @@ def quantize_static_qdq(
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.Percentile,
             op_types_to_quantize=["MatMul", "Gemm", "Conv"],
+            nodes_to_exclude=exclude,
             extra_options={"ActivationSymmetric": True, "CalibPercentile": 99.99},
         )
     finally:
         prepped.unlink(missing_ok=True)
-    dev = finish_copy(fp32_path, out_path, calib if check is None else check, "int8", label="int8-static")
+    label = "int8-static" if attention else "int8-static-weights"
+    dev = finish_copy(fp32_path, out_path, calib if check is None else check, "int8", label=label)
     log.info(
         "static QDQ int8: max |Δscore| %.3g, max |Δmap| %.3g (limits %s)",
         dev["score_max"],

@@ -21,3 +21,15 @@ def test_static_qdq_quantizes_attention_and_stays_within_tolerance(tiny_model, t
     scores, maps = s.predict(held_out)
     assert np.isfinite(scores).all() and maps.shape[0] == 6
     assert s.session.get_modelmeta().custom_metadata_map["dangerclip.precision"] == "int8-static"
+
+
+def test_the_weights_only_recipe_keeps_exactly_the_attention_products_in_fp32(tiny_model, tiny_onnx_path, tmp_path):
+    from dangerclip.modeling.quantize import activation_matmuls
+
+    calib = check_images(tiny_model, n=8, seed=1)
+    attention = activation_matmuls(tiny_onnx_path)
+    quantize_static_qdq(tiny_onnx_path, tmp_path / "w.onnx", calib, attention=False)
+    both, total = qdq_matmuls(tmp_path / "w.onnx")
+    assert attention and total - both == len(attention)  # every other MatMul is int8 on both inputs
+    meta = DangerScorer(tmp_path / "w.onnx", providers="cpu").session.get_modelmeta().custom_metadata_map
+    assert meta["dangerclip.precision"] == "int8-static-weights"
