@@ -2,7 +2,7 @@
 # Creates .venv and installs DangerCLIP with the extras each command needs.
 #
 #   scripts/setup.sh            everything: serve + train + pseudomask + dev (what the tests need)
-#   scripts/setup.sh serve,index  the serving half only (onnxruntime, kafka-python, the match stage; no torch)
+#   scripts/setup.sh serve,index,qdrant  the serving half only (onnxruntime, kafka-python, the match stage; no torch)
 #
 # Re-running is cheap: the install is skipped while pyproject.toml and this script are unchanged.
 set -euo pipefail

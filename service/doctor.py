@@ -199,7 +199,7 @@ class Doctor:
             from dangerclip.runtime.index import IndexReader
 
             embedder = Embedder(s.embedder_path) if s.embedder_path is not None else None
-            reader = IndexReader(s.index_path, embedder=embedder)
+            reader = IndexReader(s.index_path, embedder=embedder, qdrant=s.index_qdrant)
         except Exception as e:  # noqa: BLE001 - reported as the check's result
             self.add(
                 "index",

@@ -103,7 +103,7 @@ def build_identifier(settings: Settings, metrics: Metrics | None = None) -> Iden
             embedder = Embedder(
                 settings.embedder_path, providers=["CPUExecutionProvider"], intra_op_threads=settings.intra_op_threads
             )
-        reader = IndexReader(settings.index_path, embedder=embedder)
+        reader = IndexReader(settings.index_path, embedder=embedder, qdrant=settings.index_qdrant)
         matcher = IndexMatcher(reader, settings.index_top_k, settings.index_reload_s)
         signals = "PDQ" if embedder is None else f"PDQ and {embedder.card.name}@{embedder.card.version} embeddings"
         log.info("identification stage: index %s (%d entries, %s)", settings.index_path, len(reader), signals)

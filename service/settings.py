@@ -132,6 +132,10 @@ class Settings(BaseSettings):
     ``dangerclip index build --embedder``): matches then include the nearest catalogued firearms by embedding,
     each with ``same_model`` from the embedder's calibrated distance. Needs ``index_path``."""
 
+    index_qdrant: str | None = None
+    """Where this worker reaches the Qdrant holding the index's vectors (``http://qdrant:6333``), when not where
+    ``dangerclip index build --qdrant`` reached it. Unused for an index with local vectors."""
+
     index_top_k: int = Field(3, ge=1, le=100)
     """Matches each identification lists (nearest first)."""
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Write ``requirements-serve.txt``: exact pins of everything ``pip install '.[serve,index]'`` installs.
+"""Write ``requirements-serve.txt``: exact pins of everything ``pip install '.[serve,index,qdrant]'`` installs.
 
 The serving images install from this file (reproducible builds, and hadolint's pinning rule holds), then
 the project itself with ``--no-deps``. The pins are read from the environment this runs in, which must
 have ``.[serve]`` installed (``scripts/setup.sh``): the closure of the core dependencies plus the
-``serve`` and ``index`` extras (the worker's match stage: PDQ and faiss), walked through installed package
+``serve``, ``index`` and ``qdrant`` extras (the worker's match stage: PDQ, faiss, a Qdrant client), walked through installed package
 metadata, so nothing is downloaded.
 
     .venv/bin/python deploy/docker/lock_serve.py            # rewrite the file
@@ -26,7 +26,7 @@ from packaging.requirements import Requirement
 HERE = Path(__file__).resolve().parent
 LOCK = HERE / "requirements-serve.txt"
 ROOT_DIST = "dangerclip"
-EXTRAS = ("serve", "index")
+EXTRAS = ("serve", "index", "qdrant")
 
 
 def canonical(name: str) -> str:
@@ -65,7 +65,7 @@ def closure(root: str = ROOT_DIST, extras: tuple[str, ...] = EXTRAS) -> dict[str
 def render(pins: dict[str, str]) -> str:
     head = [
         "# Exact pins of the serving images' dependencies: the closure of dangerclip's core dependencies",
-        "# plus the [serve] and [index] extras. Never torch. Regenerate with:",
+        "# plus the [serve], [index] and [qdrant] extras. Never torch. Regenerate with:",
         "#   .venv/bin/python deploy/docker/lock_serve.py",
     ]
     return "\n".join(head + [f"{n}=={v}" for n, v in pins.items()]) + "\n"

@@ -258,3 +258,49 @@ def test_a_reader_maps_the_vectors_instead_of_copying_them_into_its_heap(tmp_pat
     assert mapped.ntotal == copied.ntotal == 160_000
     assert grew_copied > 30 and grew_mapped < 5, (grew_mapped, grew_copied)
     assert vectors.search(mapped, np.ones((1, 64), np.float32), 3)[1].shape == (1, 3)
+
+
+def test_the_vectors_can_live_in_qdrant_and_answer_as_the_local_index_does(tmp_path: Path, capsys):
+    """qdrant-client's local mode (no server): same neighbours as faiss, a collection per generation, old ones
+    dropped with their generation, a change keeps the backend, and a reader can be pointed elsewhere."""
+    pytest.importorskip("qdrant_client")
+    from dangerclip.runtime.embedder import Embedder
+    from dangerclip.runtime.index import qdrant
+    from dangerclip.runtime.index.store import embedder_identity
+
+    emb = Embedder(export_embedder(tmp_path / "e.onnx"))
+    ident = embedder_identity(emb.card)
+    pics = {f"ref-{i}": _picture(i) for i in range(10)}
+    vecs = emb.embed(list(pics.values()))
+    entries = [entry_for_image(im, id=k) for k, im in pics.items()]
+    location = f"path:{tmp_path / 'qdrant'}"
+    IndexWriter(tmp_path / "local").write(entries, vecs, ident)
+    w = IndexWriter(tmp_path / "q", qdrant=location, collection_prefix="test")
+    w.write(entries, vecs, ident)
+    local, remote = IndexReader(tmp_path / "local", embedder=emb), IndexReader(tmp_path / "q", embedder=emb)
+    assert remote.stats()["embedder"]["search"] == "qdrant"
+    queries = [_reencoded(pics["ref-4"]), pics["ref-7"]]
+    for a, b in zip(local.query_images(queries, k=4), remote.query_images(queries, k=4), strict=True):
+        ea, eb = [m for m in a if m.signal == "embedding"], [m for m in b if m.signal == "embedding"]
+        assert [m.id for m in ea] == [m.id for m in eb]
+        assert np.allclose([m.distance for m in ea], [m.distance for m in eb], atol=1e-3)
+    c = qdrant.client(location)
+    first = {x.name for x in c.get_collections().collections}
+    w.remove(["ref-4"])  # no --qdrant: the change keeps the index's backend
+    w.add([entry_for_image(_picture(50), id="new")], embeddings=emb.embed([_picture(50)]), embedder=ident)
+    names = {x.name for x in c.get_collections().collections}
+    assert len(first) == 1 and len(names) == 2 and not (first & names)  # the oldest generation's collection dropped
+    remote.reload_if_changed()
+    (row,) = remote.query_images([_picture(50)], k=1)
+    assert [(m.signal, m.id) for m in row] == [("pdq", "new"), ("embedding", "new")]
+    assert "ref-4" not in {m.id for m in remote.query_images([pics["ref-4"]], k=10)[0]}
+    with pytest.raises(ValueError, match="not a Qdrant location"):
+        IndexReader(tmp_path / "q", embedder=emb, qdrant="qdrant:6333")
+    # the command, searching the same Qdrant
+    from dangerclip_cli.main import main
+
+    pics["ref-7"].save(tmp_path / "upload.png")
+    args = ["index", "query", "--index", str(tmp_path / "q"), "--embedder", str(tmp_path / "e.onnx")]
+    assert main([*args, "--qdrant", location, str(tmp_path / "upload.png"), "-k", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert [(m["signal"], m["id"]) for m in out["matches"]] == [("pdq", "ref-7"), ("embedding", "ref-7")]

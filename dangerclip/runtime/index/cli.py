@@ -40,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     q = sub.add_parser("query", help="nearest entries of images, as JSON lines")
     for p in (b, a, q):
         p.add_argument(
+            "--qdrant",
+            help="keep (build, add) or find (query) the vectors in Qdrant: http(s)://host:6333, or path:DIR for "
+            "qdrant-client's local mode (default: a local faiss file; a change keeps the index's backend)",
+        )
+        p.add_argument(
             "--embedder",
             help="a retrieval embedder (dangerclip retrieval train's embedder.onnx): entries and queries get the "
             "embedding signal too (which firearm model, not only which picture)",
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         ident = embedder_identity(embedder.card) if embedder is not None else None
         if embedder is not None and emb is None:
             emb = np.zeros((0, embedder.dim), np.float32)
-        w = IndexWriter(args.index, threshold=args.threshold)
+        w = IndexWriter(args.index, threshold=args.threshold, qdrant=args.qdrant)
         if args.action == "build":
             gen = w.write(entries, emb, ident)
         else:
@@ -104,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         n = write_bank(args.out, IndexWriter(args.index).entries())
         print(json.dumps({"out": args.out, "entries": n}))
     else:
-        reader = IndexReader(args.index, embedder=embedder)
+        reader = IndexReader(args.index, embedder=embedder, qdrant=getattr(args, "qdrant", None))
         if args.action == "stats":
             print(json.dumps(reader.stats()))
             return 0

@@ -82,7 +82,7 @@ def _same_embedder(a: dict[str, Any], b: dict[str, Any]) -> bool:
 class _Generation:
     """One loaded generation: its entries and its faiss index."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, qdrant: str | None = None) -> None:
         import faiss
 
         self.path = path
@@ -94,7 +94,12 @@ class _Generation:
             raise ValueError(f"{path}: {self.index.ntotal} hashes for {len(self.entries)} entries")
         self.embedder: dict[str, Any] | None = self.meta.get("embedder")
         self.vectors: Any = None
-        if self.embedder is not None:
+        q = self.meta.get("qdrant")
+        if self.embedder is not None and q is not None:
+            from dangerclip.runtime.index.qdrant import QdrantVectors
+
+            self.vectors = QdrantVectors(qdrant or q["location"], q["collection"], len(self.entries))
+        elif self.embedder is not None:
             self.vectors = vectors.load(path / "vectors.faiss")
             if self.vectors.ntotal != len(self.entries):
                 raise ValueError(f"{path}: {self.vectors.ntotal} embeddings for {len(self.entries)} entries")
@@ -106,7 +111,10 @@ class _Generation:
     def search_vectors(self, queries: np.ndarray, k: int) -> list[list[Match]]:
         if self.vectors is None:
             return [[] for _ in range(len(queries))]
-        dist, rows = vectors.search(self.vectors, queries, k)
+        if hasattr(self.vectors, "collection"):  # Qdrant
+            dist, rows = self.vectors.search(vectors.unit(queries), k)
+        else:
+            dist, rows = vectors.search(self.vectors, queries, k)
         limit = self.embedder.get("match_distance") if self.embedder else None
         return [
             [
@@ -161,13 +169,25 @@ class IndexWriter:
         root: the index folder (created).
         threshold: PDQ distance at or under which a match is ``known`` (stored in the generation).
         keep: generations kept after a switch (the live one and the one before).
+        qdrant: keep the vectors in Qdrant at this location (``http(s)://…``, ``:memory:``, ``path:DIR``) instead of
+            a local faiss file (:mod:`dangerclip.runtime.index.qdrant`).
+        collection_prefix: Qdrant collections are named ``<prefix>-<generation>``.
     """
 
-    def __init__(self, root: str | Path, threshold: int = DEFAULT_THRESHOLD, keep: int = 2) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        threshold: int = DEFAULT_THRESHOLD,
+        keep: int = 2,
+        qdrant: str | None = None,
+        collection_prefix: str = "dangerclip",
+    ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.threshold = threshold
         self.keep = keep
+        self.qdrant = qdrant
+        self.collection_prefix = collection_prefix
 
     def _live(self) -> _Generation | None:
         gen = current_generation(self.root)
@@ -212,10 +232,19 @@ class IndexWriter:
         if embeddings is not None:
             unit = vectors.unit(embeddings)
             np.save(tmp / "embeddings.npy", unit)
-            vindex = vectors.build(unit)
-            vectors.save(vindex, tmp / "vectors.faiss")
             meta["signals"].append("embedding")
-            meta["embedder"] = dict(embedder or {}, search=vectors.kind(vindex))
+            location = self._qdrant_location()
+            if location is not None:
+                from dangerclip.runtime.index import qdrant
+
+                collection = f"{self.collection_prefix}-{name}"
+                qdrant.write(location, collection, unit)  # before the switch: a reader never sees it half-full
+                meta["qdrant"] = {"location": location, "collection": collection}
+                meta["embedder"] = dict(embedder or {}, search="qdrant")
+            else:
+                vindex = vectors.build(unit)
+                vectors.save(vindex, tmp / "vectors.faiss")
+                meta["embedder"] = dict(embedder or {}, search=vectors.kind(vindex))
         (tmp / "meta.json").write_text(json.dumps(meta))
         for p in tmp.iterdir():  # durable before it becomes visible
             with open(p, "rb") as fh:
@@ -227,10 +256,24 @@ class IndexWriter:
         log.info("index %s: generation %s with %d entries", self.root, name, len(entries))
         return final
 
+    def _qdrant_location(self) -> str | None:
+        """Where the vectors go: the writer's Qdrant, else the live generation's (a change keeps the backend)."""
+        if self.qdrant is not None:
+            return self.qdrant
+        gen = current_generation(self.root)
+        meta = gen / "meta.json" if gen is not None else None
+        q = json.loads(meta.read_text()).get("qdrant") if meta is not None and meta.is_file() else None
+        return None if q is None else str(q["location"])
+
     def _prune(self, live: Path) -> None:
         gens = sorted((p for p in self.root.glob("gen-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
         for old in gens[: max(0, len(gens) - self.keep)]:
             if old != live:
+                q = json.loads((old / "meta.json").read_text()).get("qdrant") if (old / "meta.json").is_file() else None
+                if q is not None:
+                    from dangerclip.runtime.index import qdrant
+
+                    qdrant.drop(self.qdrant or q["location"], q["collection"])
                 shutil.rmtree(old, ignore_errors=True)
 
     def add(
@@ -293,11 +336,14 @@ class IndexReader:
         root: the index folder.
         embedder: a :class:`~dangerclip.runtime.embedder.Embedder`, for the embedding signal of an index built
             with the same one (with another, or none, only PDQ is searched, and the mismatch is logged).
+        qdrant: where to reach the Qdrant holding the index's vectors, when not where the writer reached it (an
+            in-cluster service name); ignored for an index with local vectors.
     """
 
-    def __init__(self, root: str | Path, embedder: Any = None) -> None:
+    def __init__(self, root: str | Path, embedder: Any = None, qdrant: str | None = None) -> None:
         self.root = Path(root)
         self.embedder = embedder
+        self.qdrant = qdrant
         self._lock = threading.Lock()
         self._gen: _Generation | None = None
         self._seen: str | None = None
@@ -334,7 +380,7 @@ class IndexReader:
             return self._gen is not None
         if gen.name == self._seen:
             return True
-        loaded = _Generation(gen)
+        loaded = _Generation(gen, self.qdrant)
         with self._lock:
             self._gen, self._seen = loaded, gen.name
         log.info("index %s: loaded generation %s (%d entries)", self.root, gen.name, len(loaded.entries))
