@@ -64,9 +64,22 @@ class IdentifyDemoConfig:
     workers: int = 2
     """Processes drawing pictures."""
 
+    def validate(self) -> None:
+        """Raises ValueError on a setting that cannot work, before anything is drawn or trained."""
+        from dangerclip.modeling.typenet import BACKBONES
+        from training.ssl.config import METHODS
+
+        if self.type_backbone not in BACKBONES:
+            raise ValueError(f"unknown type backbone {self.type_backbone!r}; choose one of {sorted(BACKBONES)}")
+        if self.type_method not in METHODS:
+            raise ValueError(f"unknown type method {self.type_method!r}; choose one of {list(METHODS)}")
+        if self.per_family < 3 or self.images_per_model < 4:
+            raise ValueError("need at least 3 models per family and 4 images per model (2 are queries)")
+
 
 def build(cfg: IdentifyDemoConfig, force: bool = False) -> dict[str, Any]:
     """Every step (reusing finished ones); returns the report written into ``cfg.assets``."""
+    cfg.validate()
     from training.firearms.catalogue import make_catalogue
     from training.firearms.dataset import FirearmsConfig, generate
     from training.retrieval.train import RetrievalConfig

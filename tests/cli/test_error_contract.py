@@ -51,6 +51,10 @@ CASES: dict[str, list[tuple[str, list[str], dict[str, str], list[str]]]] = {
     ],
     "baselines": [("missing data", ["{tmp}/none", "--out", "{tmp}/b"], {}, ["none"])],
     "demo-model": [("unknown config", ["--work", "{tmp}/w", "--model", "nope"], {}, ["nope"])],
+    "demo-identify": [
+        ("unknown backbone", ["--work", "{tmp}/w", "--assets", "{tmp}/a", "--type-backbone", "nope"], {}, ["nope"]),
+        ("too small", ["--work", "{tmp}/w", "--assets", "{tmp}/a", "--per-family", "1"], {}, ["3 models"]),
+    ],
     "index": [
         ("missing index", ["stats", "--index", "{tmp}/none"], {}, ["none"]),
         ("missing images", ["build", "--index", "{tmp}/idx", "{tmp}/nowhere"], {}, ["nowhere"]),
