@@ -61,6 +61,12 @@ def test_a_trained_head_is_served_without_torch_with_types_levels_and_look_alike
 
     figures = run(_cfg(data, tmp_path))
     assert figures["served"]["test_accuracy"] >= 0.8, figures["served"]
+    # the served protocol is the one val prefers, and it is served as it was measured (fine-tuning works on a copy
+    # of the backbone, so a probe served after it is still the probe)
+    probe_val = max(figures["probe"]["val_accuracy_by_C"].values())
+    chosen = figures["served"]["protocol"]
+    assert chosen == ("finetune" if figures["finetune"]["best_val_accuracy"] >= probe_val else "probe")
+    assert figures["served"]["test_accuracy"] == pytest.approx(figures[chosen]["test"]["accuracy"])
     knn = [e["knn_val_accuracy"] for e in figures["pretrain"]["history"]["epochs"] if "knn_val_accuracy" in e]
     assert len(knn) == 2 and knn[-1] > 1 / len(CLASSES)  # the monitor ran at epochs 3 and 6
     assert (tmp_path / "confusion.png").stat().st_size > 0 and (tmp_path / "reliability.png").stat().st_size > 0

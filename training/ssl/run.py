@@ -3,6 +3,7 @@ the exported type head."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
@@ -82,8 +83,9 @@ def downstream(
     served = probe
     if cfg.finetune_epochs:
         t0 = time.perf_counter()
-        # The pre-trained backbone (normalised features, as the probe saw them) with the probe's head to start.
-        model = TypeClassifier(probe.backbone, feature_dim, len(splits.classes))
+        # A copy of the pre-trained backbone (normalised features, as the probe saw them) with the probe's head to
+        # start: the probe keeps its own, in case val prefers it.
+        model = TypeClassifier(copy.deepcopy(probe.backbone), feature_dim, len(splits.classes))
         model.head.load_state_dict(probe.head.state_dict())
         info = ds.finetune(
             model, splits.train, splits.val, size, device, cfg.finetune_epochs, cfg.finetune_lr, cfg.seed
@@ -93,7 +95,9 @@ def downstream(
             "test": ds.report(ds.logits(model, splits.test, size, device), yte, splits.classes),
             "seconds": round(time.perf_counter() - t0, 1),
         }
-        served = model
+        # The protocol to serve is chosen on val, never on test: fine-tuning can overfit a small set.
+        if info["best_val_accuracy"] >= max(probe_info["val_accuracy_by_C"].values()):
+            served = model
     lg_val = ds.logits(served, splits.val, size, device)
     t = ds.fit_temperature(lg_val, yva)
     p_val = ds.softmax(lg_val, t)
@@ -101,7 +105,7 @@ def downstream(
     lg_test = ds.logits(served, splits.test, size, device)
     served_report = ds.report(lg_test, yte, splits.classes, temperature=t)
     result["served"] = {
-        "protocol": "finetune" if cfg.finetune_epochs else "probe",
+        "protocol": "finetune" if served is not probe else "probe",
         "temperature": t,
         "confidence": cuts,
         "ece_before": ds.ece(ds.softmax(lg_test), yte),
