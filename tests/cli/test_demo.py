@@ -65,3 +65,28 @@ def test_demo_states_the_model_quality_from_its_card():
     metrics = {"test": {"n": 196, "weapon": {"f1": 0.68, "ap": 0.62, "threshold": 0.08}}}
     assert _held_out_quality(metrics) == "held-out test split (n=196) weapon: F1 0.68, AP 0.62, threshold 0.080"
     assert _held_out_quality({}) == ""
+
+
+def test_the_bundled_demo_identifies_what_it_flags_with_the_bundled_assets():
+    """What ``scripts/demo.sh`` runs: the demo model, the samples, and the identification assets (type head,
+    embedder, catalogue) built by ``dangerclip demo-identify``."""
+    pytest.importorskip("pdqhash")
+    from dangerclip_cli.demo import IDENTIFY
+
+    if not (IDENTIFY / "type_head.onnx").is_file():
+        pytest.skip("no identification assets (dangerclip demo-identify)")
+    r = subprocess.run(
+        [sys.executable, "-m", "dangerclip_cli", "demo", "--metrics-port", "0", "--timeout", "90"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    out = r.stdout
+    assert r.returncode == 0, out + r.stderr
+    n_catalogue = len(list((IDENTIFY / "catalogue").glob("*.jpg")))
+    assert f"catalogue index of {n_catalogue} firearm models (pdq + embedding)" in out
+    flagged = len(re.findall(r"^  FLAGGED ", out, re.M))
+    assert flagged and re.search(rf"{flagged} flagged \({flagged} identified\)", out)
+    known = re.search(r"^  FLAGGED firearm_known_picture\.jpg.*\n\s+(.*)$", out, re.M)
+    assert known and "KNOWN picture: pistol-00" in known.group(1)  # the re-encoded catalogue picture
