@@ -12,7 +12,8 @@ F1 to the JPEG one.
 Measured on the committed demo model (593 test images, F1 / recall / false-positive rate): JPEG 0.91 / 0.90 /
 0.08; greyscale PNG 0.90 / 0.90 / 0.10; WebP 0.93, palette PNG 0.92, the non-square canvases 0.90; RGBA PNG with
 the alpha fade 0.81 / 0.79 / 0.16, the worst (probably the white it is composited on, unlike anything in
-training). The build before the ZegCLIP losses measured the same within 0.01. Before grey images entered pre-training, greyscale F1 was 0.71 (0.50 with no grey views at all).
+training). The build before the ZegCLIP losses measured the same within 0.01. Before grey images entered
+pre-training, greyscale F1 was 0.71 (0.50 with no grey views at all).
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 
 The serving images install from this file (reproducible builds, and hadolint's pinning rule holds), then
 the project itself with ``--no-deps``. The pins are read from the environment this runs in, which must
-have ``.[serve]`` installed (``scripts/setup.sh``): the closure of the core dependencies plus the
-``serve``, ``index`` and ``qdrant`` extras (the worker's match stage: PDQ, faiss, a Qdrant client), walked through installed package
-metadata, so nothing is downloaded.
+have those extras installed (``scripts/setup.sh``): the closure of the core dependencies plus the ``serve``,
+``index`` and ``qdrant`` extras (the worker's match stage: PDQ, faiss, a Qdrant client), walked through installed
+package metadata, so nothing is downloaded.
 
     .venv/bin/python deploy/docker/lock_serve.py            # rewrite the file
     .venv/bin/python deploy/docker/lock_serve.py --check    # exit 1 when the file is stale
