@@ -13,30 +13,20 @@ from tests.support.service import REPO
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 
-def test_demo_streams_the_images_and_shuts_down(tiny_onnx_path, sample_images_dir):
-    n = len(list(sample_images_dir.iterdir()))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dangerclip_cli",
-            "demo",
-            "--model",
-            str(tiny_onnx_path),
-            "--images",
-            str(sample_images_dir),
-            "--metrics-port",
-            "0",
-            "--repeat",
-            "2",
-            "--timeout",
-            "90",
-        ],
+def _demo(*args: str) -> subprocess.CompletedProcess:
+    """``dangerclip demo ARGS`` in a fresh process, on a free metrics port, bounded in time."""
+    return subprocess.run(
+        [sys.executable, "-m", "dangerclip_cli", "demo", "--metrics-port", "0", "--timeout", "90", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=150,
     )
+
+
+def test_demo_streams_the_images_and_shuts_down(tiny_onnx_path, sample_images_dir):
+    n = len(list(sample_images_dir.iterdir()))
+    r = _demo("--model", str(tiny_onnx_path), "--images", str(sample_images_dir), "--repeat", "2")
     out = r.stdout
     assert r.returncode == 0, out + r.stderr
     assert "embedded tansu broker on 127.0.0.1:" in out
@@ -75,13 +65,7 @@ def test_the_bundled_demo_identifies_what_it_flags_with_the_bundled_assets():
 
     if not (IDENTIFY / "type_head.onnx").is_file():
         pytest.skip("no identification assets (dangerclip demo-identify)")
-    r = subprocess.run(
-        [sys.executable, "-m", "dangerclip_cli", "demo", "--metrics-port", "0", "--timeout", "90"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
+    r = _demo()
     out = r.stdout
     assert r.returncode == 0, out + r.stderr
     n_catalogue = len(list((IDENTIFY / "catalogue").glob("*.jpg")))

@@ -13,7 +13,6 @@ import base64
 import dataclasses
 import json
 import random
-import re
 import time
 
 import pytest
@@ -31,7 +30,7 @@ from tests.support.chaos import (
     verdict,
     wait_committed,
 )
-from tests.support.service import ENVELOPE, jpeg_bytes, make_topics, poison_corpus, wait_for
+from tests.support.service import ENVELOPE, delivery_receipts, jpeg_bytes, make_topics, poison_corpus, wait_for
 
 
 def _explain(v: Verdict, fleet: Fleet) -> str:
@@ -187,19 +186,14 @@ def _held(bootstrap: str, topic: str, quiet_s: float = 3.0, limit_s: float = 60.
         c.close()
 
 
-RECEIPT = re.compile(r"(\S+)/(\d+)@(\d+)>(\S+)/(\d+)@(\d+)")
-
-
 def _receipts(fleet: Fleet, input_topic: str) -> dict:
     """``{input coordinate: [(output topic, partition, offset), ...]}``: where the broker acknowledged each outcome
     the workers delivered (their ``service.delivery.receipts`` lines)."""
     out: dict = {}
     for w in fleet.workers:
-        for m in RECEIPT.finditer(w.log()):
-            if m.group(1) == input_topic:
-                out.setdefault((int(m.group(2)), int(m.group(3))), []).append(
-                    (m.group(4), int(m.group(5)), int(m.group(6)))
-                )
+        for (topic, part, off), where in delivery_receipts(w.log()):
+            if topic == input_topic:
+                out.setdefault((part, off), []).append(where)
     return out
 
 

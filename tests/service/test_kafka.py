@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from collections import Counter, defaultdict
 
 import jsonschema
@@ -16,6 +15,7 @@ from tests.support.service import (
     ENVELOPE,
     WorkerProcess,
     collect,
+    delivery_receipts,
     jpeg_bytes,
     make_topics,
     poison_corpus,
@@ -69,9 +69,9 @@ def test_round_trip_in_partition_order_then_clean_shutdown(broker, topics, model
     for p, offsets in by_part.items():
         assert offsets == sorted(offsets), f"partition {p} out of order: {offsets}"
     # the delivery receipts (DANGERCLIP_DEBUG) say truly where the broker put each input's outcome
-    receipts = set(re.findall(r"(\S+/\d+@\d+)>(\S+/\d+@\d+)", w.log()))
+    receipts = set(delivery_receipts(w.log()))
     where = {
-        (f"{res.source.topic}/{res.source.partition}@{res.source.offset}", f"{r.topic}/{r.partition}@{r.offset}")
+        ((res.source.topic, res.source.partition, res.source.offset), (r.topic, r.partition, r.offset))
         for r in out
         for res in [ScoreResult.model_validate(json.loads(r.value))]
     }

@@ -9,6 +9,7 @@ import http.server
 import io
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -406,3 +407,16 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.2):  # noqa: ANN
             return last
         time.sleep(interval_s)
     return last
+
+
+RECEIPT = re.compile(r"(\S+)/(\d+)@(\d+)>(\S+)/(\d+)@(\d+)")
+"""One output in a ``service.delivery.receipts`` line: ``in-topic/p@offset>out-topic/p@offset``."""
+
+
+def delivery_receipts(log: str) -> list[tuple[tuple[str, int, int], tuple[str, int, int]]]:
+    """``[((input topic, partition, offset), (output topic, partition, offset)), ...]`` from a worker's log run with
+    ``DANGERCLIP_DEBUG=service.delivery.receipts``."""
+    return [
+        ((m.group(1), int(m.group(2)), int(m.group(3))), (m.group(4), int(m.group(5)), int(m.group(6))))
+        for m in RECEIPT.finditer(log)
+    ]

@@ -83,13 +83,16 @@ class QdrantVectors:
             raise ValueError(f"Qdrant collection {collection} at {location} holds {count} vectors, not {ntotal}")
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(distances, rows)`` best first: Euclidean distances of unit vectors, from Qdrant's cosine scores."""
+        """``(distances, rows)`` best first: Euclidean distances of unit vectors, from Qdrant's cosine scores
+        (queries are normalised here, as ``vectors.search`` does)."""
         from qdrant_client import models
+
+        from dangerclip.runtime.index.vectors import unit
 
         k = min(k, self.ntotal)
         if k == 0 or len(queries) == 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        requests = [models.QueryRequest(query=q.tolist(), limit=k) for q in np.asarray(queries, np.float32)]
+        requests = [models.QueryRequest(query=q.tolist(), limit=k) for q in unit(queries)]
         answers = client(self.location).query_batch_points(self.collection, requests=requests)
         dist = np.full((len(queries), k), np.inf, np.float32)
         rows = np.full((len(queries), k), -1, np.int64)

@@ -17,6 +17,7 @@ after the switch, keeping the previous one (a reader that loaded it a moment ago
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -93,28 +94,27 @@ class _Generation:
         if self.index.ntotal != len(self.entries):
             raise ValueError(f"{path}: {self.index.ntotal} hashes for {len(self.entries)} entries")
         self.embedder: dict[str, Any] | None = self.meta.get("embedder")
-        self.vectors: Any = None
+        self.search_vectors_raw: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]] | None = None
+        """``(queries, k) -> (distances, rows)`` over this generation's vectors, local or in Qdrant (None: none)."""
         q = self.meta.get("qdrant")
         if self.embedder is not None and q is not None:
             from dangerclip.runtime.index.qdrant import QdrantVectors
 
-            self.vectors = QdrantVectors(qdrant or q["location"], q["collection"], len(self.entries))
+            self.search_vectors_raw = QdrantVectors(qdrant or q["location"], q["collection"], len(self.entries)).search
         elif self.embedder is not None:
-            self.vectors = vectors.load(path / "vectors.faiss")
-            if self.vectors.ntotal != len(self.entries):
-                raise ValueError(f"{path}: {self.vectors.ntotal} embeddings for {len(self.entries)} entries")
+            local = vectors.load(path / "vectors.faiss")
+            if local.ntotal != len(self.entries):
+                raise ValueError(f"{path}: {local.ntotal} embeddings for {len(self.entries)} entries")
+            self.search_vectors_raw = functools.partial(vectors.search, local)
 
     def embeddings(self) -> np.ndarray | None:
         """The stored ``[N, D]`` vectors (for a writer changing this generation), or None."""
         return None if self.embedder is None else np.load(self.path / "embeddings.npy")
 
     def search_vectors(self, queries: np.ndarray, k: int) -> list[list[Match]]:
-        if self.vectors is None:
+        if self.search_vectors_raw is None:
             return [[] for _ in range(len(queries))]
-        if hasattr(self.vectors, "collection"):  # Qdrant
-            dist, rows = self.vectors.search(vectors.unit(queries), k)
-        else:
-            dist, rows = vectors.search(self.vectors, queries, k)
+        dist, rows = self.search_vectors_raw(queries, k)
         limit = self.embedder.get("match_distance") if self.embedder else None
         return [
             [
