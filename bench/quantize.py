@@ -5,9 +5,10 @@
     .venv/bin/python bench/quantize.py --config ViT-B-16   # speed of the paper's model (random weights)
 
 Everything in one run on one machine: the int8 and fp32 matrix-product peaks of this CPU in onnxruntime
-(a 2048² MatMulInteger and MatMul), images/s of each precision at batch 1 and 8, and — for a trained model —
-the share of decisions (flagged or not, per category, at the card's thresholds) unchanged from fp32 on
-held-out synthetic images (>= 99 % required) and the largest score change.
+(a 2048² MatMulInteger and MatMul) and in torch/oneDNN (fp32, bf16, int8), images/s of each precision at
+batch 1 and 8, and — for a trained model — the share of decisions (flagged or not, per category, at the
+card's thresholds) unchanged from fp32 on held-out synthetic images (>= 99 % required) and the largest score
+change.
 """
 
 from __future__ import annotations
@@ -61,6 +62,29 @@ def peaks(seconds: float) -> dict[str, float]:
     return out
 
 
+def torch_peaks(seconds: float) -> dict[str, float]:
+    """GOP/s of a 2048² matrix product in torch on this CPU (oneDNN): fp32, bf16 and int8 (``torch._int_mm``),
+    what the hardware gives when a kernel uses its units; None where torch has no such kernel here."""
+    import torch
+
+    n = 2048
+    out: dict[str, float] = {}
+    g = torch.Generator().manual_seed(0)
+    for name, make in (
+        ("fp32", lambda: torch.randn(n, n, generator=g)),
+        ("bf16", lambda: torch.randn(n, n, generator=g).to(torch.bfloat16)),
+        ("int8", lambda: torch.randint(-100, 100, (n, n), generator=g, dtype=torch.int8)),
+    ):
+        a, b = make(), make()
+        mm = torch._int_mm if name == "int8" else torch.matmul
+        try:
+            rate = _rate(lambda mm=mm, a=a, b=b: mm(a, b), 1, seconds)
+        except RuntimeError:  # no kernel for this type on this build/CPU
+            continue
+        out[name] = 2 * n**3 * rate / 1e9
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="", help="a config with random weights instead of the demo model")
@@ -80,6 +104,8 @@ def main() -> int:
     print(
         f"CPU peaks (onnxruntime, 2048² matmul): int8 {pk['int8']:.0f} GOP/s, fp32 {pk['fp32']:.0f} GFLOP/s", flush=True
     )
+    tp = torch_peaks(a.seconds / 2)
+    print("CPU peaks (torch/oneDNN, 2048² matmul): " + ", ".join(f"{k} {v:.0f} GOP/s" for k, v in tp.items()))
     model = (create_model(a.config, pretrained="random", seed=0) if a.config else load_checkpoint(DEMO)).eval()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -115,6 +141,10 @@ def main() -> int:
                 flush=True,
             )
     print(f"\n{a.config or 'demo model (trained)'}; {len(check)} held-out images; ratios to fp32 in this run")
+    print(
+        f"matmul peaks, GOP/s: onnxruntime int8 {pk['int8']:.0f}, fp32 {pk['fp32']:.0f}; torch "
+        + ", ".join(f"{k} {v:.0f}" for k, v in tp.items())
+    )
     print("| precision | images/s b1 | images/s b8 | × fp32 (b8) | decisions unchanged | max |Δscore| |")
     print("|---|---|---|---|---|---|")
     for name, r1, r8, agree, dmax in rows:

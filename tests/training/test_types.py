@@ -110,9 +110,11 @@ def test_pre_training_resumes_where_it_stopped(data: Path, tmp_path: Path, caplo
         figures = run(_cfg(data, tmp_path, method="simclr", epochs=2, finetune_epochs=0, export=False))
     assert "resuming pre-training at epoch 1" in caplog.text
     assert [e["epoch"] for e in figures["pretrain"]["history"]["epochs"]] == [1, 2]
-    # the same folder under another method is not resumed into: its state would not fit, or silently mislead
+    # the same folder under another method or recipe is not resumed into: its state would not fit, or mislead
     with pytest.raises(ValueError, match="method 'simclr' \\(now 'dino'\\)"):
         run(_cfg(data, tmp_path, method="dino", epochs=3, finetune_epochs=0, export=False))
+    with pytest.raises(ValueError, match="lr 0.002 \\(now 0.001\\)"):
+        run(_cfg(data, tmp_path, method="simclr", lr=1e-3, epochs=3, finetune_epochs=0, export=False))
 
 
 def test_temperature_and_confidence_cuts_are_fit_on_held_out_predictions():
@@ -146,3 +148,24 @@ def test_a_folder_needs_classes_with_enough_images(tmp_path: Path):
     Image.new("RGB", (8, 8)).save(tmp_path / "other" / "b.png")
     with pytest.raises(ValueError, match="needs at least 3"):
         read_splits(tmp_path)
+
+
+@pytest.mark.slow
+def test_compare_reads_finished_rows_back_and_reruns_a_row_of_another_run(data: Path, tmp_path: Path, caplog):
+    """A compare takes hours: run again (after an interruption, or to gather rows run by other processes) it
+    reads each finished row back instead of training it again, and refuses a row made under other settings."""
+    import logging
+
+    from training.ssl.compare import compare
+
+    cfg = _cfg(data, tmp_path, epochs=1, finetune_epochs=0, knn_every=1)
+    first = compare(cfg, methods=["random", "supervised"], backbones=["resnet-small"], clip=False)
+    sup = tmp_path / "resnet-small-supervised" / "metrics.json"
+    stamp = sup.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="training.ssl"):
+        again = compare(dataclasses.replace(cfg, threads=1), ["random", "supervised"], ["resnet-small"], clip=False)
+    assert again == first and sup.stat().st_mtime_ns == stamp
+    assert caplog.text.count("read back from") == 2
+    with pytest.raises(ValueError, match=r"resnet-small-supervised.metrics\.json holds another run's figures \(lr"):
+        compare(dataclasses.replace(cfg, lr=1e-3), ["supervised"], ["resnet-small"], clip=False)
+    assert sup.stat().st_mtime_ns == stamp

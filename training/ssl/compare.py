@@ -3,11 +3,18 @@ project (linear probe on its image embedding, and zero-shot over the class names
 
 The seed's finding to check: self-supervised pre-training (DINO, SimCLR) at least matches supervised pre-training
 on the same images, and ViT + DINO is best. Every row uses the same splits, budget and downstream protocols.
+
+A comparison takes hours on a CPU: a row whose folder already holds the figures of the same run (its
+``metrics.json``, same config but for the folder, threads, device and version) is read back instead of run
+again, so an interrupted compare goes on where it stopped (pre-training resumes after its last epoch), and
+rows can be run by separate processes (one ``--methods`` each) and gathered by one last compare over them
+all. A folder holding another run's figures is refused, naming what differs, rather than mixed into the table.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -23,6 +30,8 @@ from training.ssl.data import Item, Splits, read_splits
 from training.ssl.run import run
 
 log = logging.getLogger(__name__)
+RUN_AGNOSTIC = ("out", "threads", "device", "version", "export")
+"""Config fields that do not change a row's figures (what :func:`finished` ignores when it compares runs)."""
 DEMO_BACKBONE = Path(__file__).resolve().parents[1] / "assets" / "demo_backbone.safetensors"
 
 
@@ -37,8 +46,12 @@ def compare(cfg: TypeConfig, methods: list[str], backbones: list[str], clip: boo
         for method in methods:
             one = dataclasses.replace(cfg, backbone=backbone, method=method, out=str(out / f"{backbone}-{method}"))
             one = dataclasses.replace(one, export=False)
-            log.info("compare: %s / %s", backbone, method)
-            f = run(one, splits)
+            f = finished(one, splits)
+            if f is None:
+                log.info("compare: %s / %s", backbone, method)
+                f = run(one, splits)
+            else:
+                log.info("compare: %s / %s read back from %s", backbone, method, Path(one.out) / "metrics.json")
             knn = [e["knn_val_accuracy"] for e in f["pretrain"]["history"]["epochs"] if "knn_val_accuracy" in e]
             rows.append(
                 {
@@ -57,6 +70,33 @@ def compare(cfg: TypeConfig, methods: list[str], backbones: list[str], clip: boo
     table = markdown(rows, splits)
     atomic_write_text(out / "compare.md", table + "\n")
     return table
+
+
+def finished(cfg: TypeConfig, splits: Splits) -> dict[str, Any] | None:
+    """The figures in ``cfg.out/metrics.json`` when they come from the same run as ``cfg`` (fields in
+    :data:`RUN_AGNOSTIC` aside) on splits of the same sizes; None when there are none (absent or unreadable).
+
+    Raises:
+        ValueError: the folder holds the figures of another run (the fields that differ are named).
+    """
+    path = Path(cfg.out) / "metrics.json"
+    try:
+        figures = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(figures, dict) or not isinstance(figures.get("config"), dict):
+        return None
+    want = {k: v for k, v in cfg.to_dict().items() if k not in RUN_AGNOSTIC}
+    have = {k: v for k, v in figures["config"].items() if k not in RUN_AGNOSTIC}
+    diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    if figures.get("splits") != splits.counts():
+        diff.append("splits")
+    if diff:
+        raise ValueError(
+            f"{path} holds another run's figures ({', '.join(diff)} differ): use another --out, or delete "
+            f"{path.parent} to run that row again"
+        )
+    return figures
 
 
 def markdown(rows: list[dict[str, Any]], splits: Splits) -> str:

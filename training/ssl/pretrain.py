@@ -177,7 +177,18 @@ def pretrain(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(ds) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
-    run_key = {"method": cfg.method, "backbone": cfg.backbone, "image_size": size, "data": cfg.data, "seed": cfg.seed}
+    run_key = {
+        "method": cfg.method,
+        "backbone": cfg.backbone,
+        "image_size": size,
+        "data": cfg.data,
+        "seed": cfg.seed,
+        "unlabelled": cfg.unlabelled,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "weight_decay": cfg.weight_decay,
+        "mixed_weight": cfg.mixed_weight,
+    }
     gen = torch.Generator().manual_seed(cfg.seed)
     start_epoch = _resume(out / "pretrain_last.pt", model, opt, history, gen, run_key)
     bar = progress(total, desc=f"pretrain {cfg.method}", unit="step", initial=start_epoch * steps_per_epoch)
@@ -262,13 +273,15 @@ def _resume(
     the shuffling generator restored).
 
     Raises:
-        ValueError: the checkpoint was made by a run with another method, backbone, size, data or seed.
+        ValueError: the checkpoint was made by a run with another method, backbone, size, data, seed, batch size,
+            learning rate, weight decay or mixed weight (more epochs is a resume; fields a checkpoint predates are
+            not compared).
     """
     if not path.is_file():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=False)
     before = state.get("key", {})
-    differ = [f"{k} {before.get(k)!r} (now {v!r})" for k, v in key.items() if before.get(k) != v]
+    differ = [f"{k} {before[k]!r} (now {v!r})" for k, v in key.items() if k in before and before[k] != v]
     if differ:
         raise ValueError(f"{path} was made with {', '.join(differ)}: use another --out, or delete it to start over")
     model.load_state_dict(state["model"])
