@@ -15,6 +15,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +33,20 @@ TOLERANCES: dict[str, dict[str, float]] = {
     "fp16": {"score": 0.01, "map": 0.05},
     "int8": {"score": 0.05, "map": 0.10},
 }
-"""Largest accepted ``max |Δ|`` of scores and of map cells, per precision (fp32 against torch, the others against
-the fp32 export). Measured on the bundled demo model: fp16 0.003 / 0.04, INT8 (dynamic) 0.017 / 0.056."""
+"""Largest accepted ``|Δ|`` of scores and of map cells, per precision. The fp32 export is held to torch by the
+maximum. A converted copy (fp16, INT8) is held to the fp32 export by the 99th percentile of its scores' ``|Δ|``
+and the 99.9th percentile of its map cells' (:data:`COPY_QUANTILES`), the maxima recorded beside them: a maximum
+over the calibration set grows with the set, so a gate on it refused more the more images it was given (on 500
+held-out images the demo model's dynamic INT8 copy had a largest map cell off by 0.134 and a 99.9th percentile of
+0.053, with no decision changed). Measured on the demo model over 500 held-out images: INT8 (dynamic) score
+0.049 max / map 0.053 at the 99.9th percentile."""
+
+MIN_STATIC_HALF = 8
+"""``dangerclip export --int8-static`` calibrates on half its images and checks on the other half: at least this
+many each."""
+
+COPY_QUANTILES = {"score": 0.99, "map": 0.999}
+"""The quantile of ``|Δ|`` each converted copy's gate reads (see :data:`TOLERANCES`)."""
 
 
 CHECK_KEY = "dangerclip.export_check"
@@ -207,17 +220,23 @@ def export_checked(
     return err
 
 
-def _gate(dev: dict[str, float], limit: dict[str, float], precision: str, path: Path | str) -> None:
-    over = [f"{k} {dev[k]:.3g} > {limit[k]:g}" for k in ("score", "map") if dev[k] > limit[k]]
+def _gate(
+    dev: dict[str, float], limit: dict[str, float], precision: str, path: Path | str, quantiles: dict | None = None
+) -> None:
+    def what(k: str) -> str:
+        return f"{k} |Δ| {'max' if quantiles is None else f'at the {100 * quantiles[k]:g}th percentile'}"
+
+    over = [f"{what(k)} {dev[k]:.3g} > {limit[k]:g}" for k in ("score", "map") if dev[k] > limit[k]]
     if over:
         raise ExportError(f"{precision} export of {path} is off its reference: {', '.join(over)}; not writing it")
 
 
-def _record_check(path: Path | str, precision: str, limit: dict[str, float], dev: dict[str, float]) -> None:
+def _record_check(path: Path | str, precision: str, limit: dict[str, float], dev: dict[str, Any]) -> None:
     import onnx
 
     m = onnx.load(str(path))
-    check = {"precision": precision, "tolerance": limit, "deviation": {k: round(v, 8) for k, v in dev.items()}}
+    rounded = {k: round(v, 8) if isinstance(v, float) else v for k, v in dev.items()}
+    check = {"precision": precision, "tolerance": limit, "deviation": rounded}
     onnx.helper.set_model_props(m, {**{p.key: p.value for p in m.metadata_props}, CHECK_KEY: json.dumps(check)})
     onnx.save(m, str(path))
 
@@ -238,12 +257,21 @@ def finish_copy(
     _set_precision(m, label or precision)
     onnx.save(m, str(out_path))
     dev = onnx_deviation(fp32_path, out_path, calib)
+    gated = {"score": dev["score_q"], "map": dev["map_q"]}
     try:
-        _gate({"score": dev["score_max"], "map": dev["map_max"]}, TOLERANCES[precision], precision, out_path)
+        _gate(gated, TOLERANCES[precision], precision, out_path, COPY_QUANTILES)
     except ExportError:
         Path(out_path).unlink(missing_ok=True)
         raise
-    _record_check(out_path, precision, TOLERANCES[precision], {"score": dev["score_max"], "map": dev["map_max"]})
+    record = {
+        **gated,
+        "quantiles": COPY_QUANTILES,
+        "score_max": dev["score_max"],
+        "map_max": dev["map_max"],
+        "decisions_unchanged": dev["decisions_unchanged"],
+        "images": len(calib),
+    }
+    _record_check(out_path, precision, TOLERANCES[precision], record)
     return dev
 
 
@@ -259,13 +287,24 @@ def max_score_deviation(model: DangerCLIP, onnx_path: str | Path, batch: np.ndar
 
 
 def onnx_deviation(ref_path: str | Path, other_path: str | Path, batch: np.ndarray) -> dict[str, float]:
-    """``max |Δ|`` and mean ``|Δ|`` of scores and maps between two ONNX files on ``batch``."""
+    """How far ``other_path`` is from ``ref_path`` on ``batch``: ``max``, mean and the gate's quantile
+    (:data:`COPY_QUANTILES`, keys ``score_q`` / ``map_q``) of ``|Δ|`` over scores and over map cells, and the share
+    of decisions (each image and category at the reference card's thresholds) that stay the same."""
+    from dangerclip.runtime.card import ModelCard
+    from dangerclip.runtime.onnxmeta import read_metadata
+
     s0, m0 = _ort_scores(Path(ref_path), batch)
     s1, m1 = _ort_scores(Path(other_path), batch)
+    ds, dm = np.abs(s1 - s0), np.abs(m1 - m0)
+    card = read_metadata(Path(ref_path)).get(CARD_KEY)
+    cut = np.asarray(ModelCard.from_json(card).threshold_vector() if card else [0.5] * s0.shape[1], np.float32)
     return {
-        "score_max": float(np.abs(s1 - s0).max()),
-        "score_mean": float(np.abs(s1 - s0).mean()),
-        "map_max": float(np.abs(m1 - m0).max()),
+        "score_max": float(ds.max()),
+        "score_mean": float(ds.mean()),
+        "score_q": float(np.quantile(ds, COPY_QUANTILES["score"])),
+        "map_max": float(dm.max()),
+        "map_q": float(np.quantile(dm, COPY_QUANTILES["map"])),
+        "decisions_unchanged": float(((s1 >= cut) == (s0 >= cut)).mean()),
     }
 
 
@@ -334,7 +373,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrained", default=None, help="CLIP weights (tag or file), if not in the checkpoint")
     parser.add_argument("--out", required=True, help="output .onnx path")
     parser.add_argument("--fp16", action="store_true", help="also write <out>.fp16.onnx")
-    parser.add_argument("--int8", action="store_true", help="also write <out>.int8.onnx")
+    parser.add_argument("--int8", action="store_true", help="also write <out>.int8.onnx (dynamic quantisation)")
+    parser.add_argument(
+        "--int8-static",
+        action="store_true",
+        help="also write <out>.int8-static.onnx: static QDQ, per-channel weights, attention products in fp32, "
+        "calibrated on half the --calibration images and checked on the other half (at least "
+        f"{2 * MIN_STATIC_HALF}; faster than --int8 on CPUs with VNNI: bench/quantize.py)",
+    )
     parser.add_argument("--calibration", nargs="*", default=[], help="images or folders to measure deviation on")
 
 
@@ -344,6 +390,11 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.checkpoint) == bool(args.config):
         raise SystemExit("dangerclip export: give a checkpoint or --config, not both")
+    if args.int8_static and not args.calibration:
+        raise SystemExit(
+            "dangerclip export: --int8-static needs --calibration images like the ones it will score "
+            f"(at least {2 * MIN_STATIC_HALF}: half fix the ranges, half check them)"
+        )
     if args.checkpoint:
         model = load_checkpoint(args.checkpoint, pretrained=args.pretrained)
     else:
@@ -368,5 +419,18 @@ def run(args: argparse.Namespace) -> int:
         report["fp16"] = {"path": f"{stem}.fp16.onnx", **export_fp16(out, f"{stem}.fp16.onnx", calib)}
     if args.int8:
         report["int8"] = {"path": f"{stem}.int8.onnx", **export_int8(out, f"{stem}.int8.onnx", calib)}
+    if args.int8_static:
+        from dangerclip.modeling.quantize import quantize_static_qdq
+
+        if len(calib) < 2 * MIN_STATIC_HALF:
+            raise SystemExit(
+                f"dangerclip export: --int8-static needs at least {2 * MIN_STATIC_HALF} readable calibration images "
+                f"(got {len(calib)})"
+            )
+        path = f"{stem}.int8-static.onnx"
+        report["int8_static"] = {
+            "path": path,
+            **quantize_static_qdq(out, path, calib[::2], calib[1::2], attention=False),
+        }
     print(json.dumps(report))
     return 0

@@ -6,15 +6,18 @@ ranges on every call. Static QDQ fixes every activation's range from a calibrati
 the whole transformer in int8 — the attention MatMuls included — with per-channel weight scales. The result is
 gated like every export: scores and maps against the fp32 export within ``TOLERANCES["int8"]``.
 
-On the trained demo model (``bench/quantize.py``) the whole-graph copy fails the gate (max |Δscore| 0.07, |Δmap|
-0.24); with the attention products kept in fp32 (``attention=False``) it passes (|Δscore| 0.03) with 98.3 % of
-decisions unchanged on held-out images. Quantising the convolutional stem as well, or symmetric int8 activations,
+On the trained demo model (``bench/quantize.py``, calibrated on 500 held-out images, checked on 500 others) the
+whole-graph copy fails the gate (|Δscore| 0.097 at the 99th percentile, |Δmap| 0.163 at the 99.9th); with the
+attention products kept in fp32 (``attention=False``) it passes (0.031 / 0.063) with 99.8 % of decisions
+unchanged, like dynamic INT8 (100 %). Quantising the convolutional stem as well, or symmetric int8 activations,
 moved scores by 0.1 to 0.2, which is why neither is done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,30 +86,35 @@ def quantize_static_qdq(
     try:
         quant_pre_process(str(fp32_path), str(prepped), skip_symbolic_shape=True)
         exclude = [] if attention else activation_matmuls(prepped)
-        quantize_static(
-            str(prepped),
-            str(out_path),
-            _Reader(calib),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            # Asymmetric uint8 activations (GELU and softmax outputs are one-sided) at the 99.999th percentile;
-            # the convolutional stem stays fp32: quantising it alone moved the demo model's scores by 0.22.
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.Percentile,
-            op_types_to_quantize=["MatMul", "Gemm"],
-            nodes_to_exclude=exclude,
-            extra_options={"ActivationSymmetric": False, "CalibPercentile": 99.999},
-        )
+        with contextlib.redirect_stdout(sys.stderr):  # its calibrator prints progress; stdout belongs to the caller
+            quantize_static(
+                str(prepped),
+                str(out_path),
+                _Reader(calib),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                # Asymmetric uint8 activations (GELU and softmax outputs are one-sided) at the 99.999th percentile;
+                # the convolutional stem stays fp32: quantising it alone moved the demo model's scores by 0.22.
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.Percentile,
+                op_types_to_quantize=["MatMul", "Gemm"],
+                nodes_to_exclude=exclude,
+                extra_options={"ActivationSymmetric": False, "CalibPercentile": 99.999},
+            )
     finally:
         prepped.unlink(missing_ok=True)
     label = "int8-static" if attention else "int8-static-weights"
     dev = finish_copy(fp32_path, out_path, calib if check is None else check, "int8", label=label)
     log.info(
-        "static QDQ int8: max |Δscore| %.3g, max |Δmap| %.3g (limits %s)",
+        "static QDQ int8: |Δscore| %.3g (99th percentile; max %.3g), |Δmap| %.3g (99.9th; max %.3g), limits %s; "
+        "%.2f %% of decisions unchanged",
+        dev["score_q"],
         dev["score_max"],
+        dev["map_q"],
         dev["map_max"],
         TOLERANCES["int8"],
+        100 * dev["decisions_unchanged"],
     )
     return dev
 

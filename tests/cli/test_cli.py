@@ -98,3 +98,19 @@ def test_create_and_export_commands(tmp_path, capsys):
     assert main(["export", str(ckpt), "--out", str(out), "--int8"]) == 0
     rep = json.loads(capsys.readouterr().out)
     assert rep["fp32_vs_torch"]["score"] <= 1e-4 and Path(rep["int8"]["path"]).is_file()
+
+
+def test_export_writes_a_static_int8_copy_checked_on_images_it_was_not_calibrated_on(tmp_path, capsys):
+    from dangerclip.runtime.scorer import DangerScorer
+    from dangerclip_cli.demo import synthetic_images
+
+    ckpt, out, calib = tmp_path / "m.safetensors", tmp_path / "m.onnx", tmp_path / "calib"
+    assert main(["create", "--config", "tiny", "--out", str(ckpt)]) == 0
+    synthetic_images(calib, n=16, seed=3)
+    capsys.readouterr()
+    assert main(["export", str(ckpt), "--out", str(out), "--int8-static", "--calibration", str(calib)]) == 0
+    rep = json.loads(capsys.readouterr().out)["int8_static"]  # stdout is the report alone
+    assert rep["path"] == str(tmp_path / "m.int8-static.onnx") and 0.99 <= rep["decisions_unchanged"] <= 1
+    meta = DangerScorer(rep["path"]).session.get_modelmeta().custom_metadata_map
+    assert meta["dangerclip.precision"] == "int8-static-weights"
+    assert json.loads(meta["dangerclip.export_check"])["deviation"]["images"] == 8  # the held-out half

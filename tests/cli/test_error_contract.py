@@ -31,6 +31,13 @@ CASES: dict[str, list[tuple[str, list[str], dict[str, str], list[str]]]] = {
         ("missing checkpoint", ["{tmp}/nope.safetensors", "--out", "{tmp}/x.onnx"], {}, ["nope.safetensors"]),
         ("image as checkpoint", ["{img}", "--out", "{tmp}/x.onnx"], {}, ["image", "checkpoint"]),
         ("onnx as checkpoint", ["{onnx}", "--out", "{tmp}/x.onnx"], {}, ["ONNX", "checkpoint"]),
+        ("static int8, no images", ["{ckpt}", "--out", "{tmp}/x.onnx", "--int8-static"], {}, ["--calibration"]),
+        (
+            "static int8, one image",
+            ["{ckpt}", "--out", "{tmp}/x.onnx", "--int8-static", "--calibration", "{img}"],
+            {},
+            ["at least 16", "got 1"],
+        ),
     ],
     "serve": [
         ("bad setting", ["--max-seconds", "1"], {"DANGERCLIP_MAX_BATCH_SIZE": "abc"}, ["DANGERCLIP_MAX_BATCH_SIZE"]),

@@ -128,6 +128,38 @@ def test_fp16_and_int8_report_their_deviation(tiny_onnx_path, tiny_model, tmp_pa
         assert np.isfinite(scores).all()
         check = json.loads(s.session.get_modelmeta().custom_metadata_map[CHECK_KEY])
         assert check["precision"] == precision and check["tolerance"] == TOLERANCES[precision]
+        dev = check["deviation"]
+        assert dev["images"] == 4 and 0 <= dev["score"] <= dev["score_max"] and 0 <= dev["map"] <= dev["map_max"]
+        assert 0 <= dev["decisions_unchanged"] <= 1
+
+
+def test_the_copy_gate_reads_a_quantile_so_a_bigger_calibration_set_is_not_stricter(
+    tiny_onnx_path, tiny_model, tmp_path, monkeypatch
+):
+    """One map cell in ten thousand off by 0.5 (the tail a big calibration set always finds) passes the INT8 gate;
+    the same drift in one cell of fifty is refused, and so is a copy whose scores drift on 2 % of the images."""
+    import dangerclip.modeling.export as ex
+
+    calib = check_images(tiny_model, n=2, seed=9)
+    rng = np.random.default_rng(0)
+    ref_s, ref_m = rng.random((500, 1)).astype(np.float32), rng.random((500, 1, 14, 14)).astype(np.float32)
+
+    def run(maps_off: int, scores_off: int, name: str) -> None:
+        s, m = ref_s.copy(), ref_m.copy()
+        m.reshape(-1)[rng.choice(m.size, maps_off, replace=False)] += 0.5
+        s.reshape(-1)[:scores_off] += 0.5
+        fake = {str(tiny_onnx_path): (ref_s, ref_m), str(tmp_path / name): (s, m)}
+        monkeypatch.setattr(ex, "_ort_scores", lambda path, batch: fake[str(path)])
+        export_int8(tiny_onnx_path, tmp_path / name, calib)
+
+    run(maps_off=ref_m.size // 10_000, scores_off=0, name="tail.onnx")
+    check = json.loads(DangerScorer(tmp_path / "tail.onnx").session.get_modelmeta().custom_metadata_map[CHECK_KEY])
+    assert check["deviation"]["map_max"] >= 0.5 and check["deviation"]["map"] < 0.1
+    with pytest.raises(ExportError, match="map .*99.9th percentile"):
+        run(maps_off=ref_m.size // 50, scores_off=0, name="maps.onnx")
+    with pytest.raises(ExportError, match="score .*99th percentile"):
+        run(maps_off=0, scores_off=10, name="scores.onnx")
+    assert not (tmp_path / "maps.onnx").exists() and not (tmp_path / "scores.onnx").exists()
 
 
 def test_the_gate_refuses_a_copy_whose_maps_drift(tiny_onnx_path, tiny_model, tmp_path, monkeypatch):

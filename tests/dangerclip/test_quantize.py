@@ -16,7 +16,7 @@ def test_static_qdq_quantizes_attention_and_stays_within_tolerance(tiny_model, t
     dev = quantize_static_qdq(tiny_onnx_path, tmp_path / "q.onnx", calib, held_out)
     both, total = qdq_matmuls(tmp_path / "q.onnx")
     assert total > 0 and both == total  # the attention products too, not only the weight MatMuls
-    assert dev["score_max"] <= TOLERANCES["int8"]["score"] and dev["map_max"] <= TOLERANCES["int8"]["map"]
+    assert dev["score_q"] <= TOLERANCES["int8"]["score"] and dev["map_q"] <= TOLERANCES["int8"]["map"]
     s = DangerScorer(tmp_path / "q.onnx", providers="cpu")
     scores, maps = s.predict(held_out)
     assert np.isfinite(scores).all() and maps.shape[0] == 6
