@@ -408,6 +408,11 @@ def run(args: argparse.Namespace) -> int:
             model.card.notes = "UNTRAINED head (random weights)"
     out = Path(args.out)
     calib = load_calibration(args.calibration, model) if args.calibration else check_images(model, n=8)
+    if args.int8_static and len(calib) < 2 * MIN_STATIC_HALF:  # before any export is written
+        raise SystemExit(
+            f"dangerclip export: --int8-static needs at least {2 * MIN_STATIC_HALF} readable calibration images "
+            f"(got {len(calib)})"
+        )
     export_onnx(model, out, check_batch=calib)
     report: dict[str, object] = {
         "onnx": str(out),
@@ -422,11 +427,6 @@ def run(args: argparse.Namespace) -> int:
     if args.int8_static:
         from dangerclip.modeling.quantize import quantize_static_qdq
 
-        if len(calib) < 2 * MIN_STATIC_HALF:
-            raise SystemExit(
-                f"dangerclip export: --int8-static needs at least {2 * MIN_STATIC_HALF} readable calibration images "
-                f"(got {len(calib)})"
-            )
         path = f"{stem}.int8-static.onnx"
         report["int8_static"] = {
             "path": path,
