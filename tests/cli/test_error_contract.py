@@ -71,6 +71,12 @@ CASES: dict[str, list[tuple[str, list[str], dict[str, str], list[str]]]] = {
     "types": [
         ("missing data", ["train", "--data", "{tmp}/none", "--out", "{tmp}/t"], {}, ["none"]),
         ("unknown backbone", ["train", "--data", "{tmp}", "--out", "{tmp}/t", "--backbone", "nope"], {}, ["nope"]),
+        (
+            "mae on a ResNet",
+            ["train", "--data", "{tmp}", "--out", "{tmp}/t", "--method", "mae", "--backbone", "resnet-small"],
+            {},
+            ["ViT", "resnet-small"],
+        ),
         ("no action", [], {}, ["action"]),
     ],
     "pseudomask": [("missing input", ["{tmp}/none", "--out", "{tmp}/pm"], {}, ["none"])],

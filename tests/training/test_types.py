@@ -88,7 +88,7 @@ def test_a_trained_head_is_served_without_torch_with_types_levels_and_look_alike
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["simclr", "dino", "mixed"])
+@pytest.mark.parametrize("method", ["simclr", "dino", "mixed", "mae"])
 def test_each_self_supervised_method_trains_and_reports(method: str, data: Path, tmp_path: Path):
     from training.ssl.run import run
 
@@ -97,6 +97,40 @@ def test_each_self_supervised_method_trains_and_reports(method: str, data: Path,
     (row,) = figures["pretrain"]["history"]["epochs"]
     assert np.isfinite(row["loss"]) and 0 <= row["knn_val_accuracy"] <= 1
     assert 0 <= figures["probe"]["test"]["accuracy"] <= 1 and "finetune" not in figures
+
+
+@pytest.mark.slow
+def test_mae_trains_the_backbone_in_place_and_learns_to_fill_masked_patches(data: Path, tmp_path: Path):
+    """MAE pre-trains the very backbone the probe and the fine-tuning get (lightly's masked encoder wraps its
+    ViT), with the position embeddings fixed as MAE fixes them; its reconstruction loss falls."""
+    import torch
+
+    from dangerclip.modeling.typenet import build_backbone
+    from training.ssl.data import read_splits
+    from training.ssl.pretrain import pretrain
+
+    cfg = _cfg(data, tmp_path, method="mae", backbone="vit-small", epochs=8, knn_every=0)
+    splits = read_splits(cfg.data, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    torch.manual_seed(0)
+    backbone, spec = build_backbone("vit-small")
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    history = pretrain(cfg, backbone, spec, splits.train, splits.val, 3, [], 64, torch.device("cpu"), tmp_path)
+    losses = [e["loss"] for e in history["epochs"]]
+    assert len(losses) == 8 and losses[-1] < 0.8 * losses[0], losses
+    after = backbone.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any("encoder.layers" in k for k in changed) and "vit.conv_proj.weight" in changed
+    assert not backbone.vit.encoder.pos_embedding.requires_grad
+    assert 0 <= history["epochs"][-1]["knn_val_accuracy"] <= 1  # the monitor still runs at the last epoch
+
+
+def test_mae_is_refused_on_a_resnet_and_left_out_of_its_rows_in_a_compare(data: Path, tmp_path: Path):
+    from training.ssl.compare import compare
+
+    with pytest.raises(ValueError, match="needs a ViT backbone.*not 'resnet-small'"):
+        _cfg(data, tmp_path, method="mae", backbone="resnet-small").validate()
+    table = compare(_cfg(data, tmp_path), methods=["mae"], backbones=["resnet-small"], clip=False)
+    assert "| resnet-small |" not in table and not (tmp_path / "resnet-small-mae").exists()
 
 
 @pytest.mark.slow

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-METHODS = ("random", "supervised", "simclr", "dino", "mixed")
-"""Pre-training methods: none (random init), supervised on the labels, SimCLR, DINO, DINO + supervised."""
+METHODS = ("random", "supervised", "simclr", "dino", "mixed", "mae")
+"""Pre-training methods: none (random init), supervised on the labels, SimCLR, DINO, DINO + supervised, MAE (masked
+patches; ViT backbones only)."""
 
 
 @dataclass
@@ -17,7 +18,7 @@ class TypeConfig:
     backbone: str = "vit-small"
     """``resnet-small`` or ``vit-small`` (2 CPU cores, minutes), ``resnet50`` or ``vit-b-16`` (the paper's; GPU)."""
     method: str = "dino"
-    """Pre-training: ``random``, ``supervised``, ``simclr``, ``dino`` or ``mixed`` (DINO + supervised)."""
+    """Pre-training: ``random``, ``supervised``, ``simclr``, ``dino``, ``mixed`` (DINO + supervised), ``mae`` (ViT)."""
     unlabelled: str = ""
     """Extra unlabelled images (any layout) for self-supervised pre-training."""
     look_alike: str = "toy,alarm,airsoft"
@@ -64,6 +65,11 @@ class TypeConfig:
 
         if self.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
+        if self.method == "mae" and BACKBONES[self.backbone].family != "vit":
+            vits = sorted(k for k, v in BACKBONES.items() if v.family == "vit")
+            raise ValueError(
+                f"mae masks image patches: it needs a ViT backbone ({', '.join(vits)}), not {self.backbone!r}"
+            )
         if not self.data:
             raise ValueError("no --data: a folder of <class>/ subfolders of images")
         if self.epochs < 0 or self.finetune_epochs < 0 or self.batch_size < 2:

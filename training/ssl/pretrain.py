@@ -1,8 +1,9 @@
-"""Pre-training a type backbone: SimCLR, DINO, mixed DINO + supervised, or supervised, with a k-NN monitor.
+"""Pre-training a type backbone: SimCLR, DINO, mixed DINO + supervised, MAE, or supervised, with a k-NN monitor.
 
-The losses, projection heads, multi-crop transforms and the teacher's momentum schedule are lightly's
-(``NTXentLoss``, ``SimCLRProjectionHead``, ``DINOLoss``, ``DINOProjectionHead``, ``DINOTransform``,
-``update_momentum``, ``cosine_schedule``): the field's reference implementations rather than copies. What is
+The losses, projection heads, multi-crop transforms, the teacher's momentum schedule and MAE's masking, masked
+encoder and decoder are lightly's (``NTXentLoss``, ``SimCLRProjectionHead``, ``DINOLoss``, ``DINOProjectionHead``,
+``DINOTransform``, ``update_momentum``, ``cosine_schedule``, ``MAETransform``, ``MaskedVisionTransformerTorchvision``,
+``MAEDecoder``, ``random_token_mask``): the field's reference implementations rather than copies. What is
 ours is the loop: epochs over an in-memory image set, AdamW with warm-up + cosine, a k-NN accuracy on the val
 split every few epochs (the usual SSL monitor: cosine similarity, 20 neighbours, temperature-weighted votes),
 resume from ``last.pt``, and progress lines in logs.
@@ -55,11 +56,13 @@ def train_transform(size: int) -> Callable[[Any], torch.Tensor]:
 
 
 def ssl_transform(method: str, size: int, family: str = "resnet") -> Callable[[Any], list[torch.Tensor]]:
-    """lightly's views for ``method``: two SimCLR views, or DINO's 2 global + 4 local crops (local crops at half
-    the size for a ResNet; for a ViT, whose position embeddings fix its input size, at full size from the same
-    small regions)."""
-    from lightly.transforms import DINOTransform, SimCLRTransform
+    """lightly's views for ``method``: two SimCLR views, MAE's one crop, or DINO's 2 global + 4 local crops (local
+    crops at half the size for a ResNet; for a ViT, whose position embeddings fix its input size, at full size from
+    the same small regions)."""
+    from lightly.transforms import DINOTransform, MAETransform, SimCLRTransform
 
+    if method == "mae":
+        return MAETransform(input_size=size, min_scale=0.2, normalize=NORMALIZE)
     if method == "simclr":
         return SimCLRTransform(input_size=size, min_scale=0.2, gaussian_blur=0.0, normalize=NORMALIZE)
     return DINOTransform(
@@ -96,6 +99,48 @@ class _SimCLR(nn.Module):
         super().__init__()
         self.student = backbone
         self.head = SimCLRProjectionHead(dim, dim, 128)
+
+
+class _MAE(nn.Module):
+    """Masked autoencoder on torchvision's ViT (He et al. 2021): the encoder sees a quarter of the patches (and the
+    class token), a one-block decoder predicts the pixels of the others. The encoder wraps the backbone's own ViT,
+    so pre-training trains the backbone in place; lightly fixes its position embeddings to 2-D sin-cos, as MAE
+    does, and fine-tuning keeps them so."""
+
+    def __init__(self, backbone: nn.Module, mask_ratio: float = 0.75, decoder_dim: int = 128) -> None:
+        from lightly.models.modules import MaskedVisionTransformerTorchvision
+        from lightly.models.modules.masked_autoencoder import MAEDecoder
+
+        super().__init__()
+        vit = backbone.vit
+        self.student = backbone
+        self.encoder = MaskedVisionTransformerTorchvision(vit=vit)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.decoder = MAEDecoder(
+            seq_length=vit.seq_length,
+            num_layers=1,
+            num_heads=4,
+            embed_input_dim=vit.hidden_dim,
+            hidden_dim=decoder_dim,
+            mlp_dim=4 * decoder_dim,
+            out_dim=3 * vit.patch_size**2,
+        )
+        self.mask_ratio = mask_ratio
+        self.patch_size = vit.patch_size
+
+    def loss(self, images: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of the predicted pixels of the masked patches."""
+        from lightly.models import utils
+
+        b, seq = images.shape[0], self.encoder.sequence_length
+        keep, masked = utils.random_token_mask(size=(b, seq), mask_ratio=self.mask_ratio, device=images.device)
+        encoded = self.encoder.encode(images=images, idx_keep=keep)
+        tokens = utils.repeat_token(self.mask_token, (b, seq))
+        tokens = utils.set_at_index(tokens, keep, self.decoder.embed(encoded).type_as(tokens))
+        pred = self.decoder.predict(utils.get_at_index(self.decoder.decode(tokens), masked))
+        # the patches have no class token: index ``i`` of the sequence is patch ``i - 1``
+        target = utils.get_at_index(utils.patchify(images, self.patch_size), masked - 1)
+        return F.mse_loss(pred, target)
 
 
 class _Supervised(nn.Module):
@@ -149,7 +194,7 @@ def pretrain(
 ) -> dict[str, Any]:
     """Pre-train ``backbone`` in place with ``cfg.method``; returns the history (loss, k-NN accuracy, seconds).
 
-    ``random`` returns at once. Supervised and mixed use the labels of ``train`` only; SimCLR and DINO use
+    ``random`` returns at once. Supervised and mixed use the labels of ``train`` only; SimCLR, DINO and MAE use
     ``train`` and ``extra`` without labels.
     """
     history: dict[str, Any] = {"method": cfg.method, "epochs": [], "seconds": 0.0}
@@ -169,6 +214,8 @@ def pretrain(
         ntxent = NTXentLoss(temperature=0.2)
     elif cfg.method == "supervised":
         model = _Supervised(backbone, spec.feature_dim, n_classes)
+    elif cfg.method == "mae":
+        model = _MAE(backbone)
     else:
         model = _DINO(backbone, spec.feature_dim, n_classes if cfg.method == "mixed" else 0)
         dino = DINOLoss(output_dim=1024, warmup_teacher_temp_epochs=max(1, cfg.epochs // 3))
@@ -210,6 +257,8 @@ def pretrain(
                 v0 = torch.stack([b[0][0] for b in batch]).to(device)
                 v1 = torch.stack([b[0][1] for b in batch]).to(device)
                 loss = ntxent(model.head(model.student(v0)), model.head(model.student(v1)))
+            elif cfg.method == "mae":
+                loss = model.loss(torch.stack([b[0][0] for b in batch]).to(device))
             else:
                 m = cosine_schedule(step, total, 0.996, 1.0)
                 update_momentum(model.student, model.teacher, m)
