@@ -66,13 +66,12 @@ class IdentifyDemoConfig:
 
     def validate(self) -> None:
         """Raises ValueError on a setting that cannot work, before anything is drawn or trained."""
-        from dangerclip.modeling.typenet import BACKBONES
-        from training.ssl.config import METHODS
+        from training.ssl.config import TypeConfig
 
-        if self.type_backbone not in BACKBONES:
-            raise ValueError(f"unknown type backbone {self.type_backbone!r}; choose one of {sorted(BACKBONES)}")
-        if self.type_method not in METHODS:
-            raise ValueError(f"unknown type method {self.type_method!r}; choose one of {list(METHODS)}")
+        try:  # the type head's own checks (a known backbone and method, and one that fits the other)
+            TypeConfig(data=self.work, backbone=self.type_backbone, method=self.type_method).validate()
+        except ValueError as e:
+            raise ValueError(f"type head: {e}") from None
         if self.per_family < 3 or self.images_per_model < 4:
             raise ValueError("need at least 3 models per family and 4 images per model (2 are queries)")
 

@@ -60,6 +60,7 @@ CASES: dict[str, list[tuple[str, list[str], dict[str, str], list[str]]]] = {
     "demo-model": [("unknown config", ["--work", "{tmp}/w", "--model", "nope"], {}, ["nope"])],
     "demo-identify": [
         ("unknown backbone", ["--work", "{tmp}/w", "--assets", "{tmp}/a", "--type-backbone", "nope"], {}, ["nope"]),
+        ("mae on a ResNet", ["--work", "{tmp}/w", "--assets", "{tmp}/a", "--type-method", "mae"], {}, ["ViT"]),
         ("too small", ["--work", "{tmp}/w", "--assets", "{tmp}/a", "--per-family", "1"], {}, ["3 models"]),
     ],
     "index": [
