@@ -124,6 +124,26 @@ def test_mae_trains_the_backbone_in_place_and_learns_to_fill_masked_patches(data
     assert 0 <= history["epochs"][-1]["knn_val_accuracy"] <= 1  # the monitor still runs at the last epoch
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet50", "vit-b-16"])
+def test_the_papers_backbones_give_their_features_and_the_vit_b_16_takes_mae(name: str):
+    """What a GPU user runs (``--backbone resnet50`` / ``vit-b-16``), at batch 2 on the CPU: features of the
+    spec's size at the spec's input, and MAE's masked reconstruction on the ViT-B/16 (patch 16, 197 tokens)."""
+    import torch
+
+    from dangerclip.modeling.typenet import build_backbone
+    from training.ssl.pretrain import _MAE
+
+    torch.manual_seed(0)
+    backbone, spec = build_backbone(name)
+    x = torch.randn(2, 3, spec.image_size, spec.image_size)
+    with torch.no_grad():
+        assert backbone.eval()(x).shape == (2, spec.feature_dim)
+        if spec.family == "vit":
+            loss = _MAE(backbone).loss(x)
+            assert loss.ndim == 0 and torch.isfinite(loss)
+
+
 def test_mae_is_refused_on_a_resnet_and_left_out_of_its_rows_in_a_compare(data: Path, tmp_path: Path):
     from training.ssl.compare import compare
 
