@@ -94,8 +94,9 @@ def downstream(
             "test": ds.report(ds.logits(model, splits.test, size, device), yte, splits.classes),
             "seconds": round(time.perf_counter() - t0, 1),
         }
-        # The protocol to serve is chosen on val, never on test: fine-tuning can overfit a small set.
-        if info["best_val_accuracy"] >= max(probe_info["val_accuracy_by_C"].values()):
+        # The protocol to serve is chosen on val, never on test: fine-tuning can overfit a small set. A tie goes to
+        # the probe: the fine-tuning's val figure is the best of its epochs, so it is the more flattered of the two.
+        if info["best_val_accuracy"] > max(probe_info["val_accuracy_by_C"].values()):
             served = model
     lg_val = ds.logits(served, splits.val, size, device)
     t = ds.fit_temperature(lg_val, yva)
