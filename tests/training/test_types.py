@@ -171,6 +171,53 @@ def test_pre_training_resumes_where_it_stopped(data: Path, tmp_path: Path, caplo
         run(_cfg(data, tmp_path, method="simclr", lr=1e-3, epochs=3, finetune_epochs=0, export=False))
 
 
+def test_a_label_fraction_keeps_that_share_of_each_class_labelled_and_loses_no_image(data: Path):
+    from training.ssl.data import keep_labels, read_splits
+
+    splits = read_splits(data)
+    few, rest = keep_labels(splits, 0.25)
+    per_class = [sum(i.label == k for i in splits.train) for k in range(3)]
+    assert [sum(i.label == k for i in few.train) for k in range(3)] == [round(n * 0.25) for n in per_class]
+    assert {i.label for i in rest} == {-1}  # the others pre-train without their labels
+    assert sorted(i.path for i in few.train + rest) == sorted(i.path for i in splits.train)
+    assert few.val == splits.val and few.test == splits.test
+    assert keep_labels(splits, 0.25)[0].train == few.train  # the same images each time
+    one, _ = keep_labels(splits, 0.001)
+    assert [sum(i.label == k for i in one.train) for k in range(3)] == [1, 1, 1]  # never a class without labels
+    assert keep_labels(splits, 1.0) == (splits, [])
+    with pytest.raises(ValueError, match="label_fraction"):
+        TypeConfig(data=str(data), label_fraction=0).validate()
+
+
+def test_a_compare_row_made_before_a_setting_existed_reads_back_as_that_settings_default(data: Path, tmp_path: Path):
+    from training.ssl.compare import finished
+    from training.ssl.data import read_splits
+
+    splits = read_splits(data)
+    cfg = _cfg(data, tmp_path)
+    old = {k: v for k, v in cfg.to_dict().items() if k != "label_fraction"}
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": old, "splits": splits.counts(), "probe": {}}))
+    assert finished(cfg, splits) is not None
+    with pytest.raises(ValueError, match=r"another run's figures \(label_fraction"):
+        finished(dataclasses.replace(cfg, label_fraction=0.5), splits)
+
+
+@pytest.mark.slow
+def test_with_few_labels_self_supervision_pre_trains_on_every_train_image_and_the_rest_on_the_labelled(
+    data: Path, tmp_path: Path
+):
+    from training.ssl.run import run
+
+    few = {"label_fraction": 0.25, "epochs": 1, "finetune_epochs": 1, "export": False}
+    ssl = run(_cfg(data, tmp_path / "simclr", method="simclr", **few))
+    sup = run(_cfg(data, tmp_path / "sup", method="supervised", **few))
+    full = run(_cfg(data, tmp_path / "full", method="supervised", epochs=1, finetune_epochs=0, export=False))
+    n_train = full["splits"]["train"]
+    assert ssl["pretrain"]["history"]["images"] == n_train == full["pretrain"]["history"]["images"]
+    assert sup["pretrain"]["history"]["images"] == ssl["splits"]["train"] == sup["splits"]["train"] < n_train / 3
+    assert ssl["splits"]["val"] == full["splits"]["val"] and ssl["splits"]["test"] == full["splits"]["test"]
+
+
 def test_temperature_and_confidence_cuts_are_fit_on_held_out_predictions():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 4000)

@@ -27,7 +27,7 @@ from dangerclip.modeling.device import resolve_device
 from dangerclip.modeling.typenet import BACKBONES
 from dangerclip.runtime.files import atomic_write_text, write_json
 from training.ssl.config import TypeConfig
-from training.ssl.data import Item, Splits, read_splits
+from training.ssl.data import Item, Splits, keep_labels, read_splits
 from training.ssl.run import run
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,12 @@ def compare(cfg: TypeConfig, methods: list[str], backbones: list[str], clip: boo
                     "ece_after": f["served"]["ece_after"],
                 }
             )
+    labelled, _ = keep_labels(splits, cfg.label_fraction)
     if clip:
-        rows += clip_rows(splits, resolve_device(cfg.device))
-    write_json(out / "compare.json", {"splits": splits.counts(), "rows": rows}, indent=1)
-    table = markdown(rows, splits)
+        rows += clip_rows(labelled, resolve_device(cfg.device))
+    counts = {**labelled.counts(), "label_fraction": cfg.label_fraction}
+    write_json(out / "compare.json", {"splits": counts, "rows": rows}, indent=1)
+    table = markdown(rows, labelled, cfg.label_fraction)
     atomic_write_text(out / "compare.md", table + "\n")
     return table
 
@@ -91,9 +93,11 @@ def finished(cfg: TypeConfig, splits: Splits) -> dict[str, Any] | None:
     if not isinstance(figures, dict) or not isinstance(figures.get("config"), dict):
         return None
     want = {k: v for k, v in cfg.to_dict().items() if k not in RUN_AGNOSTIC}
-    have = {k: v for k, v in figures["config"].items() if k not in RUN_AGNOSTIC}
+    # a field the row predates was at its default then
+    stored = {**TypeConfig().to_dict(), **figures["config"]}
+    have = {k: v for k, v in stored.items() if k not in RUN_AGNOSTIC}
     diff = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
-    if figures.get("splits") != splits.counts():
+    if figures.get("splits") != keep_labels(splits, cfg.label_fraction)[0].counts():
         diff.append("splits")
     if diff:
         raise ValueError(
@@ -103,13 +107,16 @@ def finished(cfg: TypeConfig, splits: Splits) -> dict[str, Any] | None:
     return figures
 
 
-def markdown(rows: list[dict[str, Any]], splits: Splits) -> str:
+def markdown(rows: list[dict[str, Any]], splits: Splits, label_fraction: float = 1.0) -> str:
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{100 * v:.1f}"
 
     c = splits.counts()
+    few = (
+        "" if label_fraction >= 1 else f" labelled ({label_fraction:.0%} of each class; the rest pre-train unlabelled)"
+    )
     lines = [
-        f"{c['classes']} classes; train {c['train']}, val {c['val']}, test {c['test']} images. Test accuracy (%).",
+        f"{c['classes']} classes; train {c['train']}{few}, val {c['val']}, test {c['test']} images. Test accuracy (%).",
         "",
         "| backbone | pre-training | linear probe | fine-tune | k-NN (val) | pre-training s |",
         "|---|---|---|---|---|---|",

@@ -21,6 +21,9 @@ class TypeConfig:
     """Pre-training: ``random``, ``supervised``, ``simclr``, ``dino``, ``mixed`` (DINO + supervised), ``mae`` (ViT)."""
     unlabelled: str = ""
     """Extra unlabelled images (any layout) for self-supervised pre-training."""
+    label_fraction: float = 1.0
+    """Share of each class's train images that keep their labels; the rest join pre-training unlabelled (the
+    few-labels regime self-supervision is for). Val and test keep theirs."""
     look_alike: str = "toy,alarm,airsoft"
     """Comma-separated words: a class whose name contains one is a non-lethal look-alike."""
     epochs: int = 30
@@ -72,6 +75,8 @@ class TypeConfig:
             )
         if not self.data:
             raise ValueError("no --data: a folder of <class>/ subfolders of images")
+        if not 0 < self.label_fraction <= 1:
+            raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
         if self.epochs < 0 or self.finetune_epochs < 0 or self.batch_size < 2:
             raise ValueError("epochs must be >= 0 and batch_size >= 2")
 

@@ -67,6 +67,21 @@ def read_splits(root: str | Path, val: float = 0.15, test: float = 0.15, seed: i
     return out
 
 
+def keep_labels(splits: Splits, fraction: float) -> tuple[Splits, list[Item]]:
+    """``splits`` with only ``fraction`` of each class's train images (at least one, taken in the split's seeded
+    order) still labelled, and the others as unlabelled items (label -1) for pre-training."""
+    if fraction >= 1:
+        return splits, []
+    kept: list[Item] = []
+    rest: list[Item] = []
+    for k in range(len(splits.classes)):
+        items = [i for i in splits.train if i.label == k]
+        n = max(1, round(len(items) * fraction))
+        kept += items[:n]
+        rest += [Item(i.path, -1) for i in items[n:]]
+    return Splits(splits.classes, kept, splits.val, splits.test), rest
+
+
 def unlabelled(folder: str | Path) -> list[Item]:
     """Every image under ``folder`` with label -1 (pre-training only)."""
     return [Item(p, -1) for p in _images(Path(folder))]

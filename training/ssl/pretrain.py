@@ -32,6 +32,8 @@ from training.ssl.data import ImageSet, Item
 
 log = logging.getLogger(__name__)
 NORMALIZE = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+KEY_DEFAULTS: dict[str, Any] = {"label_fraction": 1.0}
+"""What a checkpoint made before a run-key field existed was made with."""
 
 
 def eval_transform(size: int) -> Callable[[Any], torch.Tensor]:
@@ -236,6 +238,9 @@ def pretrain(
         "weight_decay": cfg.weight_decay,
         "mixed_weight": cfg.mixed_weight,
     }
+    if labelled:  # self-supervision sees every train image whatever share keeps its labels
+        run_key["label_fraction"] = cfg.label_fraction
+    history["images"] = len(ds)
     gen = torch.Generator().manual_seed(cfg.seed)
     start_epoch = _resume(out / "pretrain_last.pt", model, opt, history, gen, run_key)
     bar = progress(total, desc=f"pretrain {cfg.method}", unit="step", initial=start_epoch * steps_per_epoch)
@@ -329,7 +334,7 @@ def _resume(
     if not path.is_file():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=False)
-    before = state.get("key", {})
+    before = {**KEY_DEFAULTS, **state.get("key", {})}
     differ = [f"{k} {before[k]!r} (now {v!r})" for k, v in key.items() if k in before and before[k] != v]
     if differ:
         raise ValueError(f"{path} was made with {', '.join(differ)}: use another --out, or delete it to start over")

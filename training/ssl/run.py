@@ -18,7 +18,7 @@ from dangerclip.runtime.files import write_json
 from dangerclip.runtime.typehead import TypeCard
 from training.ssl import downstream as ds
 from training.ssl.config import TypeConfig
-from training.ssl.data import Splits, read_splits, unlabelled
+from training.ssl.data import Splits, keep_labels, read_splits, unlabelled
 from training.ssl.pretrain import pretrain
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,10 @@ def run(cfg: TypeConfig, splits: Splits | None = None) -> dict[str, Any]:
     cfg.validate()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    splits = splits or read_splits(cfg.data, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-    extra = unlabelled(cfg.unlabelled) if cfg.unlabelled else []
+    splits, unlabelled_train = keep_labels(
+        splits or read_splits(cfg.data, cfg.val_fraction, cfg.test_fraction, cfg.seed), cfg.label_fraction
+    )
+    extra = unlabelled_train + (unlabelled(cfg.unlabelled) if cfg.unlabelled else [])
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     with torch_threads(cfg.threads):
