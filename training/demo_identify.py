@@ -66,10 +66,10 @@ class IdentifyDemoConfig:
 
     def validate(self) -> None:
         """Raises ValueError on a setting that cannot work, before anything is drawn or trained."""
-        from training.ssl.config import TypeConfig
+        from training.ssl.config import check_method
 
         try:  # the type head's own checks (a known backbone and method, and one that fits the other)
-            TypeConfig(data=self.work, backbone=self.type_backbone, method=self.type_method).validate()
+            check_method(self.type_backbone, self.type_method)
         except ValueError as e:
             raise ValueError(f"type head: {e}") from None
         if self.per_family < 3 or self.images_per_model < 4:

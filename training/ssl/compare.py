@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from dangerclip.modeling.device import resolve_device
-from dangerclip.modeling.typenet import BACKBONES
 from dangerclip.runtime.files import atomic_write_text, write_json
-from training.ssl.config import TypeConfig
+from training.ssl.config import TypeConfig, fits
 from training.ssl.data import Item, Splits, keep_labels, read_splits
 from training.ssl.run import run
 
@@ -45,8 +44,8 @@ def compare(cfg: TypeConfig, methods: list[str], backbones: list[str], clip: boo
     rows: list[dict[str, Any]] = []
     for backbone in backbones:
         for method in methods:
-            if method == "mae" and backbone in BACKBONES and BACKBONES[backbone].family != "vit":
-                log.info("compare: %s / mae left out (MAE masks patches: ViT backbones only)", backbone)
+            if not fits(backbone, method):
+                log.info("compare: %s / %s left out (MAE masks patches: ViT backbones only)", backbone, method)
                 continue
             one = dataclasses.replace(cfg, backbone=backbone, method=method, out=str(out / f"{backbone}-{method}"))
             one = dataclasses.replace(one, export=False)

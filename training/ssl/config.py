@@ -9,6 +9,28 @@ METHODS = ("random", "supervised", "simclr", "dino", "mixed", "mae")
 patches; ViT backbones only)."""
 
 
+def fits(backbone: str, method: str) -> bool:
+    """Whether ``method`` can pre-train ``backbone``: MAE masks image patches, so it takes ViTs only (an unknown
+    backbone is :func:`check_method`'s to refuse)."""
+    from dangerclip.modeling.typenet import BACKBONES
+
+    spec = BACKBONES.get(backbone)
+    return not (method == "mae" and spec is not None and spec.family != "vit")
+
+
+def check_method(backbone: str, method: str) -> None:
+    """Raises ValueError: an unknown backbone or method, or a method the backbone cannot take (each named)."""
+    from dangerclip.modeling.typenet import BACKBONES
+
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+    if not fits(backbone, method):
+        vits = sorted(k for k, v in BACKBONES.items() if v.family == "vit")
+        raise ValueError(f"{method} masks image patches: it needs a ViT backbone ({', '.join(vits)}), not {backbone!r}")
+
+
 @dataclass
 class TypeConfig:
     data: str = ""
@@ -62,17 +84,7 @@ class TypeConfig:
     """Version written into the type head's card."""
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
-        from dangerclip.modeling.typenet import BACKBONES
-
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.backbone!r}; choose one of {sorted(BACKBONES)}")
-        if self.method == "mae" and BACKBONES[self.backbone].family != "vit":
-            vits = sorted(k for k, v in BACKBONES.items() if v.family == "vit")
-            raise ValueError(
-                f"mae masks image patches: it needs a ViT backbone ({', '.join(vits)}), not {self.backbone!r}"
-            )
+        check_method(self.backbone, self.method)
         if not self.data:
             raise ValueError("no --data: a folder of <class>/ subfolders of images")
         if not 0 < self.label_fraction <= 1:

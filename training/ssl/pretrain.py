@@ -32,8 +32,8 @@ from training.ssl.data import ImageSet, Item
 
 log = logging.getLogger(__name__)
 NORMALIZE = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
-KEY_DEFAULTS: dict[str, Any] = {"label_fraction": 1.0}
-"""What a checkpoint made before a run-key field existed was made with."""
+KEY_DEFAULTS: dict[str, Any] = {"label_fraction": TypeConfig.label_fraction}
+"""What a checkpoint made before a run-key field existed was made with (the field's default)."""
 
 
 def eval_transform(size: int) -> Callable[[Any], torch.Tensor]:
